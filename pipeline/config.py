@@ -1,0 +1,383 @@
+"""Configuration: one frozen dataclass per stage, loaded from YAML/TOML plus ``--set key=value`` overrides.
+
+Validation is strict: unknown keys, wrong types and out-of-range values raise ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pipeline.errors import ConfigError, InputError
+
+
+# ----------------------------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Stage 00: train the original model on the dataset when no weights are given (else load and check them)."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Whole-model targets for the ``budget`` rank selector, as fractions of the original (None = unused)."""
+
+    macs: Optional[float] = None
+    params: Optional[float] = None
+    latency: Optional[float] = None
+    target: str = "cpu"
+    eval_samples: int = 256
+
+
+@dataclass(frozen=True)
+class FactorizeConfig:
+    """Stage 01: replace conv/linear layers by low-rank forms."""
+
+    method: str = "tucker2"          # a registered format, or "auto"
+    linear_method: str = "linear_svd"  # format for nn.Linear layers ("none" keeps them dense)
+    selector: str = "energy"         # energy | erank | vbmf | fixed | budget
+    energy: float = 0.6              # fraction of squared singular-value energy kept (selector=energy)
+    ratio: float = 0.25              # fraction of channels kept (selector=fixed)
+    erank_factor: float = 1.0        # rank = ceil(erank * factor) (selector=erank)
+    align: int = 8                   # round ranks up to a multiple of this (8: AVX2, 16: AVX-512/NPU); 1 = off
+    min_channels: int = 32           # layers with fewer in or out channels stay dense (overhead-bound)
+    min_mac_saving: float = 0.1      # keep dense unless the factorized form saves at least this fraction of MACs
+    skip_first: bool = True          # the stem conv sees raw pixels (few channels): keep dense
+    skip_last_linear: bool = False
+    hooi_iters: int = 0              # Tucker-2 HOOI refinement iterations (0 = HOSVD only)
+    cp_max_iters: int = 50
+    cp_time_limit_s: float = 2.0     # per-layer wall-time cap for CP-ALS
+    break_even: bool = False         # keep a layer dense unless its factorized form measures faster on the target
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+
+@dataclass(frozen=True)
+class SVDTrainingConfig:
+    """Yang et al. 2020 hyper-parameters (METHODS.md, CIFAR defaults)."""
+
+    form: str = "channel"           # channel | spatial
+    lambda_o: float = 1.0
+    lambda_s: float = 0.07
+    sparsity: str = "hoyer"         # l1 | hoyer | hoyer_square | erank
+    prune_energy: float = 0.01      # energy threshold e for pruning singular values
+    phase_epochs: tuple[int, int, int] = (1, 2, 1)  # full-rank+ortho, +sparsity, finetune after pruning
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class LRAConfig:
+    """Lee et al. 2019: occasional low-rank distortion every S_D steps."""
+
+    period: int = 200               # S_D
+    form: str = "tucker2"           # tucker2 | svd (2-D SVD of the im2col matrix)
+
+
+@dataclass(frozen=True)
+class ELRTConfig:
+    """Sui et al. 2024: Tucker-2 training with double soft orthogonality."""
+
+    rho: float = 1e-3
+    from_scratch: bool = False
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Stage 02: recover accuracy of the factorized model."""
+
+    method: str = "kd"              # kd | svd_training | lra | elrt | none
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "sgd"          # sgd | adam
+    weight_decay: float = 1e-4
+    temperature: float = 4.0
+    alpha: float = 0.9              # weight of the distillation term (1 - alpha on cross-entropy)
+    feature_weight: float = 0.0     # feature distillation at block outputs (0 = off)
+    nproc: int = 1                  # >1: torchrun data-parallel processes
+    svd: SVDTrainingConfig = field(default_factory=SVDTrainingConfig)
+    lra: LRAConfig = field(default_factory=LRAConfig)
+    elrt: ELRTConfig = field(default_factory=ELRTConfig)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Stage 03: ONNX Runtime static QDQ quantization with real calibration images."""
+
+    activation_type: str = "uint8"  # uint8 | int8
+    weight_type: str = "int8"       # int8 | uint8
+    per_channel: bool = True
+    calibrate_method: str = "minmax"  # minmax | entropy | percentile
+    calib_size: int = 256
+    max_drop: float = 0.01          # accuracy guard: fall back layers to float beyond this drop
+    weight_bits: str = "8"          # "2".."8" or "auto" (storage low-bit weights)
+    size_budget: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class EntropyConfig:
+    """Stage 04: pack quantized weights into the coded container."""
+
+    coder: str = "auto"             # raw | zstd | rans | auto
+    zstd_level: int = 19
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Stage 05: fp32 ONNX (opset 17, BN folded, simplified), parity checks, ORT format for mobile."""
+
+    opset: int = 17
+    simplify: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    mobile: bool = True
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Stage 06: latency, storage, energy and accuracy of every variant, and the report."""
+
+    target: str = "cpu"
+    threads: int = 1
+    samples: int = 60
+    warmup: int = 10
+    batch: int = 1
+    html: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole run. ``model``/``data``/``weights`` select inputs; one section per stage."""
+
+    model: str = "vgg11"
+    data: str = "digits"
+    weights: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+    artifacts: str = "artifacts"
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+# Range checks: dotted key -> (predicate, description)
+_RANGES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "device": (lambda v: v == "cpu" or v.startswith("cuda"), "'cpu' or 'cuda[:N]'"),
+    "baseline.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
+    "baseline.batch_size": (lambda v: v >= 1, ">= 1"),
+    "baseline.lr": (lambda v: v > 0, "> 0"),
+    "factorize.energy": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "factorize.erank_factor": (lambda v: v > 0, "> 0"),
+    "factorize.align": (lambda v: 1 <= v <= 256, "in [1, 256]"),
+    "factorize.min_channels": (lambda v: v >= 1, ">= 1"),
+    "factorize.min_mac_saving": (lambda v: -1 < v < 1, "in (-1, 1)"),
+    "factorize.budget.macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "factorize.budget.params": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "factorize.budget.latency": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "finetune.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
+    "finetune.batch_size": (lambda v: v >= 1, ">= 1"),
+    "finetune.lr": (lambda v: v > 0, "> 0"),
+    "finetune.alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "finetune.temperature": (lambda v: v > 0, "> 0"),
+    "finetune.nproc": (lambda v: 1 <= v <= 64, "in [1, 64]"),
+    "finetune.optimizer": (lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
+    "finetune.svd.form": (lambda v: v in ("channel", "spatial"), "'channel' or 'spatial'"),
+    "finetune.svd.sparsity": (lambda v: v in ("l1", "hoyer", "hoyer_square", "erank"), "l1|hoyer|hoyer_square|erank"),
+    "finetune.svd.prune_energy": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "finetune.lra.period": (lambda v: v >= 1, ">= 1"),
+    "finetune.lra.form": (lambda v: v in ("tucker2", "svd"), "'tucker2' or 'svd'"),
+    "quantize.activation_type": (lambda v: v in ("uint8", "int8"), "'uint8' or 'int8'"),
+    "quantize.weight_type": (lambda v: v in ("uint8", "int8"), "'uint8' or 'int8'"),
+    "quantize.calibrate_method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax|entropy|percentile"),
+    "quantize.calib_size": (lambda v: v >= 1, ">= 1"),
+    "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "quantize.weight_bits": (lambda v: v == "auto" or (v.isdigit() and 2 <= int(v) <= 8), "'2'..'8' or 'auto'"),
+    "entropy.zstd_level": (lambda v: 1 <= v <= 22, "in [1, 22]"),
+    "export.opset": (lambda v: 11 <= v <= 18, "in [11, 18]"),
+    "benchmark.threads": (lambda v: 1 <= v <= 256, "in [1, 256]"),
+    "benchmark.samples": (lambda v: v >= 1, ">= 1"),
+    "benchmark.warmup": (lambda v: v >= 0, ">= 0"),
+    "benchmark.batch": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"config key {key!r}: invalid value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config key {key!r}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. weight_bits=4 from YAML
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r}: unsupported type {tp}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) mapping, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys here: {', '.join(prefix + k for k in sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + name
+        v = _coerce(value, hints[name], key)
+        if key in _RANGES and not is_dataclass(hints[name]):
+            pred, desc = _RANGES[key]
+            try:
+                ok = pred(v)
+            except Exception:
+                ok = False
+            if not ok:
+                raise ConfigError(f"config key {key!r}: value {v!r} out of range, must be {desc}")
+        kwargs[name] = v
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (tuples become lists, JSON-ready)."""
+
+    def conv(v: Any) -> Any:
+        if is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {dotted!r}: empty key segment; use e.g. --set factorize.method=tucker2")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted!r}: {p!r} is a value, not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict, with clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file {str(p)!r} does not exist; pass an existing YAML or TOML file to --config")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must contain a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **top: Any,
+) -> PipelineConfig:
+    """Compose the run's config: defaults < file < top-level keyword args (model/data/...) < ``--set`` overrides.
+
+    Args:
+        file: optional YAML/TOML path.
+        overrides: ``["section.key=value", ...]``; values parsed as YAML scalars.
+        **top: top-level fields given by CLI flags (None values are ignored).
+    """
+    data: dict[str, Any] = load_file(file) if file else {}
+    for k, v in top.items():
+        if v is not None:
+            data[k] = v
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set factorize.method=channel_svd")
+        k, v = item.split("=", 1)
+        _set_dotted(data, k.strip(), _parse_scalar(v.strip()))
+    return from_dict(PipelineConfig, data)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(cfg, **changes)
