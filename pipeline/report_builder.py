@@ -1,0 +1,146 @@
+"""Assemble the benchmark stage's report from the run's artifacts: every number measured in this one run."""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.stage_api import StageContext
+
+
+def _variant_files(ctx: StageContext) -> dict[str, Path]:
+    exp = ctx.inputs["export"]
+    return {
+        "original": exp.path("original.onnx"),
+        "factorized": exp.path("factorized.onnx"),
+        "finetuned": exp.path("model.onnx"),
+        "int8": ctx.inputs["quantize"].path("model.int8.onnx"),
+    }
+
+
+def build_report(ctx: StageContext) -> dict[str, Path]:
+    """Measure accuracy, size, MACs/params, energy proxy and latency of each variant; write report.{json,md,html}.
+
+    Returns:
+        ``{"json": path, "md": path, "html": path}`` (html only when enabled).
+    """
+    import onnxruntime as ort
+
+    from benchmarks.accuracy import onnx_accuracy
+    from benchmarks.energy import energy_proxy, onnx_layer_stats
+    from benchmarks.latency import measure_latency, profile_nodes
+    from benchmarks.report import write_report
+    from benchmarks.storage import artifact_bytes
+    from benchmarks.targets import TARGETS
+    from pipeline import __version__
+    from pipeline.entropy.container import unpack_to_onnx
+
+    cfg = ctx.cfg
+    bcfg = cfg.benchmark
+    data = ctx.data()
+    meta = json.loads((ctx.inputs["baseline"].dir / "model.json").read_text())
+    shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+    target = TARGETS.get(bcfg.target)
+    files = _variant_files(ctx)
+    container = ctx.inputs["entropy-code"].path("weights.lrdc")
+    x = data.test.x.numpy().astype(np.float32)
+    y = data.test.y.numpy() if data.test.y is not None else None
+
+    ctx.log.info("benchmark: timing %d variants interleaved (%d samples each, %d thread(s))", len(files), bcfg.samples, bcfg.threads)
+    lat = measure_latency(files, target, shape, batch=bcfg.batch, samples=bcfg.samples, warmup=bcfg.warmup,
+                          threads=bcfg.threads, seed=cfg.seed)
+    variants: list[dict[str, Any]] = []
+    for name, path in files.items():
+        stats = onnx_layer_stats(path, shape)
+        precision = "int8" if name == "int8" else "fp32"
+        v = {
+            "name": name,
+            "file": str(path.relative_to(ctx.out_dir.parent)),
+            "accuracy": float(onnx_accuracy(path, x, y)) if y is not None else None,
+            "size_bytes": int(artifact_bytes(path)),
+            "macs": int(stats["macs"]),
+            "params": int(stats["params"]),
+            "latency_ms": lat[name],
+            "energy": energy_proxy(stats, target.profile, precision=precision),
+        }
+        variants.append(v)
+    # The container is what ships: its accuracy is that of the model `unpack` rebuilds from it.
+    with tempfile.TemporaryDirectory(dir=ctx.out_dir) as td:
+        rebuilt = Path(td) / "unpacked.onnx"
+        unpack_to_onnx(container, rebuilt)
+        int8 = next(v for v in variants if v["name"] == "int8")
+        variants.append(
+            {
+                "name": "unpacked",
+                "file": str(container.relative_to(ctx.out_dir.parent)),
+                "accuracy": float(onnx_accuracy(rebuilt, x, y)) if y is not None else None,
+                "size_bytes": int(container.stat().st_size),
+                "macs": int8["macs"],
+                "params": int8["params"],
+                "latency_ms": int8["latency_ms"],
+                "note": "graph rebuilt by `lowrank-deploy unpack` from the container; latency is the int8 graph's",
+            }
+        )
+    by = {v["name"]: v for v in variants}
+    orig, ship = by["original"], by["int8"]
+    headline = {
+        "smaller": orig["size_bytes"] / by["unpacked"]["size_bytes"],
+        "faster": orig["latency_ms"]["p50"] / ship["latency_ms"]["p50"],
+        "faster_fp32": orig["latency_ms"]["p50"] / by["finetuned"]["latency_ms"]["p50"],
+        "acc_from": orig["accuracy"],
+        "acc_to": by["unpacked"]["accuracy"],
+        "basis": "size: fp32 original ONNX vs entropy-coded container; speed: p50 of original fp32 vs int8 "
+                 "(faster_fp32: vs decomposed fp32); accuracy: original vs model unpacked from the container",
+    }
+    try:
+        node_profile = profile_nodes(files["finetuned"], target, shape, runs=20)
+    except Exception as e:  # profiling is a diagnostic: never fail the report on it
+        node_profile = {"error": str(e)}
+    fin = ctx.inputs["finetune"].metrics
+    q = ctx.inputs["quantize"].metrics
+    ent = ctx.inputs["entropy-code"].metrics
+    report: dict[str, Any] = {
+        "schema_version": 1,
+        "model": cfg.model,
+        "dataset": cfg.data,
+        "settings": {
+            "target": target.name,
+            "target_note": getattr(target, "note", ""),
+            "threads": bcfg.threads,
+            "inter_threads": getattr(target, "inter_threads", 1),
+            "graph_optimization": getattr(target, "graph_opt_level", "all"),
+            "execution_mode": getattr(target, "execution_mode", "sequential"),
+            "batch": bcfg.batch,
+            "samples": bcfg.samples,
+            "warmup": bcfg.warmup,
+            "timing": "sessions created and warmed first, variants interleaved in random order in small chunks",
+            "onnxruntime": ort.__version__,
+            "package_version": __version__,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "factorize": {"method": cfg.factorize.method, "selector": cfg.factorize.selector,
+                          "energy": cfg.factorize.energy, "align": cfg.factorize.align},
+            "finetune": {"method": cfg.finetune.method, "epochs": cfg.finetune.epochs},
+            "quantize": {"activation_type": cfg.quantize.activation_type, "weight_type": cfg.quantize.weight_type,
+                         "per_channel": cfg.quantize.per_channel, "calibrate_method": cfg.quantize.calibrate_method},
+            "energy_table": "Horowitz, ISSCC 2014, 45 nm 0.9 V (ratios matter, absolute values dated)",
+            "device_profile": getattr(target.profile, "name", str(target.profile)),
+        },
+        "headline": headline,
+        "variants": variants,
+        "container": {"file": "weights.lrdc", "size_bytes": int(container.stat().st_size), **{
+            k: v for k, v in ent.items() if k in ("coder", "total_bits_per_weight", "order0_bits_per_weight", "decode_mb_s")}},
+        "layers": json.loads((ctx.inputs["factorize"].dir / "layers.json").read_text()),
+        "node_profile": node_profile,
+        "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images")},
+        "finetune": {k: v for k, v in fin.items() if not isinstance(v, (list, dict))},
+        "stages": [{"stage": a.stage, "key": a.key, "sha256": a.sha256} for a in ctx.inputs.values()],
+    }
+    mobile = ctx.inputs["export"].dir / "mobile.json"
+    if mobile.is_file():
+        report["mobile"] = json.loads(mobile.read_text())
+    paths = write_report(report, ctx.out_dir, html=bcfg.html)
+    return {k: Path(p) for k, p in paths.items()}

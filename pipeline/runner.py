@@ -1,0 +1,430 @@
+"""Runs the stages in order with a content-hash cache, resume, a manifest, a run lock and atomic stage folders.
+
+A stage writes into ``NN-<stage>-<key>.tmp-<pid>/``; only when it finished and wrote its completion marker
+``artifact.json`` is that folder renamed to ``NN-<stage>-<key>/``. A folder without the marker is never reused,
+so a killed run resumes from the last complete stage.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline import __version__
+from pipeline.artifacts import atomic_write_bytes, atomic_write_json, sha256_file, sha256_files, sha256_json
+from pipeline.config import PipelineConfig, to_dict
+from pipeline.errors import ConfigError, InputError, LockError, PipelineError
+from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec
+
+MARKER = "artifact.json"
+log = logging.getLogger("lowrank_deploy")
+
+
+@dataclass
+class StageRecord:
+    """What happened to one stage in this run (for the manifest and the CLI summary)."""
+
+    artifact: Artifact
+    status: str  # "ran" | "cached"
+    seconds: float
+    started: str
+    ended: str
+    parent_key: str | None
+    input_sha256: str | None
+    config: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run`."""
+
+    root: Path
+    records: list[StageRecord]
+    deploy_dir: Path | None
+
+    def artifact(self, stage: str) -> Artifact:
+        """The artifact of a stage of this run."""
+        for r in self.records:
+            if r.artifact.stage == stage:
+                return r.artifact
+        raise KeyError(stage)
+
+
+def stage_names() -> list[str]:
+    """Registered stages in run order."""
+    import pipeline.stages  # noqa: F401  (registers the stages)
+
+    return STAGES.names()
+
+
+def model_slug(spec: str) -> str:
+    """Folder name for a model spec: the registered name, or the stem of a user's file."""
+    base = spec.split(":")[0]
+    if base.endswith((".py", ".onnx")):
+        base = Path(base).stem
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "model"
+    return slug
+
+
+def _file_fingerprint(path: str) -> str:
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        # A data folder: hash names, sizes and mtimes (reading every image would be slow for big folders).
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    return "missing"
+
+
+def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
+    """Content identity of the run's inputs (model file, weights, data files), part of every stage key."""
+    fp: dict[str, Any] = {"model": cfg.model, "data": cfg.data, "seed": cfg.seed, "device": cfg.device}
+    model_file = cfg.model.split(":")[0]
+    if model_file.endswith((".py", ".onnx")):
+        fp["model_sha256"] = _file_fingerprint(model_file)
+    if cfg.weights:
+        if not Path(cfg.weights).is_file():
+            raise InputError(f"weights file {cfg.weights!r} does not exist; pass an existing .safetensors/.pt file to --weights")
+        fp["weights_sha256"] = sha256_file(cfg.weights)
+    if ":" in cfg.data:
+        fp["data_sha256"] = _file_fingerprint(cfg.data.split(":", 1)[1])
+    return fp
+
+
+def stage_key(spec: StageSpec, cfg: PipelineConfig, fingerprint: dict[str, Any], input_sha: str | None) -> str:
+    """``sha256(stage, stage version, package version, config section, inputs, parent output hash)[:12]``."""
+    section = to_dict(getattr(cfg, spec.section)) if spec.section else {}
+    return sha256_json(
+        {
+            "stage": spec.name,
+            "version": spec.version,
+            "package": __version__,
+            "config": section,
+            "inputs": fingerprint,
+            "parent": input_sha,
+        }
+    )[:12]
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock on the model's artifacts folder so two runs never write the same folders at once."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise LockError(
+                f"artifacts folder {str(root)!r} is in use by {holder}; wait for that run to finish, "
+                f"or use another --artifacts folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            f.seek(0)
+            f.truncate()
+        f.close()
+
+
+def _read_artifact(folder: Path, spec: StageSpec, index: int, key: str) -> Artifact | None:
+    marker = folder / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        rec = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    files = rec.get("files", [])
+    if rec.get("key") != key or not all((folder / f).is_file() for f in files):
+        return None
+    return Artifact(spec.name, index, key, folder, files, rec.get("metrics", {}), rec.get("sha256", ""))
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean_stale_tmp(root: Path) -> None:
+    """Remove temp stage folders left by killed runs (we hold the lock, so none is in use)."""
+    for p in root.glob("*.tmp-*"):
+        if p.is_dir():
+            _remove_tree(p)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _setup_file_log(root: Path) -> logging.Handler:
+    handler = logging.FileHandler(root / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(
+            f"artifacts folder {str(root)!r} is not writable ({e.strerror}); choose a writable --artifacts folder"
+        ) from None
+
+
+def run(
+    cfg: PipelineConfig,
+    only: str | None = None,
+    from_stage: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    upto: str | None = None,
+) -> RunResult:
+    """Run the pipeline for ``cfg``.
+
+    Args:
+        cfg: the validated configuration.
+        only: run just this stage (earlier stages must already be complete in the cache).
+        from_stage: rerun this stage and every later one even if cached.
+        force: rerun every stage.
+        progress: show progress bars.
+        upto: stop after this stage (used by tests and ``--upto``).
+
+    Returns:
+        RunResult with one record per stage that was run or reused.
+    """
+    names = stage_names()
+    for opt, val in (("--only", only), ("--from", from_stage), ("--upto", upto)):
+        if val is not None and val not in names:
+            raise ConfigError(f"unknown stage {val!r} for {opt}; known stages: {', '.join(names)}")
+    # Validate the names the config refers to before any work (clear errors, nothing written).
+    _validate_names(cfg)
+    fingerprint = input_fingerprint(cfg)
+
+    root = Path(cfg.artifacts) / model_slug(cfg.model)
+    _check_writable(root)
+    with run_lock(root):
+        handler = _setup_file_log(root)
+        try:
+            return _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _validate_names(cfg: PipelineConfig) -> None:
+    from pipeline.data import DATASETS
+    from pipeline.models import MODELS
+
+    model_file = cfg.model.split(":")[0]
+    if not model_file.endswith((".py", ".onnx")):
+        MODELS.get(cfg.model)
+    elif not Path(model_file).is_file():
+        raise InputError(f"model file {model_file!r} does not exist; pass an existing .py (path.py:factory) or .onnx file")
+    DATASETS.get(cfg.data.split(":", 1)[0])
+    from pipeline.factorize.formats import FORMATS
+    from pipeline.factorize.ranks import SELECTORS
+
+    if cfg.factorize.method != "auto":
+        FORMATS.get(cfg.factorize.method)
+    if cfg.factorize.linear_method != "none":
+        FORMATS.get(cfg.factorize.linear_method)
+    SELECTORS.get(cfg.factorize.selector)
+    from pipeline.finetune import FINETUNE_METHODS
+
+    if cfg.finetune.method != "none":
+        FINETUNE_METHODS.get(cfg.finetune.method)
+    from pipeline.entropy.coders import CODERS
+
+    if cfg.entropy.coder != "auto":
+        CODERS.get(cfg.entropy.coder)
+    from benchmarks.targets import TARGETS
+
+    TARGETS.get(cfg.benchmark.target)
+
+
+def _run_locked(
+    cfg: PipelineConfig,
+    root: Path,
+    names: list[str],
+    fingerprint: dict[str, Any],
+    only: str | None,
+    from_stage: str | None,
+    force: bool,
+    progress: bool,
+    upto: str | None,
+) -> RunResult:
+    _clean_stale_tmp(root)
+    records: list[StageRecord] = []
+    inputs: dict[str, Artifact] = {}
+    cache: dict[str, Any] = {}
+    parent: Artifact | None = None
+    rerun_from = names.index(from_stage) if from_stage else (0 if force else len(names))
+    last = names.index(upto) if upto else len(names) - 1
+    for index, name in enumerate(names):
+        if index > last:
+            break
+        spec = STAGES.get(name)
+        key = stage_key(spec, cfg, fingerprint, parent.sha256 if parent else None)
+        folder = root / f"{index:02d}-{name}-{key}"
+        existing = _read_artifact(folder, spec, index, key)
+        must_run = index >= rerun_from or existing is None
+        if only is not None and name != only:
+            if existing is None:
+                raise PipelineError(
+                    f"--only {only}: earlier stage {name!r} has no complete artifact for this config; "
+                    f"run without --only first"
+                )
+            must_run = False
+        started = _now()
+        t0 = time.perf_counter()
+        if must_run:
+            log.info("stage %s: running (key %s)", name, key)
+            art = _execute(spec, cfg, root, folder, index, key, inputs, cache, progress)
+            status = "ran"
+        else:
+            assert existing is not None
+            log.info("stage %s: cached (%s)", name, folder.name)
+            art = existing
+            status = "cached"
+        records.append(
+            StageRecord(
+                artifact=art,
+                status=status,
+                seconds=round(time.perf_counter() - t0, 3),
+                started=started,
+                ended=_now(),
+                parent_key=parent.key if parent else None,
+                input_sha256=parent.sha256 if parent else None,
+                config=to_dict(getattr(cfg, spec.section)) if spec.section else {},
+            )
+        )
+        inputs[name] = art
+        parent = art
+        _write_manifest(root, cfg, records)
+    deploy = None
+    if upto is None and only is None or (only == names[-1]):
+        deploy = _publish(root, records)
+        _write_manifest(root, cfg, records)
+    return RunResult(root, records, deploy)
+
+
+def _execute(
+    spec: StageSpec,
+    cfg: PipelineConfig,
+    root: Path,
+    folder: Path,
+    index: int,
+    key: str,
+    inputs: dict[str, Artifact],
+    cache: dict[str, Any],
+    progress: bool,
+) -> Artifact:
+    tmp = root / f"{folder.name}.tmp-{os.getpid()}"
+    _remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    ctx = StageContext(cfg=cfg, out_dir=tmp, inputs=dict(inputs), log=log, progress=progress, cache=cache)
+    try:
+        out = spec.fn(ctx)
+        missing = [f for f in out.files if not (tmp / f).is_file()]
+        if missing:
+            raise PipelineError(f"stage {spec.name} did not write the files it announced: {missing}")
+        sha = sha256_files(tmp, out.files)
+        art = Artifact(spec.name, index, key, folder, list(out.files), out.metrics, sha)
+        atomic_write_json(tmp / MARKER, art.to_json())
+        if folder.exists():  # --force / --from: replace the old complete folder
+            trash = root / f"{folder.name}.tmp-old-{os.getpid()}"
+            os.replace(folder, trash)
+            os.replace(tmp, folder)
+            _remove_tree(trash)
+        else:
+            os.replace(tmp, folder)
+    except OSError as e:
+        _remove_tree(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise InputError(
+                f"stage {spec.name}: cannot write to {str(root)!r} ({e.strerror}); free space or fix permissions, "
+                f"then rerun: completed stages are kept and reused"
+            ) from None
+        raise
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return art
+
+
+def _write_manifest(root: Path, cfg: PipelineConfig, records: list[StageRecord]) -> None:
+    manifest = {
+        "package_version": __version__,
+        "model": cfg.model,
+        "dataset": cfg.data,
+        "config": to_dict(cfg),
+        "stages": [
+            {
+                "stage": r.artifact.stage,
+                "folder": r.artifact.dir.name,
+                "key": r.artifact.key,
+                "parent_key": r.parent_key,
+                "input_sha256": r.input_sha256,
+                "output_sha256": r.artifact.sha256,
+                "config": r.config,
+                "metrics": r.artifact.metrics,
+                "status": r.status,
+                "seconds": r.seconds,
+                "start": r.started,
+                "end": r.ended,
+            }
+            for r in records
+        ],
+    }
+    atomic_write_json(root / "manifest.json", manifest)
+
+
+def _publish(root: Path, records: list[StageRecord]) -> Path:
+    """Copy every stage's deliverables into ``deploy/`` (atomically per file)."""
+    deploy = root / "deploy"
+    deploy.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        spec = STAGES.get(r.artifact.stage)
+        for src, dst in spec.deliverables.items():
+            p = r.artifact.dir / src
+            if p.is_file():
+                atomic_write_bytes(deploy / dst, p.read_bytes())
+    return deploy
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Logs go to stderr (and to ``run.log`` in the run folder while a run is active)."""
+    if not log.handlers or all(isinstance(h, logging.FileHandler) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        log.addHandler(h)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False

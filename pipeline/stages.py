@@ -1,0 +1,322 @@
+"""The pipeline's stages, registered in run order. Each is a thin composition of the subsystem packages.
+
+baseline -> factorize -> finetune -> quantize -> entropy-code -> export -> benchmark
+Every stage reads earlier artifacts, writes only into ``ctx.out_dir``, and validates its own output.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import ValidationError
+from pipeline.stage_api import StageContext, StageOutput, stage
+
+EVAL_BATCH = 256
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _example_input(meta: dict[str, Any], batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, meta["in_channels"], meta["input_size"], meta["input_size"])
+
+
+def _load(ctx: StageContext, stage_name: str):
+    """Load the model checkpoint an earlier stage wrote (cached per run)."""
+    from pipeline.checkpoint import load_model
+
+    key = f"model:{stage_name}"
+    if key not in ctx.cache:
+        ctx.cache[key] = load_model(ctx.inputs[stage_name].dir)
+    model, meta = ctx.cache[key]
+    return copy.deepcopy(model), dict(meta)
+
+
+def _accuracy(model: torch.nn.Module, split) -> float:
+    from pipeline.finetune.trainer import evaluate
+
+    if split.y is None:
+        return float("nan")
+    return float(evaluate(model, split, batch_size=EVAL_BATCH))
+
+
+def _check_finite(model: torch.nn.Module, where: str) -> None:
+    from pipeline.errors import NumericalError
+
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise NumericalError(f"{where}: tensor {name!r} contains NaN/Inf; check the input weights or lower the learning rate")
+
+
+# ---------------------------------------------------------------------------------------------------------------- 00
+@stage("baseline", section="baseline", version=1, deliverables={})
+def baseline(ctx: StageContext) -> StageOutput:
+    """Build the model; load the user's weights, or train it on the dataset when none are given."""
+    from pipeline.checkpoint import save_model
+    from pipeline.factorize.swap import count_macs_params
+    from pipeline.finetune.trainer import train_baseline
+    from pipeline.models import build_model, load_weights
+
+    cfg = ctx.cfg
+    data = ctx.data()
+    _seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, data.in_channels, data.input_size)
+    meta = {
+        "spec": cfg.model,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "input_size": data.input_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "structure": {},
+    }
+    history: dict[str, Any] = {}
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+        source = "weights"
+    else:
+        model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
+        source = "trained"
+    model = model.cpu().eval()
+    _check_finite(model, "baseline")
+    macs, params = count_macs_params(model, _example_input(meta))
+    files = save_model(model, meta, ctx.out_dir)
+    metrics = {
+        "source": source,
+        "val_accuracy": _accuracy(model, data.val),
+        "test_accuracy": _accuracy(model, data.test),
+        "macs": macs,
+        "params": params,
+        "train_seconds": history.get("seconds"),
+    }
+    ctx.log.info("baseline: test accuracy %.4f, %.1f MMAC, %.3f M params", metrics["test_accuracy"], macs / 1e6, params / 1e6)
+    return StageOutput(files, metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 01
+@stage("factorize", section="factorize", version=1, deliverables={"layers.json": "factorize_layers.json"})
+def factorize(ctx: StageContext) -> StageOutput:
+    """Replace eligible conv/linear layers by low-rank forms; record the per-layer table."""
+    from dataclasses import asdict
+
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.checkpoint import save_model
+    from pipeline.factorize.swap import count_macs_params, factorize_model
+    from pipeline.finetune.trainer import evaluate
+
+    data = ctx.data()
+    model, meta = _load(ctx, "baseline")
+    _check_finite(model, "factorize input")
+    _seed(ctx.cfg.seed)
+    # Sensitivity for the budget selector is measured on a small, fixed validation subset.
+    n_eval = min(len(data.val.x), ctx.cfg.factorize.budget.eval_samples)
+    from pipeline.data import Split
+
+    sub = Split(data.val.x[:n_eval], data.val.y[:n_eval] if data.val.y is not None else None)
+    eval_fn = (lambda m: float(evaluate(m, sub, batch_size=EVAL_BATCH))) if sub.y is not None else None
+    t0 = time.perf_counter()
+    fact, layers, structure = factorize_model(model, ctx.cfg.factorize, _example_input(meta), eval_fn=eval_fn)
+    seconds = time.perf_counter() - t0
+    fact.eval()
+    meta["structure"] = structure
+    files = save_model(fact, meta, ctx.out_dir)
+    rows = [asdict(r) for r in layers]
+    atomic_write_json(ctx.out_dir / "layers.json", rows)
+    macs0, params0 = count_macs_params(model, _example_input(meta))
+    macs1, params1 = count_macs_params(fact, _example_input(meta))
+    metrics = {
+        "layers_factorized": sum(r["status"] == "factorized" for r in rows),
+        "layers_dense": sum(r["status"] != "factorized" for r in rows),
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "mac_reduction": macs0 / max(macs1, 1),
+        "params_before": params0,
+        "params_after": params1,
+        "test_accuracy": _accuracy(fact, data.test),
+        "val_accuracy": _accuracy(fact, data.val),
+        "seconds": round(seconds, 3),
+    }
+    ctx.log.info(
+        "factorize: %d layers factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy before finetune %.4f",
+        metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"], metrics["test_accuracy"],
+    )
+    return StageOutput(files + ["layers.json"], metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 02
+@stage("finetune", section="finetune", version=1, deliverables={})
+def finetune(ctx: StageContext) -> StageOutput:
+    """Recover accuracy (distillation from the original by default, or a training method of the source papers)."""
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.checkpoint import save_model
+    from pipeline.factorize.swap import count_macs_params
+    from pipeline.finetune import FinetuneJob, finetune as run_finetune
+
+    data = ctx.data()
+    student, meta = _load(ctx, "factorize")
+    teacher, _ = _load(ctx, "baseline")
+    _seed(ctx.cfg.seed)
+    job = FinetuneJob(
+        student=student,
+        teacher=teacher,
+        structure=dict(meta["structure"]),
+        data=data,
+        cfg=ctx.cfg.finetune,
+        seed=ctx.cfg.seed,
+        device=ctx.cfg.device,
+        progress=ctx.progress,
+        example_input=_example_input(meta),
+        align=ctx.cfg.factorize.align,
+        model_spec=ctx.cfg.model,
+    )
+    result = run_finetune(job)
+    model = result.model.cpu().eval()
+    _check_finite(model, "finetune")
+    meta["structure"] = result.structure
+    files = save_model(model, meta, ctx.out_dir)
+    atomic_write_json(ctx.out_dir / "history.json", result.history)
+    macs, params = count_macs_params(model, _example_input(meta))
+    metrics = {
+        "method": ctx.cfg.finetune.method,
+        "test_accuracy": _accuracy(model, data.test),
+        "val_accuracy": _accuracy(model, data.val),
+        "macs": macs,
+        "params": params,
+        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))},
+    }
+    ctx.log.info("finetune (%s): test accuracy %.4f", metrics["method"], metrics["test_accuracy"])
+    return StageOutput(files + ["history.json"], metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 03
+@stage("quantize", section="quantize", version=1, deliverables={"model.int8.onnx": "model.int8.onnx"})
+def quantize(ctx: StageContext) -> StageOutput:
+    """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
+    from benchmarks.accuracy import onnx_accuracy, onnx_predict
+    from exporters.onnx import export_onnx
+    from pipeline.quantize.ort_static import output_sqnr, quantize_static
+
+    cfg = ctx.cfg
+    data = ctx.data()
+    model, meta = _load(ctx, "finetune")
+    shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+    fp32 = ctx.out_dir / "model.fp32.onnx"
+    export_onnx(model, shape, fp32, opset=cfg.export.opset, simplify=cfg.export.simplify)
+    rng = np.random.default_rng(cfg.seed)
+    n_cal = min(cfg.quantize.calib_size, len(data.train.x))
+    idx = np.sort(rng.choice(len(data.train.x), size=n_cal, replace=False))
+    calib = data.train.x[idx].numpy().astype(np.float32)
+    val_x = data.val.x.numpy().astype(np.float32)
+    val_y = data.val.y.numpy() if data.val.y is not None else None
+    fp32_val = onnx_accuracy(fp32, val_x, val_y) if val_y is not None else None
+    eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
+    out = ctx.out_dir / "model.int8.onnx"
+    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val)
+    test_x = data.test.x.numpy().astype(np.float32)
+    ref = onnx_predict(fp32, test_x)
+    q = onnx_predict(out, test_x)
+    metrics: dict[str, Any] = {
+        "calibration_images": n_cal,
+        "agreement": float((ref.argmax(1) == q.argmax(1)).mean()),
+        "sqnr_db": float(output_sqnr(ref, q)),
+        **{k: v for k, v in qinfo.items() if k != "guard"},
+        "guard": qinfo.get("guard"),
+    }
+    if data.test.y is not None:
+        y = data.test.y.numpy()
+        metrics["fp32_test_accuracy"] = float((ref.argmax(1) == y).mean())
+        metrics["test_accuracy"] = float((q.argmax(1) == y).mean())
+    ctx.log.info("quantize: int8 test accuracy %s, top-1 agreement %.4f, SQNR %.1f dB",
+                 metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
+    return StageOutput(["model.fp32.onnx", "model.int8.onnx"], metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 04
+@stage("entropy-code", section="entropy", version=1, deliverables={"weights.lrdc": "weights.lrdc"})
+def entropy_code(ctx: StageContext) -> StageOutput:
+    """Pack the int8 model (graph + every tensor) into the coded container; verify it decodes to identical outputs."""
+    from benchmarks.accuracy import onnx_predict
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.entropy.container import pack_onnx, unpack_to_onnx
+
+    cfg = ctx.cfg
+    data = ctx.data()
+    src = ctx.inputs["quantize"].path("model.int8.onnx")
+    out = ctx.out_dir / "weights.lrdc"
+    stats = pack_onnx(src, out, coder=cfg.entropy.coder, zstd_level=cfg.entropy.zstd_level)
+    rebuilt = ctx.out_dir / "unpacked.int8.onnx"
+    unpack_to_onnx(out, rebuilt)
+    x = data.test.x[:64].numpy().astype(np.float32)
+    a, b = onnx_predict(src, x), onnx_predict(rebuilt, x)
+    if not np.array_equal(a, b):
+        raise ValidationError(f"entropy-code: unpacked model outputs differ from {src.name} (max abs {np.abs(a - b).max()})")
+    rebuilt.unlink()
+    atomic_write_json(ctx.out_dir / "container_stats.json", stats)
+    metrics = {k: v for k, v in stats.items() if k != "tensors"}
+    metrics["outputs_identical"] = True
+    ctx.log.info("entropy-code: %s, %d bytes, %.3f bits/weight (order-0 bound %.3f)", out.name, stats["size_bytes"],
+                 stats.get("total_bits_per_weight", float("nan")), stats.get("order0_bits_per_weight", float("nan")))
+    return StageOutput(["weights.lrdc", "container_stats.json"], metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 05
+@stage(
+    "export",
+    section="export",
+    version=1,
+    deliverables={"model.onnx": "model.onnx", "model.ort": "model.ort", "required_operators.config": "required_operators.config"},
+)
+def export(ctx: StageContext) -> StageOutput:
+    """fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity; ORT format for mobile."""
+    from exporters.onnx import export_onnx
+    from exporters.ort_mobile import convert_to_ort, mobile_usability
+    from exporters.validate import check_parity
+    from pipeline.artifacts import atomic_write_json
+
+    cfg = ctx.cfg
+    rng = np.random.default_rng(cfg.seed)
+    metrics: dict[str, Any] = {}
+    files: list[str] = []
+    for stage_name, fname in (("finetune", "model.onnx"), ("baseline", "original.onnx"), ("factorize", "factorized.onnx")):
+        model, meta = _load(ctx, stage_name)
+        shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+        info = export_onnx(model, shape, ctx.out_dir / fname, opset=cfg.export.opset, simplify=cfg.export.simplify)
+        inputs = [rng.standard_normal((b, *shape)).astype(np.float32) for b in (1, 4)]
+        parity = check_parity(model, ctx.out_dir / fname, inputs, atol=cfg.export.atol, rtol=cfg.export.rtol)
+        metrics[fname] = {"nodes": info.get("nodes"), "simplified": info.get("simplified"), "parity": parity}
+        files.append(fname)
+    if cfg.export.mobile:
+        ort = convert_to_ort(ctx.out_dir / "model.onnx", ctx.out_dir)
+        for p in (ort["ort_path"], ort["config_path"]):
+            files.append(Path(p).name)
+        usability = mobile_usability(ctx.out_dir / "model.onnx")
+        atomic_write_json(ctx.out_dir / "mobile.json", usability)
+        files.append("mobile.json")
+        metrics["ort_bytes"] = ort.get("bytes")
+    ctx.log.info("export: model.onnx parity ok (batch 1 and 4)%s", ", model.ort written" if cfg.export.mobile else "")
+    return StageOutput(files, metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------- 06
+@stage(
+    "benchmark",
+    section="benchmark",
+    version=1,
+    deliverables={"report.md": "report.md", "report.json": "report.json", "report.html": "report.html"},
+)
+def benchmark(ctx: StageContext) -> StageOutput:
+    """Measure every variant in one run (accuracy, size, MACs, latency) and write the report."""
+    from pipeline.report_builder import build_report
+
+    paths = build_report(ctx)
+    return StageOutput([p.name for p in paths.values()], {"report": {k: p.name for k, p in paths.items()}})
