@@ -1,1 +1,251 @@
-"""Package."""
+"""Model zoo and model loading: registered architectures, user ``file.py:factory`` models, checkpoint weights.
+
+Public API (other subsystems code against exactly this):
+
+* ``MODELS`` -- ``Registry`` of factories ``factory(num_classes: int = 10, in_channels: int = 3) -> nn.Module``.
+* :func:`build_model` -- a registered name or ``path/to/file.py:factory``.
+* :func:`load_weights` -- ``.safetensors`` or weights-only ``.pt``/``.pth`` into a built model, strictly checked.
+* :func:`model_names` -- the registered names.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.models.zoo import MODELS
+
+__all__ = ["MODELS", "build_model", "load_weights", "model_names"]
+
+# Longest key lists quoted in a mismatch message; the rest are counted, so the message stays readable.
+_MAX_LISTED = 10
+
+
+def model_names() -> list[str]:
+    """Names of the registered zoo models, in registration order.
+
+    Returns:
+        The names ``build_model`` accepts without a file path.
+    """
+    return MODELS.names()
+
+
+def _is_file_spec(spec: str) -> bool:
+    path = spec.rsplit(":", 1)[0] if ":" in spec else spec
+    return path.endswith(".py")
+
+
+def _import_user_file(path: Path) -> Any:
+    # A content-derived module name keeps two different files with the same name apart, and re-importing the same
+    # file (e.g. in several stages) reuses one module object, so classes compare equal across calls.
+    digest = hashlib.sha256(str(path.resolve()).encode() + path.read_bytes()).hexdigest()[:16]
+    mod_name = f"lowrank_user_model_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"model file {str(path)!r} cannot be imported as a Python module; pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before executing so dataclasses/pickling inside the user file can find their own module.
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[mod_name]
+        raise InputError(
+            f"model file {str(path)!r} failed to import: {type(e).__name__}: {e}; fix the file so that "
+            f"'python {path}' runs without error"
+        ) from e
+    return module
+
+
+def _call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int, where: str) -> Any:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins/C callables without a signature: call with no arguments
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, int] = {}
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if var_kw or name in params:
+            kwargs[name] = value
+    try:
+        return factory(**kwargs)
+    except Exception as e:
+        raise InputError(
+            f"model factory {where} raised {type(e).__name__}: {e}; it must be callable as "
+            f"factory(num_classes=..., in_channels=...) or factory() and return a torch.nn.Module"
+        ) from e
+
+
+def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    """Build a freshly initialised model.
+
+    Args:
+        spec: a registered zoo name (see :func:`model_names`) or ``path/to/file.py:factory``; the factory is called
+            with ``num_classes``/``in_channels`` when its signature accepts them, else with no arguments.
+        num_classes: classifier outputs (the dataset's class count).
+        in_channels: input image channels.
+        input_size: square input side the model will see (checked against the zoo model's minimum).
+
+    Returns:
+        The model (train mode, CPU, float32).
+
+    Raises:
+        ConfigError: unknown zoo name (the message lists the known ones), or invalid sizes.
+        InputError: missing file, missing factory, import failure, or a factory that does not return a module.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"model spec {spec!r} is not a non-empty string; use one of {', '.join(MODELS.names())} "
+                          f"or 'path/to/file.py:factory'")
+    if int(num_classes) < 1:
+        raise ConfigError(
+            f"model {spec!r}: num_classes={num_classes} is invalid; the dataset must have labels or declare its "
+            f"class count (e.g. a 'num_classes' or 'class_names' array in the npz)"
+        )
+    if int(in_channels) < 1 or int(input_size) < 1:
+        raise ConfigError(f"model {spec!r}: in_channels={in_channels} and input_size={input_size} must be >= 1")
+    if spec.endswith(".onnx") or spec.rsplit(":", 1)[0].endswith(".onnx"):
+        raise ConfigError(
+            f"model {spec!r} is an ONNX file, which cannot be rebuilt as a torch module here; give a zoo name or "
+            f"'path/to/file.py:factory' (plus --weights) instead"
+        )
+    if _is_file_spec(spec):
+        if ":" not in spec:
+            raise InputError(f"model spec {spec!r} names a file but no factory; write it as '{spec}:factory_name'")
+        file_part, factory_name = spec.rsplit(":", 1)
+        path = Path(file_part).expanduser()
+        if not path.is_file():
+            raise InputError(f"model file {file_part!r} does not exist; pass an existing .py file as 'path.py:factory'")
+        module = _import_user_file(path)
+        factory = getattr(module, factory_name, None)
+        if factory is None or not callable(factory):
+            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+            raise InputError(
+                f"model file {file_part!r} has no callable {factory_name!r}; callables defined there: "
+                f"{', '.join(public) or '(none)'}"
+            )
+        model = _call_factory(factory, int(num_classes), int(in_channels), f"{spec!r}")
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    factory = MODELS.get(spec)  # ConfigError listing the known names
+    min_size = int(MODELS.meta(spec).get("min_input_size", 1))
+    if int(input_size) < min_size:
+        raise ConfigError(
+            f"model {spec!r} needs inputs of at least {min_size}x{min_size} (got {input_size}); pick another model "
+            f"or a larger input size"
+        )
+    return factory(num_classes=int(num_classes), in_channels=int(in_channels))
+
+
+def _short_reason(e: BaseException) -> str:
+    # torch's message suggests weights_only=False or allow-listing globals as a "fix"; quote only what was refused.
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+Please\b|$)", text)
+    if m and m.group(1):
+        return m.group(1)[:200]
+    return text[:200] or type(e).__name__
+
+
+def _read_checkpoint(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise InputError(f"weights file {str(path)!r} is not a valid safetensors file ({e}); re-export it") from e
+    if suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        try:
+            # weights_only=True: the restricted unpickler refuses arbitrary globals, so a malicious checkpoint cannot
+            # run code. There is deliberately no fallback to weights_only=False.
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, TypeError,
+                ImportError, IndexError, KeyError, OSError) as e:
+            first = _short_reason(e)
+            raise InputError(
+                f"weights file {str(path)!r} could not be loaded as a weights-only checkpoint ({first}); it may "
+                f"contain arbitrary Python objects, which are refused for safety. Convert it to safetensors in a "
+                f"trusted environment: safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+            ) from e
+    raise InputError(f"weights file {str(path)!r} has an unsupported extension {suffix!r}; use .safetensors, .pt or .pth")
+
+
+def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise InputError(f"weights file {str(path)!r} holds a {type(obj).__name__}, not a state_dict; save "
+                         f"model.state_dict() (or {{'state_dict': ...}}) instead")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise InputError(f"weights file {str(path)!r} contains no tensors; save model.state_dict()")
+    # DataParallel/DDP checkpoints prefix every key with "module.".
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a checkpoint into ``model`` in place, strictly.
+
+    Args:
+        model: the built architecture (see :func:`build_model`).
+        path: ``.safetensors`` or ``.pt``/``.pth`` (loaded with ``weights_only=True``); the file may hold a raw
+            state_dict or ``{"state_dict": ...}``/``{"model": ...}``; a ``module.`` prefix is stripped.
+
+    Raises:
+        InputError: missing/unreadable file, a checkpoint that is not weights-only, or a checkpoint that does not
+            match the architecture (missing keys, unexpected keys, shape mismatches are all named).
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InputError(f"weights file {str(path)!r} does not exist; pass the path of a .safetensors or .pt file")
+    state = _extract_state_dict(_read_checkpoint(p), p)
+    expected = model.state_dict()
+    # BatchNorm's num_batches_tracked counter is absent from many exported checkpoints and does not affect outputs.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys [{_listing(missing)}]")
+        if unexpected:
+            parts.append(f"unexpected keys [{_listing(unexpected)}]")
+        if mismatched:
+            parts.append(f"shape mismatches [{_listing(mismatched)}]")
+        raise InputError(
+            f"weights file {str(path)!r} does not match the model ({type(model).__name__}): {'; '.join(parts)}; "
+            f"check that --model, the dataset's class count and input channels match the checkpoint"
+        )
+    bad_dtype = [k for k, v in state.items() if not (v.is_floating_point() or k.endswith("num_batches_tracked"))
+                 and expected[k].is_floating_point()]
+    if bad_dtype:
+        raise InputError(f"weights file {str(path)!r}: tensors [{_listing(bad_dtype)}] are not floating point; "
+                         f"save a float checkpoint")
+    model.load_state_dict(state, strict=False)

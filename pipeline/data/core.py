@@ -1,0 +1,188 @@
+"""Dataset containers, the dataset registry and the helpers every loader shares (splitting, normalising, resizing)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import InputError
+from pipeline.registry import Registry
+
+
+@dataclass
+class Split:
+    """One split of a dataset, fully in memory.
+
+    Attributes:
+        x: float32 ``(N, C, H, W)``, already normalised by the dataset's mean/std.
+        y: int64 ``(N,)`` labels, or None when the dataset has no labels.
+        hflip: whether a horizontal flip preserves the label (False for digits, where a mirrored 2 is no 2); read by
+            :func:`make_loader` when ``augment=True``. Defaults to True so ``Split(x, y)`` keeps working.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    hflip: bool = field(default=True, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train/val/test splits and what a model needs to know about them."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    in_channels: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+
+
+#: name -> loader(path: str | None, seed: int, input_size: int | None) -> DatasetSplits
+DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
+
+# Fractions (train, val, test) used when a dataset does not come pre-split.
+DEFAULT_FRACTIONS = (0.6, 0.1, 0.3)
+
+
+def split_indices(n: int, y: np.ndarray | None, seed: int,
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded, stratified train/val/test index split with exact global sizes.
+
+    Each sample gets a key ``(rank within its class + 0.5) / class size`` (ranks from a seeded permutation); sorting by
+    that key interleaves the classes evenly, so taking the first ``n_test`` then ``n_val`` samples gives every split
+    the class proportions of the whole set (to within one sample per class) while the split sizes are exact.
+
+    Args:
+        n: number of samples.
+        y: integer labels (stratify on them) or None (plain seeded split).
+        seed: the only source of randomness.
+        fractions: (train, val, test) fractions; a non-zero val/test fraction gets at least one sample.
+
+    Returns:
+        ``(train_idx, val_idx, test_idx)``, each in a seeded random order.
+
+    Raises:
+        InputError: too few samples for the requested splits.
+    """
+    want_val, want_test = fractions[1] > 0, fractions[2] > 0
+    need = 1 + int(want_val) + int(want_test)
+    if n < need:
+        raise InputError(f"dataset has {n} samples; at least {need} are needed to form the train/val/test splits")
+    rng = np.random.default_rng(seed)
+    # A split asked for gets at least one sample, and train always keeps at least one.
+    n_test = min(n - need + 1, max(1, int(round(n * fractions[2])))) if want_test else 0
+    n_val = min(n - 1 - n_test, max(1, int(round(n * fractions[1])))) if want_val else 0
+    perm = rng.permutation(n)
+    if y is None:
+        order = perm
+    else:
+        yp = np.asarray(y)[perm]
+        key = np.empty(n, dtype=np.float64)
+        for c in np.unique(yp):
+            where = np.flatnonzero(yp == c)
+            key[where] = (np.arange(len(where)) + 0.5) / len(where)
+        order = perm[np.argsort(key, kind="stable")]
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    return rng.permutation(train), rng.permutation(val), rng.permutation(test)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of ``(N, C, H, W)`` data (std floored so constant channels are safe)."""
+    xd = x.double()
+    mean = xd.mean(dim=(0, 2, 3))
+    std = xd.std(dim=(0, 2, 3), unbiased=False)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel, float32."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x.float() - m) / s).contiguous()
+
+
+def resize(x: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` float images to ``size x size`` (antialiased when shrinking), chunked."""
+    if x.shape[-2:] == (size, size):
+        return x
+    shrink = size < max(x.shape[-2:])
+    out = [F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink) for i in range(0, x.shape[0], chunk)]
+    return torch.cat(out) if out else x.float().new_zeros((0, x.shape[1], size, size))
+
+
+def finish(name: str, x_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+           y_parts: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None], num_classes: int,
+           class_names: list[str], hflip: bool = True) -> DatasetSplits:
+    """Normalise un-normalised float splits with the train split's per-channel statistics and package them.
+
+    Statistics come from the train split only, so nothing about val/test leaks into preprocessing.
+    """
+    xtr, xva, xte = x_parts
+    mean, std = channel_stats(xtr)
+    splits = [Split(normalise(x, mean, std), None if y is None else y.long().contiguous(), hflip)
+              for x, y in zip(x_parts, y_parts)]
+    return DatasetSplits(
+        name=name, train=splits[0], val=splits[1], test=splits[2], num_classes=int(num_classes),
+        in_channels=int(xtr.shape[1]), input_size=int(xtr.shape[-1]), mean=mean, std=std,
+        class_names=list(class_names),
+    )
+
+
+class Loader:
+    """In-memory mini-batch iterator; every ``iter()`` replays the same seeded order and augmentation.
+
+    Args:
+        split: data to iterate.
+        batch_size: samples per batch (the last batch may be smaller).
+        shuffle: seeded permutation per iteration.
+        seed: the only randomness source.
+        augment: random crop (2-pixel zero padding, i.e. padding with the mean after normalisation) plus a random
+            horizontal flip when ``split.hflip``.
+    """
+
+    PAD = 2
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int, augment: bool = False) -> None:
+        self.split, self.batch_size, self.shuffle, self.seed, self.augment = split, batch_size, shuffle, seed, augment
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split.x) / self.batch_size)
+
+    def _augment(self, x: torch.Tensor, g: torch.Tensor | torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        p = self.PAD
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        rows = dy[:, None] + torch.arange(h)[None, :]  # (B, H)
+        cols = dx[:, None] + torch.arange(w)[None, :]  # (B, W)
+        if self.split.hflip:
+            flip = torch.rand(b, generator=g) < 0.5
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        # One gather for the whole batch: (B, 1, 1, 1) x (B, 1, H, 1) x (B, 1, 1, W) advanced indexing -> (B, H, W, C).
+        out = padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        g = torch.Generator().manual_seed(int(self.seed))
+        n = len(self.split.x)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            x = self.split.x[idx]
+            if self.augment:
+                x = self._augment(x, g)
+            yield x, (self.split.y[idx] if self.split.y is not None else None)

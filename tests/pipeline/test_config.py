@@ -1,0 +1,63 @@
+"""Config: defaults, file + overrides precedence, strict validation with clear messages."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import PipelineConfig, build_config, to_dict
+from pipeline.errors import ConfigError, InputError
+
+
+def test_defaults_are_the_documented_default_run():
+    c = build_config()
+    assert c.model == "vgg11" and c.data == "digits"
+    assert c.factorize.align == 8 and c.quantize.activation_type == "uint8"
+
+
+def test_file_then_flags_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: resnet20\nfactorize:\n  method: channel_svd\n  energy: 0.8\n")
+    c = build_config(f, ["factorize.energy=0.7"], model="resnet56")
+    assert c.model == "resnet56" and c.factorize.method == "channel_svd" and c.factorize.energy == 0.7
+
+
+def test_toml_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[finetune]\nmethod = "lra"\n[finetune.lra]\nperiod = 50\n')
+    c = build_config(f)
+    assert c.finetune.method == "lra" and c.finetune.lra.period == 50
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["factorize.nope=1"], "unknown config key"),
+        (["nope=1"], "unknown config key"),
+        (["factorize.energy=1.5"], "out of range"),
+        (["finetune.epochs=three"], "expected an integer"),
+        (["quantize.per_channel=maybe"], "expected true/false"),
+        (["factorize=3"], "expected a mapping"),
+        (["factorize.method"], "expected KEY=VALUE"),
+        (["quantize.weight_bits=12"], "out of range"),
+        (["finetune.svd.phase_epochs=[1,2]"], "list of 3"),
+    ],
+)
+def test_bad_values_are_named(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(None, overrides)
+
+
+def test_yaml_syntax_error_and_missing_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("factorize: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(f)
+    with pytest.raises(InputError, match="does not exist"):
+        build_config(tmp_path / "missing.yaml")
+
+
+def test_to_dict_round_trip():
+    c = build_config(None, ["finetune.method=svd_training"])
+    assert to_dict(c)["finetune"]["method"] == "svd_training"
+    from pipeline.config import from_dict
+
+    assert from_dict(PipelineConfig, to_dict(c)) == c

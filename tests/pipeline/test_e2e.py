@@ -1,0 +1,105 @@
+"""End to end: all stages on tiny + digits produce the deliverables, a valid report, and a working container."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from pipeline.runner import run, stage_names
+
+
+def test_all_stages_ran_in_order(e2e):
+    _, result = e2e
+    assert [r.artifact.stage for r in result.records] == stage_names()
+    assert stage_names() == ["baseline", "factorize", "finetune", "quantize", "entropy-code", "export", "benchmark"]
+    assert all(r.status == "ran" for r in result.records)
+    for i, r in enumerate(result.records):
+        assert r.artifact.dir.name.startswith(f"{i:02d}-{r.artifact.stage}-")
+        assert (r.artifact.dir / "artifact.json").is_file()
+
+
+def test_deliverables_exist(e2e):
+    _, result = e2e
+    d = result.deploy_dir
+    for name in ("model.onnx", "model.int8.onnx", "model.ort", "weights.lrdc", "report.md", "report.json", "report.html"):
+        assert (d / name).is_file(), name
+        assert (d / name).stat().st_size > 0
+
+
+def test_baseline_trained_and_factorized(e2e):
+    _, result = e2e
+    base = result.artifact("baseline").metrics
+    assert base["source"] == "trained"
+    assert base["test_accuracy"] > 0.5  # 3 epochs of a tiny net on digits: far above chance (0.1)
+    fac = result.artifact("factorize").metrics
+    assert fac["layers_factorized"] >= 1
+    assert fac["macs_after"] < fac["macs_before"]
+
+
+def test_exported_graph_has_plain_conv_chains(e2e):
+    _, result = e2e
+    m = onnx.load(str(result.deploy_dir / "model.onnx"))
+    ops = {n.op_type for n in m.graph.node}
+    assert "Conv" in ops
+    assert not ops & {"Einsum", "BatchNormalization", "Flatten"}
+    assert m.opset_import[0].version == 17
+    # dynamic batch axis
+    dim0 = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param or dim0.dim_value == 0
+
+
+def test_int8_model_is_qdq(e2e):
+    _, result = e2e
+    m = onnx.load(str(result.deploy_dir / "model.int8.onnx"))
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    q = result.artifact("quantize").metrics
+    assert 0.0 <= q["agreement"] <= 1.0 and q["agreement"] > 0.8
+
+
+def test_report_schema_and_variants(e2e):
+    from benchmarks.report import validate_report
+
+    _, result = e2e
+    rep = json.loads((result.deploy_dir / "report.json").read_text())
+    validate_report(rep)
+    assert rep["schema_version"] == 1
+    assert rep["model"] == "tiny" and rep["dataset"] == "digits"
+    names = [v["name"] for v in rep["variants"]]
+    for n in ("original", "factorized", "finetuned", "int8"):
+        assert n in names
+    for v in rep["variants"]:
+        assert 0.0 <= v["accuracy"] <= 1.0
+        assert v["size_bytes"] > 0 and v["macs"] > 0 and v["params"] > 0
+        lat = v["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert rep["container"]["size_bytes"] == (result.deploy_dir / "weights.lrdc").stat().st_size
+    md = (result.deploy_dir / "report.md").read_text()
+    assert "x smaller" in md and "x faster" in md
+
+
+def test_unpack_cli_reproduces_int8_model(e2e, tmp_path):
+    import onnxruntime as ort
+
+    from pipeline.cli import main
+
+    _, result = e2e
+    out = tmp_path / "rebuilt.onnx"
+    assert main(["unpack", str(result.deploy_dir / "weights.lrdc"), "-o", str(out)]) == 0
+    x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    outs = []
+    for p in (result.deploy_dir / "model.int8.onnx", out):
+        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        outs.append(s.run(None, {s.get_inputs()[0].name: x})[0])
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_second_run_is_fully_cached(e2e):
+    cfg, first = e2e
+    again = run(cfg, progress=False)
+    assert [r.status for r in again.records] == ["cached"] * len(again.records)
+    assert [r.artifact.key for r in again.records] == [r.artifact.key for r in first.records]
+    manifest = json.loads((first.root / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["cached"] * len(again.records)
+    assert manifest["stages"][1]["parent_key"] == manifest["stages"][0]["key"]
