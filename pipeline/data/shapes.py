@@ -148,9 +148,7 @@ def _backgrounds(rng: np.random.Generator, b: int, res: int) -> np.ndarray:
     gray = rng.random(b) < 0.2
     bg = bg * gains
     bg[gray] = bg[gray].mean(axis=1, keepdims=True)
-    if rng.random() < 1:  # keep rng stream layout simple: always draw the shift
-        shift = rng.uniform(-0.15, 0.15, (b, 1, 1, 1)).astype(np.float32)
-        bg = bg + shift
+    bg = bg + rng.uniform(-0.15, 0.15, (b, 1, 1, 1)).astype(np.float32)  # brightness shift
     return np.clip(bg, 0, 1)
 
 
@@ -223,7 +221,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
         rd = rng.uniform(0.08, 0.17, n).astype(np.float32) * res
         cx, cy = (rng.uniform(0, res, n).astype(np.float32) for _ in range(2))
         _draw(canvas, rng, rng.integers(0, NUM_CLASSES, n), cx, cy, rd, grid, active, styled=False)
-    # Thin clutter lines (long, narrow boxes drawn via the square class would be filled; use the cross arm instead).
+    # Thin clutter lines across the background.
     for _ in range(2):
         active = rng.random(n) < 0.4
         _line(canvas, rng, grid, active, res)
