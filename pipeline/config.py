@@ -53,7 +53,7 @@ class FactorizeConfig:
     min_channels: int = 32           # layers with fewer in or out channels stay dense (overhead-bound)
     min_mac_saving: float = 0.1      # keep dense unless the factorized form saves at least this fraction of MACs
     skip_first: bool = True          # the stem conv sees raw pixels (few channels): keep dense
-    skip_last_linear: bool = False
+    skip_last_linear: bool = True    # the classifier is tiny next to the convs and sensitive
     hooi_iters: int = 0              # Tucker-2 HOOI refinement iterations (0 = HOSVD only)
     cp_max_iters: int = 50
     cp_time_limit_s: float = 2.0     # per-layer wall-time cap for CP-ALS

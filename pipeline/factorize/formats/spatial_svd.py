@@ -1,0 +1,74 @@
+"""Spatial SVD (Jaderberg et al. 2014): kx1 conv (c->r, stride (s,1)) followed by 1xk conv (r->n, stride (1,s))."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_
+
+
+def _matricise(w: torch.Tensor) -> torch.Tensor:
+    """M[(i,h),(o,w)] = W[o,i,h,w] -> (c kh) x (n kw)."""
+    n, c, kh, kw = w.shape
+    return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
+
+
+class SpatialSVD(Format):
+    """Vertical then horizontal separable convs from the SVD of the (c k) x (n k) matricisation."""
+
+    name = "spatial_svd"
+
+    def check(self, layer: nn.Module) -> str | None:
+        reason = conv_check(layer)
+        if reason is None and (layer.kernel_size[0] == 1 or layer.kernel_size[1] == 1):
+            return "1-D or 1x1 kernel: spatial SVD has nothing to separate"
+        return reason
+
+    def max_ranks(self, layer: nn.Conv2d) -> tuple[int, ...]:
+        g = conv_geometry(layer)
+        return (min(g["c"] * g["kh"], g["n"] * g["kw"]),)
+
+    def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [_matricise(weight)]
+
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+        (r,) = ranks
+        n, c, kh, kw = weight.shape
+        u, s, vh = torch.linalg.svd(_matricise(weight.detach().to(torch.float64)), full_matrices=False)
+        sq = s[:r].sqrt()
+        vert = (u[:, :r] * sq).reshape(c, kh, r).permute(2, 0, 1)[..., None]         # (r, c, kh, 1)
+        horiz = (sq[:, None] * vh[:r]).reshape(r, n, kw).permute(1, 0, 2)[:, :, None, :]  # (n, r, 1, kw)
+        return {"vertical": vert.contiguous(), "horizontal": horiz.contiguous()}
+
+    def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
+        v, h = factors["vertical"][..., 0], factors["horizontal"][:, :, 0, :]  # (r,c,kh), (n,r,kw)
+        return torch.einsum("rch,nrw->nchw", v, h)
+
+    def ranks_of(self, factors: dict[str, torch.Tensor]) -> tuple[int, ...]:
+        return (factors["vertical"].shape[0],)
+
+    def build(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> nn.Sequential:
+        (r,) = ranks
+        g = conv_geometry(layer)
+        (sh, sw), (ph, pw), (dh, dw) = g["stride"], g["padding"], g["dilation"]
+        return nn.Sequential(
+            nn.Conv2d(g["c"], r, (g["kh"], 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False),
+            nn.Conv2d(r, g["n"], (1, g["kw"]), stride=(1, sw), padding=(0, pw), dilation=(1, dw), bias=layer.bias is not None),
+        )
+
+    def load_factors(self, module: nn.Sequential, factors: dict[str, torch.Tensor]) -> None:
+        copy_(module[0].weight, factors["vertical"])
+        copy_(module[1].weight, factors["horizontal"])
+
+    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+        g = conv_geometry(layer)
+        (r,) = ranks
+        w_in = out_hw[1] * g["stride"][1]  # the vertical conv runs over all input columns
+        return out_hw[0] * w_in * r * g["c"] * g["kh"] + out_hw[0] * out_hw[1] * g["n"] * r * g["kw"]
+
+    def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:
+        g = conv_geometry(layer)
+        (r,) = ranks
+        return r * (g["c"] * g["kh"] + g["n"] * g["kw"]) + (g["n"] if layer.bias is not None else 0)

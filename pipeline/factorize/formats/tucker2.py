@@ -1,0 +1,87 @@
+"""Tucker-2 (Kim et al. 2016): 1x1 (c->r1) -> kxk (r1->r2, stride) -> 1x1 (r2->n).
+
+HOSVD through the eigendecomposition of each unfolding's Gram matrix (fast path); optional HOOI refinement.
+Ranks are ``(r1, r2)``: input side, then output side.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_, leading_subspace
+
+
+def _mode0(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)
+
+
+def _mode1(w: torch.Tensor) -> torch.Tensor:
+    return w.transpose(0, 1).reshape(w.shape[1], -1)
+
+
+class Tucker2(Format):
+    """Tucker decomposition along the output- and input-channel modes."""
+
+    name = "tucker2"
+
+    def check(self, layer: nn.Module) -> str | None:
+        reason = conv_check(layer)
+        if reason is None and tuple(layer.kernel_size) == (1, 1):
+            return "1x1 conv: Tucker-2 would add two 1x1 convs around a 1x1 core (use channel_svd)"
+        return reason
+
+    def max_ranks(self, layer: nn.Conv2d) -> tuple[int, ...]:
+        g = conv_geometry(layer)
+        return (g["c"], g["n"])
+
+    def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [_mode1(weight), _mode0(weight)]
+
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+        r1, r2 = ranks
+        w = weight.detach().to(torch.float64)
+        u_in = leading_subspace(_mode1(w), r1)    # (c, r1)
+        u_out = leading_subspace(_mode0(w), r2)   # (n, r2)
+        for _ in range(int(opts.get("hooi_iters", 0) or 0)):
+            # HOOI: each subspace re-fit to the tensor projected on the other one.
+            u_in = leading_subspace(_mode1(torch.einsum("oihw,or->rihw", w, u_out)), r1)
+            u_out = leading_subspace(_mode0(torch.einsum("oihw,is->oshw", w, u_in)), r2)
+        core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)  # (r2, r1, kh, kw)
+        return {"first": u_in.T.contiguous()[:, :, None, None], "core": core.contiguous(),
+                "last": u_out.contiguous()[:, :, None, None]}
+
+    def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
+        u_in = factors["first"][:, :, 0, 0].T
+        u_out = factors["last"][:, :, 0, 0]
+        return torch.einsum("rshw,or,is->oihw", factors["core"], u_out, u_in)
+
+    def ranks_of(self, factors: dict[str, torch.Tensor]) -> tuple[int, ...]:
+        return (factors["first"].shape[0], factors["last"].shape[1])
+
+    def build(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> nn.Sequential:
+        r1, r2 = ranks
+        g = conv_geometry(layer)
+        return nn.Sequential(
+            nn.Conv2d(g["c"], r1, 1, bias=False),
+            nn.Conv2d(r1, r2, (g["kh"], g["kw"]), stride=g["stride"], padding=g["padding"], dilation=g["dilation"], bias=False),
+            nn.Conv2d(r2, g["n"], 1, bias=layer.bias is not None),
+        )
+
+    def load_factors(self, module: nn.Sequential, factors: dict[str, torch.Tensor]) -> None:
+        copy_(module[0].weight, factors["first"])
+        copy_(module[1].weight, factors["core"])
+        copy_(module[2].weight, factors["last"])
+
+    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+        g = conv_geometry(layer)
+        r1, r2 = ranks
+        hw = out_hw[0] * out_hw[1]
+        in_hw = hw * g["stride"][0] * g["stride"][1]  # the first 1x1 runs at input resolution
+        return in_hw * g["c"] * r1 + hw * (r1 * r2 * g["kh"] * g["kw"] + r2 * g["n"])
+
+    def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:
+        g = conv_geometry(layer)
+        r1, r2 = ranks
+        return g["c"] * r1 + r1 * r2 * g["kh"] * g["kw"] + r2 * g["n"] + (g["n"] if layer.bias is not None else 0)

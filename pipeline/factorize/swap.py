@@ -1,0 +1,293 @@
+"""Swap dense conv/linear layers for factorized ones: decide per layer (format, ranks, or dense with a reason),
+decompose, replace, and report. Never mutates the input model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import FactorizeConfig
+from pipeline.errors import ConfigError, NumericalError
+from pipeline.factorize.formats import CONV_FORMATS, FORMATS, Format
+from pipeline.factorize.formats.base import dense_macs, dense_params
+from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank
+
+# Per-node cost in MAC-equivalents used by method=auto to weigh node count against MACs: on this CPU class an
+# ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (PERFORMANCE.md).
+NODE_OVERHEAD_MACS = 200_000
+
+
+@dataclass
+class LayerReport:
+    """One row of the per-layer factorization table."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    stride: list[int]
+    format: str | None
+    ranks: list[int] | None
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    rel_error: float | None
+    status: str  # "factorized" | "dense"
+    reason: str
+
+
+@dataclass
+class Plan:
+    """The decision for one layer."""
+
+    name: str
+    layer: nn.Module
+    out_hw: tuple[int, int]
+    fmt: Format | None = None
+    ranks: tuple[int, ...] | None = None
+    reason: str = ""
+    note: str = ""
+
+
+def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Conv2d and Linear layers in definition order (their qualified names)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def probe_output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Output spatial size of every conv (``(1, 1)`` for linear layers) from one forward pass."""
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = []
+    for name, m in target_layers(model):
+        def hook(mod, inp, out, name=name):
+            sizes[name] = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+        hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sizes
+
+
+def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    """Conv/linear multiply-accumulates per sample (forward hooks) and the number of parameters."""
+    total = [0]
+    hooks = []
+    batch = example_input.shape[0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, nn.Conv2d):
+            kh, kw = mod.kernel_size
+            total[0] += out.numel() // batch * (mod.in_channels // mod.groups) * kh * kw
+        else:
+            total[0] += out.numel() // batch * mod.in_features
+
+    for _, m in target_layers(model):
+        hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return int(total[0]), int(sum(p.numel() for p in model.parameters()))
+
+
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at qualified ``name``."""
+    parent_name, _, leaf = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, leaf, new)
+
+
+def _check_finite(name: str, layer: nn.Module) -> None:
+    for pname, p in layer.named_parameters(recurse=False):
+        if not torch.isfinite(p).all():
+            raise NumericalError(f"layer {name!r}: {pname} contains NaN/Inf; fix or retrain the model before factorizing")
+
+
+def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
+    w = layer.weight.detach()
+    mats = fmt.matrices(w)
+    ctx = RankContext(spectra=fmt.spectra(layer), shapes=[tuple(m.shape) for m in mats], max_ranks=fmt.max_ranks(layer), cfg=cfg)
+    raw = SELECTORS.get(selector)(ctx)
+    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, ctx.max_ranks))
+    note = ""
+    if any(r > m for r, m in zip(raw, ctx.max_ranks)):
+        note = f"ranks {list(raw)} clamped to the layer's maximum {list(ctx.max_ranks)}"
+    return ranks, note
+
+
+def _modelled_cost(macs: int, nodes: int) -> int:
+    return macs + NODE_OVERHEAD_MACS * nodes
+
+
+def plan_layers(model: nn.Module, cfg: FactorizeConfig, sizes: dict[str, tuple[int, int]]) -> list[Plan]:
+    """Decide format and ranks (or dense + reason) for every conv/linear layer."""
+    plans: list[Plan] = []
+    layers = target_layers(model)
+    convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+    selector = "fixed" if cfg.selector == "budget" else cfg.selector
+    for name, layer in layers:
+        _check_finite(name, layer)
+        p = Plan(name, layer, sizes.get(name, (1, 1)))
+        plans.append(p)
+        if name not in sizes:
+            p.reason = "not reached by the forward pass"
+            continue
+        is_conv = isinstance(layer, nn.Conv2d)
+        method = cfg.method if is_conv else cfg.linear_method
+        if method == "none":
+            p.reason = "linear layers kept dense (factorize.linear_method=none)"
+            continue
+        if is_conv and cfg.skip_first and convs and name == convs[0]:
+            p.reason = "first conv sees raw pixels (few input channels): kept dense (factorize.skip_first)"
+            continue
+        if not is_conv and cfg.skip_last_linear and linears and name == linears[-1]:
+            p.reason = "classifier kept dense (factorize.skip_last_linear)"
+            continue
+        if is_conv:
+            n, c = layer.out_channels, layer.in_channels
+            if min(n, c) < cfg.min_channels:
+                p.reason = f"narrow layer ({c}->{n} channels < min_channels {cfg.min_channels}): overhead-bound, kept dense"
+                continue
+        candidates = [method] if method != "auto" else ([f for f in CONV_FORMATS if f != "cp"] if is_conv else ["linear_svd"])
+        macs0 = dense_macs(layer, p.out_hw)
+        best: tuple[int, Format, tuple[int, ...], str] | None = None
+        reasons = []
+        for fname in candidates:
+            fmt = FORMATS.get(fname)
+            if not isinstance(layer, fmt.layer_types):
+                reasons.append(f"{fname} does not apply to {type(layer).__name__}")
+                continue
+            why = fmt.check(layer)
+            if why:
+                reasons.append(why)
+                continue
+            ranks, note = _ranks_for(fmt, layer, cfg, selector)
+            macs1 = fmt.macs(layer, ranks, p.out_hw)
+            if macs1 > (1 - cfg.min_mac_saving) * macs0:
+                reasons.append(f"{fname} at ranks {list(ranks)} would not save MACs ({macs1:,} vs {macs0:,})")
+                continue
+            nodes = len(fmt.build(layer, ranks)) if method == "auto" else 1
+            cost = _modelled_cost(macs1, nodes)
+            if best is None or cost < best[0]:
+                best = (cost, fmt, ranks, note)
+        if best is None:
+            p.reason = "; ".join(dict.fromkeys(reasons)) or "no format applies"
+            continue
+        if method == "auto" and best[0] >= _modelled_cost(macs0, 1):
+            p.reason = f"auto: dense is cheaper than {best[1].name} at ranks {list(best[2])} once per-node overhead is counted"
+            continue
+        _, p.fmt, p.ranks, p.note = best
+    return plans
+
+
+def _decompose_into(model: nn.Module, plan: Plan, cfg: FactorizeConfig | None) -> float:
+    fmt, layer = plan.fmt, plan.layer
+    opts = {"hooi_iters": cfg.hooi_iters, "cp_max_iters": cfg.cp_max_iters, "cp_time_limit_s": cfg.cp_time_limit_s} if cfg else {}
+    factors = fmt.decompose(layer.weight.detach(), plan.ranks, **opts)
+    w = layer.weight.detach().to(torch.float64)
+    err = float((w - fmt.reconstruct(factors).reshape(w.shape)).norm() / w.norm().clamp_min(1e-30))
+    if not math.isfinite(err):
+        raise NumericalError(f"layer {plan.name!r}: {fmt.name} decomposition produced NaN/Inf")
+    set_module(model, plan.name, fmt.to_module(layer, factors))
+    return err
+
+
+def factorize_model(
+    model: nn.Module,
+    cfg: FactorizeConfig,
+    example_input: torch.Tensor,
+    eval_fn: Callable[[nn.Module], float] | None = None,
+) -> tuple[nn.Module, list[LayerReport], dict[str, dict[str, Any]]]:
+    """Factorize ``model`` as ``cfg`` says.
+
+    Args:
+        model: the dense model (not modified).
+        cfg: the factorize config (method, selector, alignment, rules for keeping layers dense).
+        example_input: one batch used to find each layer's output size.
+        eval_fn: validation accuracy of a model; the ``budget`` selector uses it to measure sensitivity.
+
+    Returns:
+        ``(new_model, per-layer reports, structure)`` where structure maps layer name -> {"format", "ranks"}.
+    """
+    if cfg.method != "auto":
+        FORMATS.get(cfg.method)
+    if cfg.linear_method not in ("none",):
+        FORMATS.get(cfg.linear_method)
+    SELECTORS.get(cfg.selector)
+    src = copy.deepcopy(model).eval()
+    sizes = probe_output_sizes(src, example_input)
+    plans = plan_layers(src, cfg, sizes)
+    if cfg.selector == "budget":
+        from pipeline.factorize.budget import allocate
+
+        allocate(src, plans, cfg, example_input, eval_fn)
+    new = copy.deepcopy(src)
+    reports: list[LayerReport] = []
+    structure: dict[str, dict[str, Any]] = {}
+    for p in plans:
+        layer = p.layer
+        is_conv = isinstance(layer, nn.Conv2d)
+        macs0, params0 = dense_macs(layer, p.out_hw), dense_params(layer)
+        row = LayerReport(
+            name=p.name, kind=type(layer).__name__, shape=list(layer.weight.shape),
+            stride=list(layer.stride) if is_conv else [1, 1], format=None, ranks=None,
+            macs_before=macs0, macs_after=macs0, params_before=params0, params_after=params0,
+            rel_error=None, status="dense", reason=p.reason,
+        )
+        if p.fmt is not None:
+            row.rel_error = _decompose_into(new, p, cfg)
+            row.format, row.ranks, row.status, row.reason = p.fmt.name, list(p.ranks), "factorized", p.note
+            row.macs_after = p.fmt.macs(layer, p.ranks, p.out_hw)
+            row.params_after = p.fmt.params(layer, p.ranks)
+            structure[p.name] = {"format": p.fmt.name, "ranks": list(p.ranks)}
+        reports.append(row)
+    return new, reports, structure
+
+
+def _structure_items(model: nn.Module, structure: dict[str, dict[str, Any]]):
+    for name, entry in structure.items():
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"structure names layer {name!r}, which the model does not have") from None
+        fmt = FORMATS.get(entry["format"])
+        ranks = tuple(int(r) for r in entry["ranks"])
+        maxr = fmt.max_ranks(layer)
+        if len(ranks) != len(maxr) or any(r < 1 or r > m for r, m in zip(ranks, maxr)):
+            raise ConfigError(f"layer {name!r}: ranks {list(ranks)} invalid for {fmt.name} (allowed 1..{list(maxr)})")
+        yield name, layer, fmt, ranks
+
+
+def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> nn.Module:
+    """A copy of ``model`` with the structure's layers replaced by uninitialised factorized modules (for loading weights)."""
+    new = copy.deepcopy(model)
+    for name, layer, fmt, ranks in list(_structure_items(new, structure)):
+        set_module(new, name, fmt.build(layer, ranks).to(dtype=layer.weight.dtype, device=layer.weight.device))
+    return new
+
+
+def factorize_with_structure(model: nn.Module, structure: dict[str, dict[str, Any]], **opts: Any) -> nn.Module:
+    """A copy of ``model`` decomposed at exactly the structure's formats and ranks."""
+    new = copy.deepcopy(model)
+    for name, layer, fmt, ranks in list(_structure_items(new, structure)):
+        _check_finite(name, layer)
+        factors = fmt.decompose(layer.weight.detach(), ranks, **opts)
+        set_module(new, name, fmt.to_module(layer, factors))
+    return new
