@@ -19,7 +19,7 @@ from pipeline.errors import ConfigError, InputError
 class BaselineConfig:
     """Stage 00: train the original model on the dataset when no weights are given (else load and check them)."""
 
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 0.05
     momentum: float = 0.9

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.models.onnx_import import onnx_model_info, onnx_to_torch
 from pipeline.models.zoo import MODELS
 
-__all__ = ["MODELS", "build_model", "load_weights", "model_names"]
+__all__ = ["MODELS", "build_model", "load_weights", "model_names", "onnx_model_info", "onnx_to_torch"]
 
 # Longest key lists quoted in a mismatch message; the rest are counted, so the message stays readable.
 _MAX_LISTED = 10
@@ -91,8 +92,9 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
     """Build a freshly initialised model.
 
     Args:
-        spec: a registered zoo name (see :func:`model_names`) or ``path/to/file.py:factory``; the factory is called
-            with ``num_classes``/``in_channels`` when its signature accepts them, else with no arguments.
+        spec: a registered zoo name (see :func:`model_names`), ``path/to/file.py:factory`` (the factory is called
+            with ``num_classes``/``in_channels`` when its signature accepts them, else with no arguments), or
+            ``path/to/model.onnx`` (imported with its own weights by :func:`onnx_to_torch`; the sizes are ignored).
         num_classes: classifier outputs (the dataset's class count).
         in_channels: input image channels.
         input_size: square input side the model will see (checked against the zoo model's minimum).
@@ -114,7 +116,10 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
         )
     if int(in_channels) < 1 or int(input_size) < 1:
         raise ConfigError(f"model {spec!r}: in_channels={in_channels} and input_size={input_size} must be >= 1")
-    if spec.endswith(".onnx") or spec.rsplit(":", 1)[0].endswith(".onnx"):
+    if spec.endswith(".onnx"):
+        # The graph fixes classes/channels; callers compare them with the dataset via onnx_model_info().
+        return onnx_to_torch(Path(spec).expanduser())
+    if spec.rsplit(":", 1)[0].endswith(".onnx"):
         raise ConfigError(
             f"model {spec!r} is an ONNX file, which cannot be rebuilt as a torch module here; give a zoo name or "
             f"'path/to/file.py:factory' (plus --weights) instead"

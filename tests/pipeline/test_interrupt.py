@@ -1,0 +1,63 @@
+"""SIGKILL `lowrank-deploy run` inside different stages; the rerun resumes from the last complete stage and its
+deliverables are byte-identical to an uninterrupted run's (which also shows the artifacts are reproducible)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.runner import run
+
+from .conftest import FAST, fast_config
+
+DELIVERABLES = ("model.onnx", "model.int8.onnx", "weights.lrdc", "model.ort")
+
+
+def _kill_during(root: Path, stage_prefix: str, timeout: float = 240.0) -> bool:
+    """Start the CLI in a subprocess and SIGKILL it as soon as the temp folder of ``stage_prefix`` exists."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts", str(root),
+           "--no-progress"]
+    for s in FAST:
+        cmd += ["--set", s]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    killed = False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list((root / "tiny").glob(f"{stage_prefix}-*.tmp-*")):
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    return killed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage_prefix, index", [("00-baseline", 0), ("02-finetune", 2), ("05-export", 5)])
+def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
+    _, reference = e2e
+    root = tmp_path / "art"
+    assert _kill_during(root, stage_prefix), f"the run finished before reaching {stage_prefix}"
+    model_root = root / "tiny"
+    # the killed stage left only a temp folder: never a folder that looks complete
+    assert not [p for p in model_root.glob(f"{stage_prefix}-*") if not p.name.count(".tmp-") and (p / "artifact.json").exists()]
+    res = run(fast_config(root), progress=False)
+    status = [r.status for r in res.records]
+    assert status[:index] == ["cached"] * index
+    assert status[index] == "ran"
+    assert not list(model_root.glob("*.tmp-*")), "stale temp folders are cleaned up"
+    for name in DELIVERABLES:
+        assert (res.deploy_dir / name).read_bytes() == (reference.deploy_dir / name).read_bytes(), name
+    for stage in ("baseline", "factorize", "finetune"):
+        a, b = res.artifact(stage), reference.artifact(stage)
+        assert a.key == b.key and a.sha256 == b.sha256, stage
