@@ -81,7 +81,24 @@ def baseline(ctx: StageContext) -> StageOutput:
         "structure": {},
     }
     history: dict[str, Any] = {}
-    if cfg.weights:
+    if cfg.model.endswith(".onnx"):
+        # An imported ONNX model is already trained: check it fits the data, then use it as is.
+        from pipeline.errors import InputError
+        from pipeline.models import onnx_model_info
+
+        info = onnx_model_info(cfg.model)
+        want = {"in_channels": data.in_channels, "num_classes": data.num_classes}
+        bad = {k: (info[k], v) for k, v in want.items() if v and info.get(k) and info[k] != v}
+        if info.get("input_size") and info["input_size"] != data.input_size:
+            bad["input_size"] = (info["input_size"], data.input_size)
+        if bad:
+            detail = ", ".join(f"{k}: model {m} vs dataset {d}" for k, (m, d) in bad.items())
+            raise InputError(f"ONNX model {cfg.model!r} does not fit dataset {cfg.data!r} ({detail}); "
+                             f"use a dataset of the model's geometry")
+        if cfg.weights:
+            raise InputError(f"--weights is not used with an ONNX model ({cfg.model!r} carries its weights); drop --weights")
+        source = "onnx"
+    elif cfg.weights:
         load_weights(model, cfg.weights)
         source = "weights"
     else:

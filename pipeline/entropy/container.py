@@ -1,0 +1,491 @@
+"""LRDC: the entropy-coded weight container (an ONNX model's graph + every initializer, each coded on its own).
+
+File layout (all integers little-endian)::
+
+    offset  size  field
+    0       4     magic b"LRDC"
+    4       2     u16 format version (1)
+    6       4     u32 header length H (1 <= H <= 16 MiB)
+    10      H     header: canonical JSON, UTF-8 (sorted keys, no whitespace, ASCII only; re-serialising the parsed
+                  header must give exactly these bytes, so duplicate keys, NaN or odd spacing are rejected)
+    10+H    P     payloads, back to back: the graph first, then the tensors in header order
+    10+H+P  32    sha256 of every byte before it
+
+Header (exact field sets; unknown or missing fields are rejected)::
+
+    {"format": "LRDC", "version": 1, "producer": str, "zstd_level": int,
+     "graph":   record,                     # the ONNX ModelProto with moved initializers' data stripped
+     "tensors": [record, ...]}
+    record = {"name": str, "dtype": str, "stored_dtype": str, "shape": [int, ...], "coder": int,
+              "nbytes": int, "offset": int, "length": int, "crc32": int}
+
+``dtype`` is the tensor's numpy dtype in the graph; ``stored_dtype`` is what the payload holds: the same dtype, or a
+*lossless* narrowing chosen by the packer (float32 -> float16 when every value is exactly representable, e.g. fp16-grid
+scales; int64/int32 -> int32/int16/int8 when the values fit). ``nbytes == prod(shape) * itemsize(stored_dtype)`` is
+the decoded payload size; ``crc32`` is over those decoded bytes; ``offset``/``length`` locate the coded payload
+relative to the start of the payload area. Offsets must be sorted and contiguous and must cover the payload area
+exactly; names must be unique; nothing may follow the trailer.
+
+Reading is strict and bounded: every size is checked against the bytes that remain before anything is allocated,
+the total decoded size is capped (``max_total_bytes``, default 2 GiB, the protobuf limit of a single ONNX file), and
+every decoder is told exactly how many bytes to produce. Any problem raises :class:`ContainerError`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline.artifacts import atomic_write_bytes
+from pipeline.entropy.coders import CODERS, Coder, coder_by_id, encode_auto, order0_entropy
+from pipeline.errors import ContainerError, InputError, ValidationError
+
+MAGIC = b"LRDC"
+VERSION = 1
+MAX_HEADER_BYTES = 16 << 20
+MAX_TOTAL_BYTES = 2 << 30  # one ONNX protobuf cannot exceed 2 GiB, so no valid container decodes to more
+MAX_NDIM = 32
+MAX_NAME_CHARS = 4096
+GRAPH_KEY = "__lrdc_graph__"  # reserved name under which read_container returns the graph bytes
+_PREFIX = struct.Struct("<4sHI")
+_TRAILER = 32
+
+_HEADER_FIELDS = {"format", "version", "producer", "zstd_level", "graph", "tensors"}
+_RECORD_FIELDS = {"name", "dtype", "stored_dtype", "shape", "coder", "nbytes", "offset", "length", "crc32"}
+# dtype name -> ONNX TensorProto data type. Types outside this table (strings, bfloat16, 4-bit...) stay in the graph.
+_ONNX_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6, "int64": 7, "bool": 9,
+               "float16": 10, "float64": 11, "uint32": 12, "uint64": 13}
+# Lossless storage narrowings the reader accepts (logical dtype -> allowed stored dtypes).
+_NARROWINGS = {"float32": ("float16",), "int64": ("int32", "int16", "int8"), "int32": ("int16", "int8")}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def _le(dtype: str) -> np.dtype:
+    return np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
+
+
+def _producer() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for pkg in ("lowrank-deploy", "constriction", "zstandard"):
+        try:
+            parts.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            parts.append(f"{pkg} ?")
+    return "; ".join(parts)
+
+
+def _narrow(arr: np.ndarray) -> np.ndarray:
+    """The smallest lossless storage form of ``arr`` (see module docstring); ``arr`` itself when none applies."""
+    name = arr.dtype.name
+    if name == "float32" and arr.size:
+        h = arr.astype(np.float16)
+        # Bitwise comparison: -0.0, NaN payloads and infinities must survive exactly.
+        if np.array_equal(h.astype(np.float32).view(np.uint32), arr.view(np.uint32)):
+            return h
+    elif name in ("int64", "int32") and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        for cand in _NARROWINGS[name][::-1]:
+            info = np.iinfo(cand)
+            if info.min <= lo and hi <= info.max:
+                return arr.astype(cand)
+    return arr
+
+
+class _Entry:
+    """One payload to write: logical array, stored bytes, coder and coded payload."""
+
+    def __init__(self, name: str, arr: np.ndarray, stored: np.ndarray, coder: Coder, payload: bytes) -> None:
+        self.name, self.arr, self.stored, self.coder, self.payload = name, arr, stored, coder, payload
+
+
+def _encode_entry(name: str, arr: np.ndarray, coder: str | int, zstd_level: int) -> _Entry:
+    stored = _narrow(arr)
+    raw = stored.astype(_le(stored.dtype.name), copy=False).tobytes()
+    if coder == "auto":
+        c, payload = encode_auto(raw, zstd_level=zstd_level)
+    else:
+        c = coder_by_id(coder) if isinstance(coder, int) else CODERS.get(coder)
+        payload = c.encode(raw, level=zstd_level)
+    return _Entry(name, arr, stored, c, payload)
+
+
+def _record(e: _Entry, offset: int) -> dict[str, Any]:
+    raw = e.stored.astype(_le(e.stored.dtype.name), copy=False).tobytes()
+    return {"name": e.name, "dtype": e.arr.dtype.name, "stored_dtype": e.stored.dtype.name,
+            "shape": [int(d) for d in e.arr.shape], "coder": e.coder.id, "nbytes": len(raw), "offset": offset,
+            "length": len(e.payload), "crc32": zlib.crc32(raw) & 0xFFFFFFFF}
+
+
+def _assemble(graph: _Entry, tensors: list[_Entry], zstd_level: int, producer: str) -> bytes:
+    off = 0
+    recs = []
+    for e in [graph, *tensors]:
+        recs.append(_record(e, off))
+        off += len(e.payload)
+    header = _canonical({"format": "LRDC", "version": VERSION, "producer": producer, "zstd_level": int(zstd_level),
+                         "graph": recs[0], "tensors": recs[1:]})
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValidationError(f"container header would be {len(header)} bytes, over the {MAX_HEADER_BYTES} cap")
+    body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header)), header, graph.payload, *(e.payload for e in tensors)])
+    return body + hashlib.sha256(body).digest()
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
+    # bool is an int subclass in Python; JSON true/false must not pass as sizes.
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+        raise ContainerError(f"container header: {what} must be an integer in [{lo}, {hi if hi is not None else 'inf'}],"
+                             f" got {v!r}")
+    return v
+
+
+def _check_record(r: Any, where: str) -> dict[str, Any]:
+    if not isinstance(r, dict):
+        raise ContainerError(f"container header: {where} is not an object")
+    keys = set(r)
+    if keys != _RECORD_FIELDS:
+        extra, missing = sorted(keys - _RECORD_FIELDS), sorted(_RECORD_FIELDS - keys)
+        raise ContainerError(f"container header: {where} has unknown fields {extra} / missing fields {missing}")
+    name = r["name"]
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+        raise ContainerError(f"container header: {where} name must be a non-empty string of <= {MAX_NAME_CHARS} chars")
+    dtype, stored = r["dtype"], r["stored_dtype"]
+    if not isinstance(dtype, str) or dtype not in _ONNX_TYPES:
+        raise ContainerError(f"container header: {where} ({name!r}) has unsupported dtype {dtype!r}")
+    if not isinstance(stored, str) or (stored != dtype and stored not in _NARROWINGS.get(dtype, ())):
+        raise ContainerError(f"container header: {where} ({name!r}) cannot store {dtype} as {stored!r}")
+    shape = r["shape"]
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise ContainerError(f"container header: {where} ({name!r}) shape must be a list of <= {MAX_NDIM} dims")
+    for d in shape:
+        _int(d, f"{where} ({name!r}) shape entry", 0, MAX_TOTAL_BYTES)
+    _int(r["coder"], f"{where} coder", 0, 255)
+    nbytes = _int(r["nbytes"], f"{where} nbytes", 0)
+    _int(r["offset"], f"{where} offset", 0)
+    _int(r["length"], f"{where} length", 0)
+    _int(r["crc32"], f"{where} crc32", 0, 0xFFFFFFFF)
+    # Python ints: no overflow, whatever the dims.
+    expect = math.prod(shape) * np.dtype(stored).itemsize
+    if nbytes != expect:
+        raise ContainerError(f"container header: {where} ({name!r}) nbytes {nbytes} != prod({shape}) * "
+                             f"itemsize({stored}) = {expect}")
+    return r
+
+
+def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
+    """Validate magic/version/lengths/sha256 and the header; return (header, payload area start)."""
+    n = len(data)
+    if n < _PREFIX.size + _TRAILER:
+        raise ContainerError(f"container is {n} bytes, shorter than the minimal {_PREFIX.size + _TRAILER}; truncated?")
+    magic, version, hlen = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise ContainerError(f"not an LRDC container (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise ContainerError(f"LRDC version {version} is not supported by this reader (supports {VERSION}); "
+                             "upgrade lowrank-deploy or re-pack the model")
+    if not 1 <= hlen <= MAX_HEADER_BYTES:
+        raise ContainerError(f"LRDC header length {hlen} outside 1..{MAX_HEADER_BYTES}")
+    if _PREFIX.size + hlen > n - _TRAILER:
+        raise ContainerError(f"LRDC header length {hlen} exceeds the {n - _PREFIX.size - _TRAILER} bytes available; "
+                             "truncated file?")
+    if hashlib.sha256(data[:n - _TRAILER]).digest() != bytes(data[n - _TRAILER:]):
+        raise ContainerError("LRDC sha256 mismatch: the file is corrupt, truncated or was modified")
+    raw = bytes(data[_PREFIX.size:_PREFIX.size + hlen])
+    try:
+        header = json.loads(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ContainerError(f"LRDC header is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise ContainerError("LRDC header is not a JSON object")
+    try:
+        canon = _canonical(header)
+    except (ValueError, RecursionError):
+        canon = b""
+    if canon != raw:
+        raise ContainerError("LRDC header is not canonical JSON (duplicate keys, whitespace or key order)")
+    if set(header) != _HEADER_FIELDS:
+        raise ContainerError(f"LRDC header fields {sorted(header)} != expected {sorted(_HEADER_FIELDS)}")
+    if header["format"] != "LRDC" or header["version"] != version:
+        raise ContainerError("LRDC header format/version disagree with the file prefix")
+    if not isinstance(header["producer"], str) or len(header["producer"]) > 1024:
+        raise ContainerError("LRDC header producer must be a string of <= 1024 chars")
+    _int(header["zstd_level"], "zstd_level", -131072, 22)
+    if not isinstance(header["tensors"], list):
+        raise ContainerError("LRDC header tensors must be a list")
+    records = [_check_record(header["graph"], "graph")]
+    records += [_check_record(r, f"tensors[{i}]") for i, r in enumerate(header["tensors"])]
+    if records[0]["dtype"] != "uint8" or records[0]["stored_dtype"] != "uint8" or len(records[0]["shape"]) != 1:
+        raise ContainerError("LRDC graph record must be a 1-D uint8 byte string")
+    names = [r["name"] for r in records[1:]]
+    if len(set(names)) != len(names) or GRAPH_KEY in names:
+        dup = sorted({x for x in names if names.count(x) > 1} | ({GRAPH_KEY} & set(names)))
+        raise ContainerError(f"LRDC tensor names must be unique and not {GRAPH_KEY!r}; offending: {dup[:5]}")
+    start = _PREFIX.size + hlen
+    area = n - _TRAILER - start
+    off = 0
+    for r in records:
+        if r["offset"] != off:
+            raise ContainerError(f"LRDC record {r['name']!r}: offset {r['offset']} != {off} (payloads must be sorted "
+                                 "and contiguous)")
+        if r["length"] > area - off:
+            raise ContainerError(f"LRDC record {r['name']!r}: length {r['length']} runs past the payload area")
+        off += r["length"]
+    if off != area:
+        raise ContainerError(f"LRDC payload area has {area - off} bytes not covered by any record")
+    return header, start
+
+
+def read_container(path_or_bytes: str | Path | bytes | bytearray | memoryview,
+                   max_total_bytes: int = MAX_TOTAL_BYTES) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse and decode an LRDC container strictly.
+
+    Args:
+        path_or_bytes: a file path, or the container's bytes.
+        max_total_bytes: cap on the sum of decoded tensor sizes (checked before any decoding).
+
+    Returns:
+        ``(header, arrays)``: the validated header, and every tensor by name in its logical dtype and shape, plus the
+        graph bytes as a uint8 array under ``GRAPH_KEY``.
+
+    Raises:
+        ContainerError: on any problem (corrupt, truncated, modified, unknown version, oversized, bad payload).
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = bytes(path_or_bytes)
+    else:
+        p = Path(path_or_bytes)
+        try:
+            size = p.stat().st_size
+            if size > max_total_bytes + MAX_HEADER_BYTES + (64 << 20):
+                raise ContainerError(f"{p}: {size} bytes is larger than any container this reader accepts")
+            data = p.read_bytes()
+        except OSError as e:
+            raise ContainerError(f"cannot read container {p}: {e}") from None
+    header, start = _parse_prefix(data)
+    records = [header["graph"], *header["tensors"]]
+    total = sum(r["nbytes"] for r in records)
+    if total > max_total_bytes:
+        raise ContainerError(f"LRDC tensors would decode to {total} bytes, over the {max_total_bytes} cap")
+    arrays: dict[str, np.ndarray] = {}
+    for i, r in enumerate(records):
+        coder = coder_by_id(r["coder"])
+        payload = data[start + r["offset"]:start + r["offset"] + r["length"]]
+        raw = coder.decode(payload, r["nbytes"])
+        if len(raw) != r["nbytes"]:  # coders guarantee this; kept as a cheap belt-and-braces check
+            raise ContainerError(f"LRDC record {r['name']!r} decoded to {len(raw)} bytes, expected {r['nbytes']}")
+        if zlib.crc32(raw) & 0xFFFFFFFF != r["crc32"]:
+            raise ContainerError(f"LRDC record {r['name']!r}: CRC32 mismatch after decoding (corrupt payload)")
+        stored = np.frombuffer(raw, dtype=_le(r["stored_dtype"])).reshape(r["shape"])
+        if r["stored_dtype"] == "bool" and stored.size and stored.view(np.uint8).max() > 1:
+            raise ContainerError(f"LRDC record {r['name']!r}: bool tensor holds values other than 0/1")
+        arr = stored.astype(np.dtype(r["dtype"]))  # copy: writable, native byte order, logical dtype
+        arrays[GRAPH_KEY if i == 0 else r["name"]] = arr
+    return header, arrays
+
+
+# ---------------------------------------------------------------------------------------------------- ONNX
+def _load_onnx(path: Path) -> Any:
+    import onnx
+
+    if not path.is_file():
+        raise InputError(f"ONNX model {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several unrelated types on garbage input
+        raise InputError(f"{path} is not a readable ONNX model: {e}") from None
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise InputError(f"{path}: initializer {t.name!r} uses external data; the LRDC packer needs a "
+                             "self-contained model (load it with its data and save it as one file)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises ValidationError/InferenceError variants
+        raise InputError(f"{path} fails onnx.checker: {e}") from None
+    return model
+
+
+def _split_model(model: Any) -> tuple[bytes, list[tuple[str, np.ndarray]], list[str]]:
+    """Strip movable initializers' data out of ``model``; return (graph bytes, [(name, array)], kept-inline names)."""
+    from onnx import numpy_helper
+
+    moved: list[tuple[str, np.ndarray]] = []
+    inline: list[str] = []
+    by_type = {v: k for k, v in _ONNX_TYPES.items()}
+    names = [t.name for t in model.graph.initializer]
+    if len(set(names)) != len(names):
+        raise InputError("ONNX model has duplicate initializer names; cannot pack it unambiguously")
+    for t in model.graph.initializer:
+        if t.data_type not in by_type or t.name == GRAPH_KEY:
+            inline.append(t.name)
+            continue
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.name != by_type[t.data_type]:
+            inline.append(t.name)
+            continue
+        moved.append((t.name, np.array(arr, order="C", copy=True)))  # keeps 0-d shape
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(field)
+    return model.SerializeToString(), moved, inline
+
+
+def _join_model(graph_bytes: bytes, arrays: dict[str, np.ndarray], records: Iterable[dict[str, Any]]) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(graph_bytes)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ContainerError(f"LRDC graph record is not an ONNX ModelProto: {e}") from None
+    inits = {t.name: t for t in model.graph.initializer}
+    for r in records:
+        t = inits.get(r["name"])
+        if t is None:
+            raise ContainerError(f"LRDC tensor {r['name']!r} has no matching initializer in the graph")
+        if t.data_type != _ONNX_TYPES[r["dtype"]] or list(t.dims) != r["shape"]:
+            raise ContainerError(f"LRDC tensor {r['name']!r}: dtype/shape {r['dtype']}{r['shape']} disagree with the "
+                                 f"graph's initializer (type {t.data_type}, dims {list(t.dims)})")
+        if t.HasField("raw_data") or len(t.float_data) or len(t.int32_data) or len(t.int64_data):
+            raise ContainerError(f"LRDC tensor {r['name']!r} is stored twice (graph initializer still has data)")
+        arr = arrays[r["name"]]
+        t.raw_data = arr.astype(_le(arr.dtype.name), copy=False).tobytes()
+    return model
+
+
+def _weight_tensor_names(model: Any) -> set[str]:
+    """8-bit initializers that are the quantized input of a DequantizeLinear (i.e. int8/uint8 weights)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = set()
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in inits:
+            if inits[node.input[0]].data_type in (2, 3):
+                out.add(node.input[0])
+    return out
+
+
+def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", zstd_level: int = 19) -> dict[str, Any]:
+    """Pack an ONNX model into an LRDC container, verify it, and return size/entropy statistics.
+
+    Every initializer of a supported dtype (int8 weights, scales, zero points, float biases, shapes...) becomes a
+    record coded with ``coder`` ("raw" | "zstd" | "rans" | "auto" = smallest per tensor); the rest of the model
+    (graph, attributes, unsupported initializers) is one more record. After writing, the file is decoded and every
+    byte compared to the source, and the decoded tensors are re-encoded to check the bytes are reproduced exactly.
+
+    Args:
+        onnx_path: the (typically int8 QDQ) model; must be self-contained and pass ``onnx.checker``.
+        out_path: the container to write (atomically).
+        coder: coder name or "auto".
+        zstd_level: zstd compression level (1..22) for "zstd" and "auto".
+
+    Returns:
+        ``{"file", "size_bytes", "onnx_bytes", "tensors": [{"name", "dtype", "stored_dtype", "numel", "coder", "bytes",
+        "bits_per_weight", "entropy_bits_per_symbol", "is_weight"}], "total_bits_per_weight", "order0_bits_per_weight",
+        "weight_numel", "decode_mb_s", "decode_mb_s_by_coder", "coders_used", "kept_inline"}``; bits per weight are over
+        the 8-bit weight tensors (NaN when the model has none).
+
+    Raises:
+        InputError: unreadable/invalid model. ConfigError: unknown coder. ValidationError: verification failed.
+    """
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    if coder != "auto":
+        CODERS.get(coder)
+    model = _load_onnx(onnx_path)
+    weights = _weight_tensor_names(model)
+    graph_bytes, moved, inline = _split_model(model)
+    graph_entry = _encode_entry(GRAPH_KEY, np.frombuffer(graph_bytes, dtype=np.uint8), coder, zstd_level)
+    entries = [_encode_entry(name, arr, coder, zstd_level) for name, arr in moved]
+    data = _assemble(graph_entry, entries, zstd_level, _producer())
+    atomic_write_bytes(out_path, data)
+
+    # Verify what is on disk, not what is in memory.
+    disk = out_path.read_bytes()
+    t0 = time.perf_counter()
+    try:
+        header, arrays = read_container(disk)
+    except ContainerError as e:
+        raise ValidationError(f"pack_onnx: the container just written to {out_path} does not read back: {e}") from None
+    decode_s = time.perf_counter() - t0
+    if arrays[GRAPH_KEY].tobytes() != graph_bytes:
+        raise ValidationError(f"pack_onnx: graph bytes of {out_path} differ from the source after decoding")
+    for name, arr in moved:
+        got = arrays[name]
+        if got.dtype != arr.dtype or got.shape != arr.shape or got.tobytes() != arr.tobytes():
+            raise ValidationError(f"pack_onnx: tensor {name!r} differs from the source after decoding")
+    recs = [header["graph"], *header["tensors"]]
+    re_graph = _encode_entry(GRAPH_KEY, arrays[GRAPH_KEY], recs[0]["coder"], header["zstd_level"])
+    re_entries = [_encode_entry(r["name"], arrays[r["name"]], r["coder"], header["zstd_level"]) for r in recs[1:]]
+    if _assemble(re_graph, re_entries, header["zstd_level"], header["producer"]) != disk:
+        raise ValidationError(f"pack_onnx: decode -> re-encode of {out_path} is not byte-identical")
+
+    # Per-coder decode speed, timed on the payloads alone (the whole-file figure above includes sha256 and parsing).
+    by_coder: dict[str, list[float]] = {}
+    for e in [graph_entry, *entries]:
+        raw_n = e.stored.nbytes
+        t = time.perf_counter()
+        e.coder.decode(e.payload, raw_n)
+        dt = time.perf_counter() - t
+        acc = by_coder.setdefault(e.coder.name, [0.0, 0.0])
+        acc[0] += raw_n
+        acc[1] += dt
+
+    tensors = []
+    w_bits = w_numel = 0
+    w_h = 0.0
+    for e in entries:
+        numel = int(e.arr.size)
+        h = order0_entropy(e.stored.tobytes()) if e.stored.dtype.itemsize == 1 else float("nan")
+        is_w = e.name in weights
+        tensors.append({"name": e.name, "dtype": e.arr.dtype.name, "stored_dtype": e.stored.dtype.name, "numel": numel,
+                        "coder": e.coder.name, "bytes": len(e.payload),
+                        "bits_per_weight": 8.0 * len(e.payload) / numel if numel else 0.0,
+                        "entropy_bits_per_symbol": h, "is_weight": is_w})
+        if is_w:
+            w_bits += 8 * len(e.payload)
+            w_numel += numel
+            w_h += h * numel
+    total_raw = sum(r["nbytes"] for r in recs)
+    return {
+        "file": str(out_path),
+        "size_bytes": len(disk),
+        "onnx_bytes": onnx_path.stat().st_size,
+        "tensors": tensors,
+        "weight_numel": w_numel,
+        "total_bits_per_weight": w_bits / w_numel if w_numel else float("nan"),
+        "order0_bits_per_weight": w_h / w_numel if w_numel else float("nan"),
+        "decode_mb_s": total_raw / 1e6 / decode_s if decode_s > 0 else float("inf"),
+        "decode_mb_s_by_coder": {k: (v[0] / 1e6 / v[1] if v[1] > 0 else float("inf")) for k, v in by_coder.items()},
+        "coders_used": sorted({e.coder.name for e in [graph_entry, *entries]}),
+        "kept_inline": inline,
+    }
+
+
+def unpack_to_onnx(container_path: str | Path, out_path: str | Path) -> Path:
+    """Rebuild the runnable ONNX model from an LRDC container (atomically written to ``out_path``).
+
+    The rebuilt model holds exactly the packed tensors, so ONNX Runtime outputs are identical to the packed model's.
+
+    Raises:
+        ContainerError: the container is invalid, or its graph and tensors disagree.
+    """
+    import onnx
+
+    header, arrays = read_container(container_path)
+    model = _join_model(arrays[GRAPH_KEY].tobytes(), arrays, header["tensors"])
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001 - onnx raises several checker error types
+        raise ContainerError(f"LRDC container {container_path} rebuilds an invalid ONNX model: {e}") from None
+    return atomic_write_bytes(out_path, model.SerializeToString())

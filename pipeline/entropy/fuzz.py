@@ -1,0 +1,241 @@
+"""Fuzz the LRDC parser and decoders: ``python -m pipeline.entropy.fuzz [--cases N] [--seconds S] [--seed K]``.
+
+Seeds are valid containers (one per coder) packed from a small in-code ONNX model. Each case mutates one of them:
+bit flips, truncation, insertion/deletion, random overwrites, header edits (field values replaced by hostile ones:
+huge, negative, wrong type, duplicate names...), whole random files, and raw coder payloads with random lengths.
+Half of the mutated containers get a *recomputed* sha256 so that the checks behind the hash are exercised too.
+
+Properties checked per case: only :class:`ContainerError` is ever raised (anything else, including MemoryError, is a
+failure), and each case finishes within ``--case-seconds`` (checked, and enforced with SIGALRM). The CLI also caps the
+process's address space (RLIMIT_AS, default 2 GiB) so an unbounded allocation fails loudly instead of swapping.
+A seeded ``random.Random`` drives everything, so a failing case is reproducible from ``--seed`` and its index.
+(atheris, if installed, could drive the same ``one_case`` target; nothing here depends on it.)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import signal
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.entropy.coders import CODERS
+from pipeline.entropy.container import _canonical, pack_onnx, read_container
+from pipeline.errors import ContainerError
+
+FUZZ_MAX_TOTAL = 64 << 20  # decoded-size cap used while fuzzing (the parser's own default is 2 GiB)
+_HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, "x", "", None, True, [], {}, [2**40],
+                       [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
+
+
+class CaseTimeout(Exception):
+    """Raised by SIGALRM when one case runs past its limit."""
+
+
+def seed_model(path: Path) -> Path:
+    """A small ONNX model with int8 Laplace weights, fp32 scales and biases, an int64 shape and a scalar."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "w_q": np.clip(np.round(rng.laplace(0, 15, (8, 4, 3, 3))), -127, 127).astype(np.int8),
+        "w_s": (rng.random(8) * 0.01 + 0.001).astype(np.float32),
+        "w_zp": np.zeros(8, np.int8),
+        "b": rng.standard_normal(8).astype(np.float32),
+        "shape": np.array([1, -1], np.int64),
+        "half": np.array(0.5, np.float32),
+    }
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 128])
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0),
+             helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+             helper.make_node("Mul", ["c", "half"], ["m"]),
+             helper.make_node("Reshape", ["m", "shape"], ["y"])]
+    g = helper.make_graph(nodes, "fuzz_seed", [x], [y], [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def seed_containers() -> list[bytes]:
+    """One valid container per coder, packed from :func:`seed_model`."""
+    with tempfile.TemporaryDirectory() as d:
+        m = seed_model(Path(d) / "seed.onnx")
+        out = []
+        for coder in ("raw", "zstd", "rans", "auto"):
+            pack_onnx(m, Path(d) / f"{coder}.lrdc", coder=coder, zstd_level=3)
+            out.append((Path(d) / f"{coder}.lrdc").read_bytes())
+    return out
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + hashlib.sha256(body).digest()
+
+
+def _edit_header(data: bytes, r: random.Random) -> bytes:
+    """Replace one header value (top level or inside a record) by a hostile one; keep the JSON canonical."""
+    hlen = struct.unpack_from("<I", data, 6)[0]
+    header = json.loads(data[10:10 + hlen])
+    recs = [header["graph"], *header["tensors"]]
+    target = r.choice([header, *recs])
+    key = r.choice(sorted(target))
+    op = r.random()
+    if op < 0.1:
+        target.pop(key)
+    elif op < 0.2:
+        target[f"extra{r.randrange(9)}"] = 1
+    elif op < 0.6 and isinstance(target.get(key), int) and not isinstance(target.get(key), bool):
+        target[key] = target[key] + r.choice([-2**40, -1, 1, 7, 2**40])
+    else:
+        target[key] = r.choice(_HOSTILE)
+    try:
+        raw = _canonical(header)
+    except (ValueError, TypeError):
+        raw = data[10:10 + hlen]
+    return data[:6] + struct.pack("<I", len(raw)) + raw + data[10 + hlen:-32]
+
+
+def mutate(seed: bytes, r: random.Random) -> bytes:
+    """One mutated container (see module docstring for the operators)."""
+    d = bytearray(seed)
+    op = r.randrange(8)
+    reseal = r.random() < 0.5
+    body = d[:-32]
+    if op == 0:  # bit flips
+        for _ in range(r.randint(1, 4)):
+            i = r.randrange(len(body))
+            body[i] ^= 1 << r.randrange(8)
+    elif op == 1:  # truncation (anywhere, including inside the trailer)
+        return bytes(d[:r.randrange(len(d))])
+    elif op == 2:  # insert or delete a run of bytes
+        i = r.randrange(len(body))
+        if r.random() < 0.5:
+            body[i:i] = bytes(r.randrange(256) for _ in range(r.randint(1, 16)))
+        else:
+            del body[i:i + r.randint(1, 16)]
+    elif op == 3:  # overwrite a run with random bytes
+        i = r.randrange(len(body))
+        n = r.randint(1, 32)
+        body[i:i + n] = bytes(r.randrange(256) for _ in range(min(n, len(body) - i)))
+    elif op == 4:  # header value edits, canonical JSON kept so the strict schema checks are reached
+        body = bytearray(_edit_header(bytes(d), r))
+    elif op == 5:  # prefix fields: version, header length
+        if r.random() < 0.5:
+            struct.pack_into("<H", body, 4, r.choice([0, 2, 255, 65535]))
+        else:
+            struct.pack_into("<I", body, 6, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
+    elif op == 6:  # trailing garbage after the trailer
+        return bytes(d) + bytes(r.randrange(256) for _ in range(r.randint(1, 8)))
+    else:  # random file, sometimes with a valid magic
+        n = r.randint(0, 512)
+        rnd = bytes(r.randrange(256) for _ in range(n))
+        return (b"LRDC\x01\x00" + rnd) if r.random() < 0.5 else rnd
+    return _reseal(bytes(body)) if reseal else bytes(body) + bytes(d[-32:])
+
+
+def _coder_case(seed: bytes, r: random.Random) -> Callable[[], Any]:
+    """A direct decoder call with a mutated payload and a random (bounded) symbol count."""
+    coder = CODERS.get(r.choice(CODERS.names()))
+    src = bytes(r.randrange(256) for _ in range(r.randint(0, 300))) if r.random() < 0.5 else seed[10:400]
+    payload = bytearray(coder.encode(src, level=3))
+    for _ in range(r.randint(0, 3)):
+        if payload:
+            payload[r.randrange(len(payload))] ^= 1 << r.randrange(8)
+    n = r.choice([len(src), len(src) + 1, max(0, len(src) - 1), r.randint(0, 1 << 16)])
+    return lambda: coder.decode(bytes(payload), n)
+
+
+def fuzz(cases: int = 1000, seconds: float | None = None, seed: int = 0, case_seconds: float = 5.0) -> dict[str, Any]:
+    """Run the fuzzer in this process.
+
+    Args:
+        cases: maximum number of cases. seconds: stop earlier after this wall time. seed: RNG seed.
+        case_seconds: per-case limit (a case taking longer is a "hang" failure).
+
+    Returns:
+        ``{"cases", "accepted", "rejected", "failures": [{"case", "kind", "error"}], "seconds", "max_case_s"}``;
+        "accepted" counts mutants that are still valid containers (e.g. a flip inside an unused bit was resealed).
+    """
+    seeds = seed_containers()
+    r = random.Random(seed)
+    t0 = time.monotonic()
+    stats: dict[str, Any] = {"cases": 0, "accepted": 0, "rejected": 0, "failures": [], "max_case_s": 0.0}
+
+    def on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise CaseTimeout()
+
+    use_alarm = hasattr(signal, "SIGALRM")
+    old = signal.signal(signal.SIGALRM, on_alarm) if use_alarm else None
+    try:
+        for i in range(cases):
+            if seconds is not None and time.monotonic() - t0 > seconds:
+                break
+            s = r.choice(seeds)
+            if r.random() < 0.15:
+                call = _coder_case(s, r)
+            else:
+                data = mutate(s, r)
+                call = (lambda data=data: read_container(data, max_total_bytes=FUZZ_MAX_TOTAL))  # noqa: E731
+            c0 = time.monotonic()
+            if use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, case_seconds * 2)
+            try:
+                call()
+                stats["accepted"] += 1
+            except ContainerError:
+                stats["rejected"] += 1
+            except CaseTimeout:
+                stats["failures"].append({"case": i, "kind": "hang", "error": f"> {case_seconds * 2} s"})
+            except Exception as e:  # noqa: BLE001 - the point of a fuzzer: any other exception is a finding
+                stats["failures"].append({"case": i, "kind": type(e).__name__, "error": str(e)[:300]})
+            finally:
+                if use_alarm:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            dt = time.monotonic() - c0
+            stats["max_case_s"] = max(stats["max_case_s"], dt)
+            if dt > case_seconds:
+                stats["failures"].append({"case": i, "kind": "slow", "error": f"{dt:.2f} s"})
+            stats["cases"] += 1
+    finally:
+        if use_alarm:
+            signal.signal(signal.SIGALRM, old)
+    stats["seconds"] = time.monotonic() - t0
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit code 1 when any case raised something other than ContainerError or hung."""
+    p = argparse.ArgumentParser(prog="python -m pipeline.entropy.fuzz", description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=int, default=5000)
+    p.add_argument("--seconds", type=float, default=None, help="stop after this much wall time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--case-seconds", type=float, default=5.0)
+    p.add_argument("--max-memory-mib", type=int, default=2048, help="RLIMIT_AS for this process (0: no limit)")
+    a = p.parse_args(argv)
+    if a.max_memory_mib:
+        try:
+            import resource
+
+            lim = a.max_memory_mib << 20
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        except (ImportError, ValueError, OSError) as e:
+            print(f"warning: could not cap memory: {e}", file=sys.stderr)
+    s = fuzz(a.cases, a.seconds, a.seed, a.case_seconds)
+    print(f"fuzz: {s['cases']} cases in {s['seconds']:.1f} s (seed {a.seed}): {s['rejected']} rejected with "
+          f"ContainerError, {s['accepted']} still valid, {len(s['failures'])} failures; slowest case "
+          f"{s['max_case_s'] * 1000:.1f} ms")
+    for f in s["failures"][:20]:
+        print(f"  case {f['case']}: {f['kind']}: {f['error']}")
+    return 1 if s["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

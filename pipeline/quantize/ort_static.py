@@ -1,0 +1,276 @@
+"""Static int8 QDQ quantization with ONNX Runtime, calibrated on real images, with an accuracy guard.
+
+The flow is the one ONNX Runtime recommends: ``quant_pre_process`` (shape inference + graph cleanup) into a temp
+file, then ``onnxruntime.quantization.quantize_static`` in QDQ format with per-channel int8 weights and (by default)
+uint8 activations. On AVX2 machines without VNNI, U8S8 is the fast and accurate default (see PERFORMANCE.md); int8
+activations are available through ``QuantizeConfig.activation_type``.
+
+Accuracy guard: when an evaluation callback and the fp32 accuracy are given and quantizing everything loses more than
+``cfg.max_drop``, every quantizable Conv/Gemm/MatMul node is measured for sensitivity (accuracy regained when that one
+node alone stays in float), and the most sensitive nodes are left in float greedily until the guard holds or the
+attempt cap is reached. The result dict says which nodes were excluded and whether the guard was met.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.quantize.weights import apply_weight_bits_to_qdq
+
+log = logging.getLogger(__name__)
+
+# Op types whose weights ORT's QDQ quantizer turns into int8; these are the candidates of the guard.
+GUARD_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+try:  # ORT's base class is only needed for isinstance checks inside the quantizer.
+    from onnxruntime.quantization import CalibrationDataReader as _CalibBase
+except ImportError:  # pragma: no cover - onnxruntime is a hard dependency; keep import errors readable
+    _CalibBase = object  # type: ignore[assignment,misc]
+
+
+class ImageCalibrationReader(_CalibBase):  # type: ignore[misc,valid-type]
+    """Feeds real images to ORT's calibrator, ``batch_size`` images at a time, as ``{input_name: float32 array}``.
+
+    Args:
+        images: float32 array (N, C, H, W) of preprocessed images exactly as the model sees them at inference.
+        input_name: name of the model's (single) image input.
+        batch_size: images per calibration batch; 1 matches deployment, small batches calibrate faster.
+    """
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 1) -> None:
+        images = np.asarray(images)
+        if images.ndim < 2 or images.shape[0] == 0:
+            raise InputError(f"calibration images must be a non-empty batch (N, ...); got shape {images.shape}")
+        if not np.isfinite(images).all():
+            raise NumericalError("calibration images contain NaN/Inf; fix the dataset or its preprocessing")
+        if batch_size < 1:
+            raise ConfigError(f"calibration batch_size must be >= 1, got {batch_size}")
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.input_name = input_name
+        self.batch_size = int(batch_size)
+        self._it: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self.images), self.batch_size):
+            yield {self.input_name: self.images[i:i + self.batch_size]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """Next batch, or None when all images were given (ORT's protocol)."""
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        """Start again from the first image (ORT calls this between calibration passes)."""
+        self._it = self._batches()
+
+    def __len__(self) -> int:
+        return (len(self.images) + self.batch_size - 1) // self.batch_size
+
+
+def output_sqnr(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio of ``test`` against ``ref`` in dB (inf when identical).
+
+    Args:
+        ref: reference (fp32) outputs.
+        test: outputs of the quantized model, same shape.
+    """
+    ref = np.asarray(ref, dtype=np.float64)
+    test = np.asarray(test, dtype=np.float64)
+    if ref.shape != test.shape:
+        raise ValueError(f"output_sqnr: shapes differ {ref.shape} vs {test.shape}")
+    noise = float(np.sum((ref - test) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
+def _quant_type(name: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    table = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    if name not in table:
+        raise ConfigError(f"quantize type {name!r} is not supported; use one of {sorted(table)}")
+    return table[name]
+
+
+def _calib_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
+    if name not in table:
+        raise ConfigError(f"calibrate_method {name!r} is not supported; use one of {sorted(table)}")
+    return table[name]
+
+
+def _prepare(fp32_onnx: Path, work: Path) -> tuple[Path, bool]:
+    """Pre-process (shape inference, cleanup) into ``work``; name unnamed nodes so they can be excluded by name.
+
+    Returns the model path to quantize and whether ``quant_pre_process`` succeeded.
+    """
+    import onnx
+
+    pre = work / "pre.onnx"
+    ok = True
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
+        model = onnx.load(str(pre))
+    except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; ORT documents it as optional
+        log.info("quant_pre_process failed (%s); quantizing the model as exported", e)
+        ok = False
+        model = onnx.load(str(fp32_onnx))
+    # The guard excludes nodes by name; ORT silently ignores unnamed nodes, so give every node a stable name.
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    named = work / "named.onnx"
+    onnx.save(model, str(named))
+    return named, ok
+
+
+def _candidate_nodes(model_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(model_path))
+    inits = {t.name for t in model.graph.initializer}
+    # Only nodes with a constant weight get int8 weights; MatMul of two activations is not a candidate.
+    return [n.name for n in model.graph.node
+            if n.op_type in GUARD_OP_TYPES and len(n.input) > 1 and n.input[1] in inits]
+
+
+def _input_name(model_path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(model_path))
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise InputError(f"{model_path}: static quantization expects exactly one image input, found {names}")
+    return names[0]
+
+
+def _run_quantizer(model: Path, out: Path, calib_x: np.ndarray, input_name: str, cfg: Any,
+                   exclude: Sequence[str]) -> None:
+    from onnxruntime.quantization import QuantFormat, quantize_static as ort_quantize_static
+
+    reader = ImageCalibrationReader(calib_x, input_name, batch_size=1)
+    ort_quantize_static(
+        str(model), str(out), reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=bool(cfg.per_channel),
+        activation_type=_quant_type(cfg.activation_type),
+        weight_type=_quant_type(cfg.weight_type),
+        calibrate_method=_calib_method(cfg.calibrate_method),
+        nodes_to_exclude=list(exclude),
+    )
+
+
+def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.ndarray, cfg: Any,
+                    eval_fn: Callable[[Path], float] | None = None, fp32_accuracy: float | None = None,
+                    max_guard_candidates: int = 32) -> dict[str, Any]:
+    """Quantize an fp32 ONNX model to int8 QDQ with real calibration images; optional accuracy guard.
+
+    Args:
+        fp32_onnx: the fp32 model (opset >= 13, one image input).
+        out_path: where the QDQ model goes; written atomically (temp file in the same folder, then ``os.replace``).
+        calib_x: float32 images (N, C, H, W), preprocessed like the model's inputs; the first ``cfg.calib_size`` are used.
+        cfg: ``QuantizeConfig`` (activation_type, weight_type, per_channel, calibrate_method, calib_size, max_drop,
+            weight_bits, size_budget).
+        eval_fn: accuracy of a model file on held-out data (higher is better); enables the guard with ``fp32_accuracy``.
+        fp32_accuracy: accuracy of ``fp32_onnx`` under the same ``eval_fn``.
+        max_guard_candidates: cap on nodes measured for sensitivity (each costs one quantization + one evaluation).
+
+    Returns:
+        ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
+        "calibrate_method", "quantized_nodes", "guard": {...}, "weight_bits": {...} | None}``.
+    """
+    import onnx
+
+    fp32_onnx = Path(fp32_onnx)
+    out_path = Path(out_path)
+    if not fp32_onnx.is_file():
+        raise InputError(f"fp32 model {fp32_onnx} does not exist; run the quantize stage on an exported model")
+    calib_x = np.asarray(calib_x)
+    n_cal = min(int(cfg.calib_size), len(calib_x))
+    if n_cal < 1:
+        raise InputError("quantize_static needs at least one calibration image; the training split is empty")
+    calib = calib_x[:n_cal].astype(np.float32, copy=False)
+    _quant_type(cfg.activation_type), _quant_type(cfg.weight_type), _calib_method(cfg.calibrate_method)
+    guard_on = eval_fn is not None and fp32_accuracy is not None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        model, pre_ok = _prepare(fp32_onnx, work)
+        input_name = _input_name(model)
+        counter = [0]
+
+        def attempt(exclude: Sequence[str]) -> Path:
+            counter[0] += 1
+            p = work / f"q{counter[0]}.onnx"
+            _run_quantizer(model, p, calib, input_name, cfg, exclude)
+            return p
+
+        best = attempt([])
+        excluded: list[str] = []
+        guard: dict[str, Any] = {"enabled": guard_on, "max_drop": float(cfg.max_drop)}
+        if guard_on:
+            assert eval_fn is not None and fp32_accuracy is not None
+            acc = float(eval_fn(best))
+            guard.update(fp32_accuracy=float(fp32_accuracy), int8_accuracy_all=acc)
+            if fp32_accuracy - acc > cfg.max_drop:
+                cands = _candidate_nodes(model)[:max_guard_candidates]
+                # Sensitivity = accuracy regained when this node alone stays float (ties: graph order, deterministic).
+                sens = {n: float(eval_fn(attempt([n]))) - acc for n in cands}
+                ranked = sorted(cands, key=lambda n: -sens[n])
+                guard["sensitivity"] = {n: sens[n] for n in ranked}
+                for n in ranked:
+                    excluded.append(n)
+                    p = attempt(excluded)
+                    acc = float(eval_fn(p))
+                    best = p
+                    if fp32_accuracy - acc <= cfg.max_drop:
+                        break
+            guard.update(int8_accuracy=acc, drop=float(fp32_accuracy - acc), met=bool(fp32_accuracy - acc <= cfg.max_drop),
+                         attempts=counter[0])
+        wb_info = None
+        if str(cfg.weight_bits) != "8":
+            wb_path = work / "lowbit.onnx"
+            wb_info = apply_weight_bits_to_qdq(best, wb_path, cfg.weight_bits, eval_fn=eval_fn,
+                                               size_budget=cfg.size_budget)
+            best = wb_path
+        qmodel = onnx.load(str(best))
+        quantized = sorted({n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"})
+        # Atomic publish: the final bytes go to a temp file in the destination folder, then os.replace.
+        tmp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
+        shutil.copyfile(best, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "excluded_nodes": excluded,
+        "calibrated_on": n_cal,
+        "preprocessed": pre_ok,
+        "activation_type": cfg.activation_type,
+        "weight_type": cfg.weight_type,
+        "per_channel": bool(cfg.per_channel),
+        "calibrate_method": cfg.calibrate_method,
+        "quantized_tensors": len(quantized),
+        "guard": guard,
+        "weight_bits": wb_info,
+    }

@@ -1,0 +1,207 @@
+"""LRDC container: round trips, ORT parity after unpacking, determinism, and strict rejection of bad files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from pipeline.config import QuantizeConfig
+from pipeline.entropy import container as C
+from pipeline.entropy.container import GRAPH_KEY, pack_onnx, read_container, unpack_to_onnx
+from pipeline.errors import ContainerError, InputError
+from pipeline.quantize.ort_static import quantize_static
+from tests.quantize.tiny_models import export, images, run, tiny_net
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("c")
+    fp32 = export(tiny_net(0), d / "fp32.onnx")
+    quantize_static(fp32, d / "int8.onnx", images(8), QuantizeConfig(calib_size=8))
+    return d / "int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def packed(int8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    out = tmp_path_factory.mktemp("p") / "w.lrdc"
+    pack_onnx(int8_model, out)
+    return out.read_bytes()
+
+
+def _split(data: bytes) -> tuple[dict, bytes]:
+    hlen = struct.unpack_from("<I", data, 6)[0]
+    return json.loads(data[10:10 + hlen]), data[10 + hlen:-32]
+
+
+def _build(header: dict, payload: bytes, version: int = 1, raw_header: bytes | None = None) -> bytes:
+    """A container with a valid sha256 around an arbitrary header: reaches the checks behind the hash."""
+    h = raw_header if raw_header is not None else C._canonical(header)
+    body = b"LRDC" + struct.pack("<HI", version, len(h)) + h + payload
+    return body + hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "auto"])
+def test_pack_unpack_parity(int8_model: Path, tmp_path: Path, coder: str) -> None:
+    out = tmp_path / "w.lrdc"
+    stats = pack_onnx(int8_model, out, coder=coder, zstd_level=3)
+    assert stats["size_bytes"] == out.stat().st_size and stats["weight_numel"] == 8 * 27 + 16 * 72 + 64 * 10
+    if coder != "auto":
+        assert stats["coders_used"] == [coder]
+    w = [t for t in stats["tensors"] if t["is_weight"]]
+    assert len(w) == 3 and all(t["dtype"] == "int8" for t in w)
+    assert 0 < stats["order0_bits_per_weight"] <= 8 and stats["decode_mb_s"] > 0
+    rebuilt = unpack_to_onnx(out, tmp_path / "un.onnx")
+    x = images(16, seed=7)
+    np.testing.assert_array_equal(run(rebuilt, x), run(int8_model, x))  # exactly identical outputs
+    src = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8_model)).graph.initializer}
+    _, arrays = read_container(out)
+    assert set(arrays) == set(src) | {GRAPH_KEY}
+    for k, v in src.items():
+        assert arrays[k].dtype == v.dtype and arrays[k].shape == v.shape and arrays[k].tobytes() == v.tobytes()
+
+
+def test_pack_is_deterministic_and_repack_identical(int8_model: Path, packed: bytes, tmp_path: Path) -> None:
+    pack_onnx(int8_model, tmp_path / "a.lrdc")
+    assert (tmp_path / "a.lrdc").read_bytes() == packed
+    unpack_to_onnx(tmp_path / "a.lrdc", tmp_path / "un.onnx")
+    pack_onnx(tmp_path / "un.onnx", tmp_path / "b.lrdc")
+    assert (tmp_path / "b.lrdc").read_bytes() == packed
+
+
+def test_lossless_narrowing_and_odd_tensors(tmp_path: Path) -> None:
+    # fp16-exact float32 (incl. -0.0, inf, NaN), int64 that fits int8, scalars, empty tensors, bool, float64.
+    f = np.array([0.5, -0.0, np.inf, np.nan, 1024.0, 2.0**-14], np.float32)
+    g = np.array([0.1, 1.0], np.float32)  # 0.1 is not fp16-exact: stays float32
+    inits = {"f": f, "g": g, "i": np.array([-3, 7, 100], np.int64), "s": np.array(2.5, np.float32),
+             "e": np.zeros((0, 3), np.float32), "b": np.array([True, False]), "d": np.array([1e-300])}
+    nodes = [helper.make_node("Identity", [k], [k + "_out"]) for k in inits]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(k + "_out", helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                                             for k, v in inits.items()],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    stats = pack_onnx(tmp_path / "m.onnx", tmp_path / "m.lrdc")
+    stored = {t["name"]: t["stored_dtype"] for t in stats["tensors"]}
+    assert stored["f"] == "float16" and stored["g"] == "float32" and stored["i"] == "int8" and stored["s"] == "float16"
+    assert np.isnan(stats["total_bits_per_weight"])  # no int8 weights in this model
+    _, arrays = read_container(tmp_path / "m.lrdc")
+    for k, v in inits.items():
+        assert arrays[k].dtype == v.dtype and arrays[k].shape == v.shape and arrays[k].tobytes() == v.tobytes()
+    out = unpack_to_onnx(tmp_path / "m.lrdc", tmp_path / "u.onnx")
+    for a, b in zip(onnx.load(str(out)).graph.initializer, model.graph.initializer):
+        assert numpy_helper.to_array(a).tobytes() == numpy_helper.to_array(b).tobytes()
+
+
+def test_pack_rejects_bad_inputs(tmp_path: Path) -> None:
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(InputError):
+        pack_onnx(tmp_path / "bad.onnx", tmp_path / "o.lrdc")
+    with pytest.raises(InputError):
+        pack_onnx(tmp_path / "missing.onnx", tmp_path / "o.lrdc")
+    assert not (tmp_path / "o.lrdc").exists()
+
+
+def test_truncations_rejected(packed: bytes) -> None:
+    for cut in sorted({0, 1, 5, 9, 10, 11, 40, len(packed) // 2, len(packed) - 33, len(packed) - 32, len(packed) - 1}):
+        with pytest.raises(ContainerError):
+            read_container(packed[:cut])
+    with pytest.raises(ContainerError, match="sha256"):
+        read_container(packed + b"\0")  # trailing bytes
+
+
+def test_bit_flips_rejected(packed: bytes) -> None:
+    rng = np.random.default_rng(0)
+    positions = set(range(0, 12)) | set(rng.integers(0, len(packed), 300).tolist()) | set(range(len(packed) - 32, len(packed)))
+    for pos in sorted(positions):
+        bad = bytearray(packed)
+        bad[pos] ^= 1 << (pos % 8)
+        with pytest.raises(ContainerError):
+            read_container(bytes(bad))
+
+
+def test_prefix_errors_have_clear_messages(packed: bytes) -> None:
+    with pytest.raises(ContainerError, match="not an LRDC container"):
+        read_container(b"ONNX" + packed[4:])
+    header, payload = _split(packed)
+    with pytest.raises(ContainerError, match="version 2 is not supported"):
+        read_container(_build(header, payload, version=2))
+    big = bytearray(packed)
+    struct.pack_into("<I", big, 6, 0xFFFFFFFF)
+    with pytest.raises(ContainerError, match="header length"):
+        read_container(bytes(big))
+    with pytest.raises(ContainerError, match="cannot read"):
+        read_container(Path("/nonexistent/x.lrdc"))
+
+
+def _mutations(header: dict) -> dict[str, dict]:
+    import copy
+
+    def m(f):  # noqa: ANN001, ANN202
+        h = copy.deepcopy(header)
+        f(h)
+        return h
+
+    t0 = header["tensors"][0]["name"]
+    return {
+        "unknown header field": m(lambda h: h.update(extra=1)),
+        "missing header field": m(lambda h: h.pop("producer")),
+        "unknown record field": m(lambda h: h["tensors"][0].update(bits=4)),
+        "offsets not contiguous": m(lambda h: h["tensors"][1].update(offset=h["tensors"][1]["offset"] + 1)),
+        "nbytes != prod(shape)": m(lambda h: h["tensors"][2].update(shape=[3, 99])),
+        "duplicate names": m(lambda h: h["tensors"][1].update(name=t0)),
+        "unknown coder": m(lambda h: [r.update(coder=7) for r in h["tensors"]]),
+        "crc mismatch": m(lambda h: h["tensors"][3].update(crc32=(h["tensors"][3]["crc32"] + 1) % 2**32)),
+        "bool as int": m(lambda h: h["tensors"][0].update(offset=False)),
+        "bad dtype": m(lambda h: h["tensors"][0].update(dtype="object")),
+        "bad narrowing": m(lambda h: h["tensors"][0].update(stored_dtype="int64")),
+        "graph not uint8": m(lambda h: h["graph"].update(dtype="float32")),
+        "reserved name": m(lambda h: h["tensors"][0].update(name=GRAPH_KEY)),
+        "negative length": m(lambda h: h["tensors"][0].update(length=-1)),
+        "too many dims": m(lambda h: h["tensors"][0].update(shape=[1] * 40)),
+        "tensors not a list": m(lambda h: h.update(tensors={})),
+    }
+
+
+def test_header_validation_behind_a_valid_hash(packed: bytes) -> None:
+    header, payload = _split(packed)
+    read_container(_build(header, payload))  # the rebuilt original is valid
+    for what, h in _mutations(header).items():
+        with pytest.raises(ContainerError):
+            read_container(_build(h, payload))
+            pytest.fail(what)
+    raw = C._canonical(header)
+    for what, rh in {"whitespace": json.dumps(header, sort_keys=True).encode(),
+                     "duplicate key": b'{"format":"LRDC",' + raw[1:],
+                     "not json": b"{" * 10, "deep nesting": b"[" * 100000 + b"]" * 100000,
+                     "not ascii": raw.replace(b"LRDC", "LRDÇ".encode(), 1), "not an object": b"[1]"}.items():
+        with pytest.raises(ContainerError):
+            read_container(_build({}, payload, raw_header=rh))
+            pytest.fail(what)
+    with pytest.raises(ContainerError, match="payload area"):
+        read_container(_build(header, payload + b"\0"))
+    with pytest.raises(ContainerError, match="cap"):
+        read_container(packed, max_total_bytes=100)
+
+
+def test_huge_declared_sizes_do_not_allocate(packed: bytes) -> None:
+    # A forged record claims a 1 TiB tensor: rejected by the size cap before any decoder runs.
+    header, payload = _split(packed)
+    header["tensors"][0].update(shape=[2**20, 2**20], dtype="uint8", stored_dtype="uint8", nbytes=2**40)
+    with pytest.raises(ContainerError, match="cap"):
+        read_container(_build(header, payload))
+
+
+def test_unpack_rejects_graph_tensor_disagreement(packed: bytes, tmp_path: Path) -> None:
+    header, payload = _split(packed)
+    # Rename a record: the CRC still matches, but the graph has no initializer of that name.
+    header["tensors"][0]["name"] = "ghost"
+    (tmp_path / "x.lrdc").write_bytes(_build(header, payload))
+    with pytest.raises(ContainerError, match="ghost"):
+        unpack_to_onnx(tmp_path / "x.lrdc", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
