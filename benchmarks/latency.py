@@ -1,0 +1,249 @@
+"""Honest latency: all sessions created and warmed first, then variants timed interleaved in random order in small
+chunks (PERFORMANCE.md), so slow drift of a shared machine hits every variant alike; plus ORT per-node profiles."""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from benchmarks.targets import Target, make_session
+from pipeline.errors import ConfigError
+
+
+def _input_name(sess: Any) -> str:
+    inp = sess.get_inputs()
+    if len(inp) != 1:
+        raise ConfigError(f"latency: models must have exactly one input, found {[i.name for i in inp]}")
+    return inp[0].name
+
+
+def _prepare(models: dict[str, str | Path], target: Target, workdir: Path) -> dict[str, Path]:
+    """Convert ``.onnx`` models to ``.ort`` when the target ships ORT format (mobile proxies)."""
+    out: dict[str, Path] = {}
+    for name, path in models.items():
+        p = Path(path)
+        if target.model_format == "ort" and p.suffix.lower() == ".onnx":
+            from exporters.ort_mobile import convert_to_ort
+
+            d = workdir / f"v{len(out)}"
+            out[name] = Path(convert_to_ort(p, d)["ort_path"])
+        else:
+            out[name] = p
+    return out
+
+
+def _stats(wall_s: list[float], cpu_s: list[float]) -> dict[str, Any]:
+    w = np.asarray(wall_s, dtype=np.float64) * 1e3
+    c = np.asarray(cpu_s, dtype=np.float64) * 1e3
+    # np.percentile with linear interpolation is monotone in q, so p50 <= p90 <= p99 always holds.
+    p50, p90, p99 = (float(v) for v in np.percentile(w, [50, 90, 99]))
+    return {
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "mean": float(w.mean()),
+        "min": float(w.min()),
+        "max": float(w.max()),
+        "std": float(w.std()),
+        "cpu_p50": float(np.percentile(c, 50)),
+        "samples": int(w.size),
+    }
+
+
+def measure_latency(
+    models: dict[str, str | Path],
+    target: Target,
+    input_shape: tuple[int, int, int],
+    batch: int = 1,
+    samples: int = 60,
+    warmup: int = 10,
+    threads: int | None = None,
+    seed: int = 0,
+    chunk: int = 5,
+) -> dict[str, dict]:
+    """Time several model files against each other in one run.
+
+    Every session is created first and warmed up; then, round after round, the variants with samples still to take
+    are visited in a random (seeded) order and each takes up to ``chunk`` consecutive timed runs, until every variant
+    has exactly ``samples`` samples. Wall time comes from ``perf_counter``; ``cpu_p50`` from ``thread_time``, which at
+    one intra-op thread is the compute time of this call, free of preemption by other tenants.
+
+    Args:
+        models: ``{variant name: model path}`` (``.onnx`` or ``.ort``); for ``model_format="ort"`` targets, ``.onnx``
+            files are converted to ``.ort`` in a temp folder first.
+        target: session settings.
+        input_shape: ``(C, H, W)``.
+        batch: batch size of the timed input.
+        samples: timed runs per variant.
+        warmup: untimed runs per variant after session creation.
+        threads: ``intra_op_num_threads`` override (default: the target's).
+        seed: seeds the visiting order and the input values.
+        chunk: consecutive runs per visit.
+
+    Returns:
+        ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``.
+
+    Raises:
+        ConfigError: bad counts, or a model with more than one input.
+    """
+    if samples < 1 or warmup < 0 or chunk < 1 or batch < 1:
+        raise ConfigError(f"latency: need samples >= 1, warmup >= 0, chunk >= 1, batch >= 1 (got {samples}, {warmup}, {chunk}, {batch})")
+    if not models:
+        return {}
+    rng = np.random.default_rng(seed)
+    names = list(models)
+    with tempfile.TemporaryDirectory(prefix="lrd-latency-") as td:
+        files = _prepare(models, target, Path(td))
+        sessions = {n: make_session(files[n], target, threads=threads) for n in names}
+        # The same input values for every variant: only the model differs between them.
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        feeds = {n: {_input_name(sessions[n]): x} for n in names}
+        for n in names:
+            for _ in range(warmup):
+                sessions[n].run(None, feeds[n])
+        wall: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        while True:
+            pending = [n for n in names if len(wall[n]) < samples]
+            if not pending:
+                break
+            for i in rng.permutation(len(pending)):
+                n = pending[int(i)]
+                sess, feed = sessions[n], feeds[n]
+                for _ in range(min(chunk, samples - len(wall[n]))):
+                    c0 = time.thread_time()
+                    t0 = time.perf_counter()
+                    sess.run(None, feed)
+                    t1 = time.perf_counter()
+                    c1 = time.thread_time()
+                    wall[n].append(t1 - t0)
+                    cpu[n].append(c1 - c0)
+        del sessions
+    settings = {
+        **target.settings(threads),
+        "batch": batch,
+        "input_shape": list(input_shape),
+        "samples": samples,
+        "warmup": warmup,
+        "chunk": chunk,
+        "seed": seed,
+        "order": "interleaved, random per round",
+        "cpu_time_note": "cpu_p50 from time.thread_time: meaningful at 1 intra-op thread",
+    }
+    return {n: {**_stats(wall[n], cpu[n]), "settings": settings} for n in names}
+
+
+# ---------------------------------------------------------------------------------------------- node profiles
+_SUFFIXES = ("_kernel_time", "_fence_before", "_fence_after")
+
+
+def _module_name(node_name: str) -> str:
+    """Dotted module path from a TorchScript-exported node name (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``).
+
+    Each ``/``-component is either already fully qualified (``layer1.0`` under ``layer1``, as for Sequential children)
+    or a bare attribute name (``conv1``): join accordingly. Names without scopes (ORT-generated nodes such as
+    ``ReorderInput``) map to ``(runtime)``.
+    """
+    name = node_name
+    for s in _SUFFIXES:
+        if name.endswith(s):
+            name = name[: -len(s)]
+    if "/" not in name:
+        return "(runtime)"
+    parts = [p for p in name.split("/")[:-1] if p]
+    dotted = ""
+    for p in parts:
+        if not dotted:
+            dotted = p
+        elif p.startswith(dotted + "."):
+            dotted = p
+        else:
+            dotted = f"{dotted}.{p}"
+    return dotted or "(graph)"
+
+
+def _match_layer(module: str, layers: list[str]) -> str:
+    """Longest registered layer name that is ``module`` or a dotted prefix of it (factorized Sequentials -> parent)."""
+    best = ""
+    for l in layers:
+        if (module == l or module.startswith(l + ".")) and len(l) > len(best):
+            best = l
+    return best or module
+
+
+def profile_nodes(
+    path: str | Path,
+    target: Target,
+    input_shape: tuple[int, int, int],
+    runs: int = 20,
+    layers: Iterable[str] | None = None,
+    warmup: int = 3,
+) -> list[dict]:
+    """Per-node kernel time from ONNX Runtime's profiler (``enable_profiling`` JSON trace), slowest first.
+
+    Only kernel events of the ``runs`` profiled runs count (the first ``warmup`` runs are discarded by timestamp).
+    Each row also names the PyTorch module the node came from (``layer``): with ``layers`` given (e.g. factorized
+    layer names), nodes of a factorized layer's Sequential (``features.3.0``) are attributed to ``features.3``.
+
+    Args:
+        path: model file (``.onnx``; converted to ``.ort`` for ORT-format targets).
+        target: session settings.
+        input_shape: ``(C, H, W)`` (batch 1).
+        runs: profiled runs.
+        layers: optional original layer names to attribute nodes to.
+        warmup: runs whose events are discarded.
+
+    Returns:
+        Rows sorted by total time: ``{"node", "op", "layer", "provider", "total_us" (all runs), "mean_us" (per run),
+        "calls", "share"}``.
+
+    Raises:
+        ConfigError: ``runs < 1``.
+    """
+    if runs < 1 or warmup < 0:
+        raise ConfigError(f"profile_nodes: need runs >= 1 and warmup >= 0 (got {runs}, {warmup})")
+    known = sorted(set(layers or []))
+    with tempfile.TemporaryDirectory(prefix="lrd-profile-") as td:
+        files = _prepare({"m": path}, target, Path(td))
+        sess = make_session(files["m"], target, profile_dir=td)
+        x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
+        feed = {_input_name(sess): x}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        prof = sess.end_profiling()
+        events = json.loads(Path(prof).read_text())
+    # Events carry timestamps: keep only kernels that ran after the warm-up runs.
+    model_runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                        key=lambda e: e.get("ts", 0))
+    cutoff = model_runs[warmup]["ts"] if len(model_runs) > warmup else 0
+    nodes: dict[str, dict[str, Any]] = {}
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time") or e.get("ts", 0) < cutoff:
+            continue
+        node = name[: -len("_kernel_time")]
+        args = e.get("args", {}) or {}
+        row = nodes.get(node)
+        if row is None:
+            module = _module_name(name)
+            row = nodes[node] = {
+                "node": node,
+                "op": str(args.get("op_name", "?")),
+                "layer": _match_layer(module, known) if known else module,
+                "provider": str(args.get("provider", "")),
+                "total_us": 0.0,
+                "calls": 0,
+            }
+        row["total_us"] += float(e.get("dur", 0))
+        row["calls"] += 1
+    total = sum(r["total_us"] for r in nodes.values()) or 1.0
+    rows = list(nodes.values())
+    for r in rows:
+        r["mean_us"] = r["total_us"] / runs
+        r["share"] = r["total_us"] / total
+    rows.sort(key=lambda r: (-r["total_us"], r["node"]))
+    return rows

@@ -1,0 +1,284 @@
+"""Benchmark targets: ONNX Runtime session settings + a device profile (peak MAC/s, bandwidth, on-chip memory, energies).
+
+Only the CPU EP exists on the development machines. The ``mobile-*`` targets therefore time the ``.ort`` model with
+mobile session settings *on this CPU* as a proxy (labelled as such in ``note``); their device profiles feed the
+roofline and energy estimates, which are models, not measurements. Every profile states its sources.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.registry import Registry
+
+# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm / 0.9 V (METHODS.md).
+# Absolute values are dated; the proxy relies on their ratios.
+HOROWITZ_45NM_PJ: Mapping[str, float] = {
+    "int8_add": 0.03,
+    "int8_mult": 0.2,
+    "int32_add": 0.1,
+    "int32_mult": 3.1,
+    "fp16_add": 0.4,
+    "fp16_mult": 1.1,
+    "fp32_add": 0.9,
+    "fp32_mult": 3.7,
+    "sram_read_32bit": 5.0,
+    "dram_read_32bit": 640.0,
+}
+HOROWITZ_SOURCE = "M. Horowitz, 'Computing's energy problem', ISSCC 2014 (45 nm, 0.9 V); as used by Han et al. (Deep Compression, EIE)"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Roofline and energy parameters of one device (one core unless stated).
+
+    Attributes:
+        name: short identifier.
+        peak_macs_fp32: peak fp32 multiply-accumulates per second.
+        peak_macs_int8: peak int8 multiply-accumulates per second.
+        mem_bandwidth: sustainable DRAM bandwidth in bytes/s available to the timed core(s).
+        onchip_bytes: cache/SRAM capacity a layer's working set may occupy before spilling to DRAM.
+        energies_pj: per-operation energies (keys as in ``HOROWITZ_45NM_PJ``).
+        source: where the numbers come from and how they were derived.
+    """
+
+    name: str
+    peak_macs_fp32: float
+    peak_macs_int8: float
+    mem_bandwidth: float
+    onchip_bytes: int
+    source: str
+    energies_pj: Mapping[str, float] = field(default_factory=lambda: dict(HOROWITZ_45NM_PJ))
+    energy_source: str = HOROWITZ_SOURCE
+
+    def peak_macs(self, precision: str) -> float:
+        """Peak MAC/s for ``"fp32"`` or ``"int8"``."""
+        if precision == "int8":
+            return self.peak_macs_int8
+        if precision == "fp32":
+            return self.peak_macs_fp32
+        raise ConfigError(f"unknown precision {precision!r}; known: fp32, int8")
+
+    def peak_macs_per_s(self, precision: str) -> float:
+        """Alias of ``peak_macs`` (the name used in the benchmark contract)."""
+        return self.peak_macs(precision)
+
+    @property
+    def mem_bandwidth_bytes_per_s(self) -> float:
+        """Alias of ``mem_bandwidth`` in bytes/s (the name used in the benchmark contract)."""
+        return self.mem_bandwidth
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly view for reports."""
+        return {
+            "name": self.name,
+            "peak_macs_fp32": self.peak_macs_fp32,
+            "peak_macs_int8": self.peak_macs_int8,
+            "mem_bandwidth": self.mem_bandwidth,
+            "onchip_bytes": self.onchip_bytes,
+            "energies_pj": dict(self.energies_pj),
+            "source": self.source,
+            "energy_source": self.energy_source,
+        }
+
+
+PROFILES: Registry[DeviceProfile] = Registry("device profile")
+
+# AMD EPYC (Zen 2/3), one core, AVX2 + FMA, no AVX-512/VNNI: 2 x 256-bit FMA pipes = 16 fp32 MAC/cycle at ~2.5 GHz.
+# int8 without VNNI goes through vpmaddubsw + vpmaddwd: about 2x the fp32 rate in the best case (PERFORMANCE.md
+# measures 0.7-1.07x in practice, the peak is what a roofline wants). One core sustains ~20 GB/s; on-chip = 512 KiB
+# L2 plus a fair share of a shared L3 on a multi-tenant host.
+PROFILES.add("epyc-avx2-core", DeviceProfile(
+    name="epyc-avx2-core",
+    peak_macs_fp32=16 * 2.5e9,
+    peak_macs_int8=32 * 2.5e9,
+    mem_bandwidth=20e9,
+    onchip_bytes=4 * 2**20,
+    source="AMD Software Optimization Guide for family 17h/19h (2x256-bit FMA per core); ~2.5 GHz; "
+           "bandwidth/L3 share estimated for one core of a shared server",
+))
+# Phone big core, Cortex-A78 class at ~2.8 GHz: 2 x 128-bit NEON FMA pipes = 8 fp32 MAC/cycle; SDOT (Armv8.2
+# dot product) 2 x 16 int8 MAC/cycle. LPDDR5 phone, one core ~15 GB/s; 512 KiB L2 + 4 MiB shared L3.
+PROFILES.add("cortex-a78-core", DeviceProfile(
+    name="cortex-a78-core",
+    peak_macs_fp32=8 * 2.8e9,
+    peak_macs_int8=32 * 2.8e9,
+    mem_bandwidth=15e9,
+    onchip_bytes=int(4.5 * 2**20),
+    source="Arm Cortex-A78 Software Optimization Guide (2x128-bit ASIMD FMA, SDOT); 2.8 GHz phone big core; "
+           "LPDDR5 single-core bandwidth estimated",
+))
+# Single-board computer, Cortex-A53 at 1.2 GHz (Raspberry Pi 3 class): in-order, 64-bit NEON datapath = 2 fp32
+# MAC/cycle; Armv8.0 has no SDOT, SMLAL-based int8 ~4 MAC/cycle. LPDDR2 ~2.5 GB/s; 512 KiB shared L2.
+PROFILES.add("cortex-a53-board", DeviceProfile(
+    name="cortex-a53-board",
+    peak_macs_fp32=2 * 1.2e9,
+    peak_macs_int8=4 * 1.2e9,
+    mem_bandwidth=2.5e9,
+    onchip_bytes=512 * 2**10,
+    source="Arm Cortex-A53 TRM (dual-issue in-order, 64-bit NEON); 1.2 GHz Raspberry Pi 3 class board; "
+           "LPDDR2 bandwidth estimated",
+))
+# Apple A14-class performance core (~3.0 GHz): 4 x 128-bit NEON FMA pipes = 16 fp32 MAC/cycle, SDOT 4 x 16 int8
+# MAC/cycle; ~30 GB/s for one core; 8 MiB shared L2 (a fair 4 MiB share).
+PROFILES.add("apple-a14-core", DeviceProfile(
+    name="apple-a14-core",
+    peak_macs_fp32=16 * 3.0e9,
+    peak_macs_int8=64 * 3.0e9,
+    mem_bandwidth=30e9,
+    onchip_bytes=4 * 2**20,
+    source="public microbenchmarks of Apple Firestorm cores (4 FP/SIMD pipes); ~3.0 GHz; bandwidth/L2 share estimated",
+))
+
+_OPT_LEVELS = ("disabled", "basic", "extended", "all")
+_EXEC_MODES = ("sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a model is timed.
+
+    Attributes:
+        name: registry name.
+        providers: ONNX Runtime execution providers, in priority order, used for timing here.
+        intra_threads: default ``intra_op_num_threads`` (1: compute runs in the calling thread, so
+            ``time.thread_time`` excludes preemption by other tenants).
+        inter_threads: ``inter_op_num_threads``.
+        graph_opt_level: ``"all" | "extended" | "basic" | "disabled"``.
+        execution_mode: ``"sequential" | "parallel"``.
+        model_format: ``"onnx"`` or ``"ort"`` (the latency harness converts ``.onnx`` inputs to ``.ort``).
+        profile: device profile for roofline and energy estimates.
+        note: what the numbers mean (proxy or real).
+        device_providers: the EPs the model would use on the real device (informational).
+        session_config: extra ``SessionOptions.add_session_config_entry`` pairs.
+    """
+
+    name: str
+    providers: tuple[str, ...]
+    intra_threads: int
+    inter_threads: int
+    graph_opt_level: str
+    execution_mode: str
+    model_format: str
+    profile: DeviceProfile
+    note: str
+    device_providers: tuple[str, ...] = ()
+    session_config: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.graph_opt_level not in _OPT_LEVELS:
+            raise ConfigError(f"target {self.name}: graph_opt_level {self.graph_opt_level!r} not in {_OPT_LEVELS}")
+        if self.execution_mode not in _EXEC_MODES:
+            raise ConfigError(f"target {self.name}: execution_mode {self.execution_mode!r} not in {_EXEC_MODES}")
+        if self.model_format not in ("onnx", "ort"):
+            raise ConfigError(f"target {self.name}: model_format {self.model_format!r} not in ('onnx', 'ort')")
+        if self.intra_threads < 1 or self.inter_threads < 1:
+            raise ConfigError(f"target {self.name}: thread counts must be >= 1")
+
+    def settings(self, threads: int | None = None) -> dict[str, Any]:
+        """Session settings to state in a report (PERFORMANCE.md: threads, execution mode, optimization level)."""
+        return {
+            "target": self.name,
+            "providers": list(self.providers),
+            "intra_threads": threads if threads is not None else self.intra_threads,
+            "inter_threads": self.inter_threads,
+            "graph_opt_level": self.graph_opt_level,
+            "execution_mode": self.execution_mode,
+            "model_format": self.model_format,
+            "profile": self.profile.name,
+            "note": self.note,
+        }
+
+
+TARGETS: Registry[Target] = Registry("target")
+
+_CPU = ("CPUExecutionProvider",)
+_PROXY = "timed with the ORT CPU EP on this x86 machine as a PROXY for the device; absolute times are not the device's"
+
+TARGETS.add("cpu", Target(
+    name="cpu", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="all", execution_mode="sequential",
+    model_format="onnx", profile=PROFILES.get("epyc-avx2-core"),
+    note="this machine: ORT CPU EP, AMD EPYC AVX2/FMA (no AVX-512/VNNI); measured",
+))
+TARGETS.add("mobile-arm", Target(
+    name="mobile-arm", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="all",
+    execution_mode="sequential", model_format="ort", profile=PROFILES.get("cortex-a78-core"),
+    note=f"ORT Mobile CPU EP (.ort, Fixed optimizations, no NCHWc); {_PROXY}; roofline/energy: Cortex-A78-class core",
+    device_providers=_CPU,
+))
+TARGETS.add("mobile-nnapi", Target(
+    name="mobile-nnapi", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="basic",
+    execution_mode="sequential", model_format="ort", profile=PROFILES.get("cortex-a78-core"),
+    note=f"Android NNAPI deployment (.ort, basic optimizations so NNAPI sees plain ops); {_PROXY}; "
+         "see the mobile usability summary for NNAPI coverage",
+    device_providers=("NnapiExecutionProvider", "CPUExecutionProvider"),
+))
+TARGETS.add("mobile-coreml", Target(
+    name="mobile-coreml", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="basic",
+    execution_mode="sequential", model_format="ort", profile=PROFILES.get("apple-a14-core"),
+    note=f"iOS CoreML deployment (.ort, basic optimizations); {_PROXY}; see the mobile usability summary for "
+         "CoreML NeuralNetwork/MLProgram coverage",
+    device_providers=("CoreMLExecutionProvider", "CPUExecutionProvider"),
+))
+TARGETS.add("board-a53", Target(
+    name="board-a53", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="all",
+    execution_mode="sequential", model_format="ort", profile=PROFILES.get("cortex-a53-board"),
+    note=f"Cortex-A53 single-board computer (.ort, CPU EP); {_PROXY}",
+    device_providers=_CPU,
+))
+
+
+def _ort_level(level: str) -> Any:
+    import onnxruntime as ort
+
+    return {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+
+
+def make_session(path: str | Path, target: Target, threads: int | None = None, profile_dir: str | None = None) -> Any:
+    """Create an ``onnxruntime.InferenceSession`` with the target's settings and explicit providers.
+
+    Args:
+        path: ``.onnx`` or ``.ort`` model produced or checked by this pipeline (ORT has no sandbox).
+        target: the target whose settings to apply.
+        threads: overrides ``target.intra_threads``.
+        profile_dir: when given, ORT profiling is enabled and its JSON is written there.
+
+    Returns:
+        The session.
+
+    Raises:
+        InputError: the model file does not exist.
+        ConfigError: a provider of the target is not available in this onnxruntime build.
+    """
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"model file {p} does not exist")
+    available = set(ort.get_available_providers())
+    missing = [pr for pr in target.providers if pr not in available]
+    if missing:
+        raise ConfigError(f"target {target.name}: providers {missing} are not available here (available: {sorted(available)})")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads if threads is not None else target.intra_threads)
+    so.inter_op_num_threads = int(target.inter_threads)
+    so.graph_optimization_level = _ort_level(target.graph_opt_level)
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if target.execution_mode == "parallel"
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.log_severity_level = 3
+    if p.suffix.lower() == ".ort":
+        so.add_session_config_entry("session.load_model_format", "ORT")
+    for k, v in target.session_config:
+        so.add_session_config_entry(k, v)
+    if profile_dir is not None:
+        Path(profile_dir).mkdir(parents=True, exist_ok=True)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+    return ort.InferenceSession(str(p), sess_options=so, providers=list(target.providers))

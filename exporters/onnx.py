@@ -1,0 +1,232 @@
+"""torch -> ONNX export: opset 17, BatchNorm folded, dynamic batch, simplified, no Flatten, checked, written atomically.
+
+Why the TorchScript exporter (``dynamo=False``): in torch 2.13 the dynamo exporter emits opset 18 and its
+down-conversion to 17 fails (PERFORMANCE.md); the legacy exporter in EVAL mode with constant folding gives a clean
+opset-17 graph with every Conv->BatchNorm pair folded, whatever the module structure (Sequential chains, ResNet
+blocks that keep ``conv``/``bn`` as attributes). ``fold_batchnorm`` is only a best-effort eager helper for code that
+wants folded weights in PyTorch itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from pipeline.artifacts import atomic_write_bytes
+from pipeline.errors import ValidationError
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------------------------- BN folding
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
+    """Fold ``bn`` into ``conv`` in place; returns False (and changes nothing) when the pair cannot be folded."""
+    if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
+        return False
+    with torch.no_grad():
+        scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(scale)
+        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(scale)
+        factor = gamma * scale
+        w = conv.weight.double() * factor.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+        b0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+        b = (b0 - bn.running_mean.double()) * factor + beta
+        conv.weight.copy_(w.to(conv.weight.dtype))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        else:
+            conv.bias.copy_(b.to(conv.bias.dtype))
+    return True
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Return a deep copy of ``model`` with every ``Conv2d -> BatchNorm2d`` pair inside a plain ``nn.Sequential`` folded.
+
+    Only Sequential containers are touched, because there the child order *is* the data flow; a BN held as an
+    attribute next to a conv (ResNet blocks) may be applied to anything in ``forward``, so folding it would be a
+    guess. ONNX export folds those anyway (``export_onnx`` runs the exporter in EVAL mode with constant folding).
+    The folded BN is replaced by ``nn.Identity`` so indices (and state-dict keys of the convs) stay the same.
+
+    Args:
+        model: any module; not modified.
+
+    Returns:
+        The folded copy, in eval mode.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        # A Sequential subclass with its own forward could reorder children: leave it alone.
+        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
+            continue
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = module._modules[a], module._modules[b]
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and _fold_pair(conv, bn):
+                module._modules[b] = nn.Identity()
+    return folded
+
+
+# ----------------------------------------------------------------------------------------------- export
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode and restore every submodule's training flag afterwards (never mutate inputs)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _flatten_to_reshape(model: Any) -> int:
+    """Replace ``Flatten`` nodes by ``Reshape`` (CoreML MLProgram rejects Flatten). Returns how many were replaced.
+
+    ``Flatten(axis=1)`` == ``Reshape([0, -1])`` (0 copies the batch dim, so the dynamic batch axis survives) and
+    ``Flatten(axis=0)`` == ``Reshape([1, -1])``. Other axes need the product of leading dims, which a constant shape
+    cannot express with a dynamic batch: those are left as Flatten.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    existing = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    replaced = 0
+    for idx, node in enumerate(list(graph.node)):
+        if node.op_type != "Flatten" or node.domain not in ("", "ai.onnx"):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if axis not in (0, 1):
+            continue
+        shape_name = f"{node.name or 'flatten'}_reshape_shape"
+        k = 0
+        while shape_name in existing:
+            k += 1
+            shape_name = f"{node.name or 'flatten'}_reshape_shape_{k}"
+        existing.add(shape_name)
+        graph.initializer.append(numpy_helper.from_array(np.array([0 if axis == 1 else 1, -1], np.int64), shape_name))
+        new = helper.make_node("Reshape", [node.input[0], shape_name], list(node.output),
+                               name=(node.name[: -len("Flatten")] + "Reshape") if node.name.endswith("Flatten") else node.name)
+        graph.node.remove(node)
+        graph.node.insert(idx, new)
+        replaced += 1
+    return replaced
+
+
+def _node_counts(model: Any) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def _simplify(model: Any, input_name: str, test_shape: list[int]) -> tuple[Any, str | None]:
+    """onnxsim with its own numeric check; returns (model, None) or (original model, reason it was not used)."""
+    try:
+        import onnxsim
+    except ImportError:
+        return model, "onnxsim not installed (pip install onnxsim)"
+    try:
+        # onnxsim prints progress to stdout; keep the pipeline's output clean.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            simplified, ok = onnxsim.simplify(model, check_n=1, test_input_shapes={input_name: test_shape})
+    except Exception as e:  # onnxsim failures are many and varied; the unsimplified graph is still valid
+        return model, f"onnxsim failed: {type(e).__name__}: {e}"
+    if not ok:
+        return model, "onnxsim check failed (simplified outputs differ from the original graph)"
+    return simplified, None
+
+
+def export_onnx(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: str | Path,
+    opset: int = 17,
+    simplify: bool = True,
+    dynamic_batch: bool = True,
+    input_name: str = "input",
+    output_name: str = "logits",
+) -> dict:
+    """Export ``model`` to a self-contained, checked ONNX file.
+
+    Steps: eval mode (restored afterwards), ``torch.onnx.export(dynamo=False)`` with constant folding in EVAL mode
+    (folds BatchNorm into Conv), optional onnxsim (kept only if its numeric check passes), Flatten -> Reshape,
+    ``onnx.checker.check_model(full_check=True)``, atomic write without external data.
+
+    Args:
+        model: the PyTorch model (not modified).
+        input_shape: ``(C, H, W)`` of one sample.
+        path: destination ``.onnx`` file.
+        opset: ONNX opset (17 is what the project targets).
+        simplify: run onnxsim.
+        dynamic_batch: make axis 0 of the input and output symbolic (``batch``).
+        input_name: graph input name.
+        output_name: graph output name.
+
+    Returns:
+        ``{"path", "opset", "nodes": {op_type: count}, "simplified", "bytes", "simplify_error",
+        "flatten_replaced", "dynamic_batch", "input_name", "output_name"}``.
+
+    Raises:
+        ValidationError: the exported graph fails the ONNX checker or is too large for a single protobuf.
+    """
+    import onnx
+
+    path = Path(path)
+    c, h, w = (int(v) for v in input_shape)
+    # Trace with batch 2 so that nothing batch-1-specific (squeezes, constant reshapes) is baked into the graph.
+    trace_batch = 2 if dynamic_batch else 1
+    dummy = torch.zeros(trace_batch, c, h, w, dtype=torch.float32)
+    axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
+    buf = io.BytesIO()
+    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        # The legacy-exporter deprecation warning is expected: we choose it on purpose (see module docstring).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes=axes,
+            do_constant_folding=True,
+            training=torch.onnx.TrainingMode.EVAL,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    simplified = False
+    simplify_error: str | None = None
+    if simplify:
+        proto, simplify_error = _simplify(proto, input_name, [trace_batch, c, h, w])
+        simplified = simplify_error is None
+    flatten_replaced = _flatten_to_reshape(proto)
+    data = proto.SerializeToString()
+    if len(data) > _PROTOBUF_LIMIT:
+        raise ValidationError(
+            f"export: {path.name} would be {len(data)} bytes, over the 2 GiB protobuf limit; "
+            "models this large need external data, which this exporter does not write"
+        )
+    try:
+        # Check the exact bytes we are about to write, before they land on disk.
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ValidationError(f"export: ONNX checker rejected the graph for {path.name}: {e}") from e
+    atomic_write_bytes(path, data)
+    return {
+        "path": str(path),
+        "opset": opset,
+        "nodes": _node_counts(proto),
+        "simplified": simplified,
+        "simplify_error": simplify_error,
+        "flatten_replaced": flatten_replaced,
+        "bytes": len(data),
+        "dynamic_batch": dynamic_batch,
+        "input_name": input_name,
+        "output_name": output_name,
+    }

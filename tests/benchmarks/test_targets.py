@@ -1,0 +1,47 @@
+"""Benchmark targets and device profiles: registered names, sane numbers, stated sources, session settings."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.targets import TARGETS, DeviceProfile, Target, make_session
+from exporters.onnx import export_onnx
+from pipeline.errors import ConfigError, InputError
+
+
+def test_required_targets_registered_with_profiles() -> None:
+    for name in ("cpu", "mobile-arm", "mobile-nnapi", "mobile-coreml"):
+        t = TARGETS.get(name)
+        assert isinstance(t, Target) and t.name == name
+        p = t.profile
+        assert isinstance(p, DeviceProfile)
+        assert p.peak_macs_fp32 > 0 and p.peak_macs_int8 > 0 and p.mem_bandwidth > 0 and p.onchip_bytes > 0
+        assert p.source.strip()
+        assert t.providers and t.intra_threads >= 1 and t.inter_threads >= 1
+        if name.startswith("mobile"):
+            assert "proxy" in t.note.lower()
+    assert TARGETS.get("cpu").intra_threads == 1
+
+
+def test_target_validates_settings() -> None:
+    cpu = TARGETS.get("cpu")
+    with pytest.raises(ConfigError):
+        replace(cpu, graph_opt_level="fastest")
+    with pytest.raises(ConfigError):
+        replace(cpu, model_format="tflite")
+    with pytest.raises(ConfigError):
+        TARGETS.get("no-such-target")
+
+
+def test_make_session_applies_threads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    export_onnx(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 5, 5), tmp_path / "m.onnx")
+    sess = make_session(tmp_path / "m.onnx", TARGETS.get("cpu"), threads=1)
+    assert sess.get_providers() == ["CPUExecutionProvider"]
+    assert sess.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(InputError):
+        make_session(tmp_path / "missing.onnx", TARGETS.get("cpu"))
