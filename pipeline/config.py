@@ -19,8 +19,8 @@ from pipeline.errors import ConfigError, InputError
 class BaselineConfig:
     """Stage 00: train the original model on the dataset when no weights are given (else load and check them)."""
 
-    epochs: int = 20
-    batch_size: int = 64
+    epochs: int = 15
+    batch_size: int = 32             # small datasets (digits: 1078 train images) need steps more than big batches
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -96,7 +96,7 @@ class FinetuneConfig:
 
     method: str = "kd"              # kd | svd_training | lra | elrt | none
     epochs: int = 4
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 0.01
     optimizer: str = "sgd"          # sgd | adam
     weight_decay: float = 1e-4

@@ -288,6 +288,8 @@ def _run_locked(
     parent: Artifact | None = None
     rerun_from = names.index(from_stage) if from_stage else (0 if force else len(names))
     last = names.index(upto) if upto else len(names) - 1
+    if only is not None:
+        last = names.index(only)
     for index, name in enumerate(names):
         if index > last:
             break
@@ -303,6 +305,8 @@ def _run_locked(
                     f"run without --only first"
                 )
             must_run = False
+        elif only is not None:
+            must_run = True  # --only STAGE always reruns that stage
         started = _now()
         t0 = time.perf_counter()
         if must_run:

@@ -66,7 +66,7 @@ class _Classifier(nn.Module):
 
 # ------------------------------------------------------------------------------------------------------------- tiny
 class TinyNet(_Classifier):
-    """Three 3x3 convs (1 -> 16 -> 32 -> 32, the last strided) with BN/ReLU: small enough for unit tests.
+    """Three 3x3 convs (1 -> 16 -> 32 -> 32, max-pools between, the last strided) with BN/ReLU: small enough for unit tests.
 
     Args:
         num_classes: classifier outputs.
@@ -75,9 +75,12 @@ class TinyNet(_Classifier):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
+        # Max-pools widen the receptive field so global pooling sees whole objects (and keep tests fast).
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, 16),
+            nn.MaxPool2d(2),
             _conv_bn_relu(16, 32),
+            nn.MaxPool2d(2),
             _conv_bn_relu(32, 32, stride=2),
         )
         self.classifier = nn.Linear(32, num_classes)

@@ -9,7 +9,9 @@ from pipeline.config import build_config
 
 # Small but real: a couple of epochs, few timing samples. Everything else is the default pipeline.
 FAST = [
-    "baseline.epochs=3",
+    "baseline.epochs=4",
+    "baseline.batch_size=16",
+    "baseline.lr=0.1",
     "finetune.epochs=1",
     "quantize.calib_size=32",
     "benchmark.samples=8",

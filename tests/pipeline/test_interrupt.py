@@ -15,7 +15,9 @@ from pipeline.runner import run
 
 from .conftest import FAST, fast_config
 
-DELIVERABLES = ("model.onnx", "model.int8.onnx", "weights.lrdc", "model.ort")
+# model.ort is compared by outputs: ONNX Runtime's converter itself writes different bytes for the same input
+# (two conversions of one file differ; the kernel-def table order varies), which is outside this project's control.
+DELIVERABLES = ("model.onnx", "model.int8.onnx", "weights.lrdc")
 
 
 def _kill_during(root: Path, stage_prefix: str, timeout: float = 240.0) -> bool:
@@ -58,6 +60,15 @@ def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
     assert not list(model_root.glob("*.tmp-*")), "stale temp folders are cleaned up"
     for name in DELIVERABLES:
         assert (res.deploy_dir / name).read_bytes() == (reference.deploy_dir / name).read_bytes(), name
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    outs = []
+    for d in (res.deploy_dir, reference.deploy_dir):
+        sess = ort.InferenceSession(str(d / "model.ort"), providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    assert np.array_equal(outs[0], outs[1])
     for stage in ("baseline", "factorize", "finetune"):
         a, b = res.artifact(stage), reference.artifact(stage)
         assert a.key == b.key and a.sha256 == b.sha256, stage
