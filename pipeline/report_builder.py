@@ -31,7 +31,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     import onnxruntime as ort
 
     from benchmarks.accuracy import onnx_accuracy
-    from benchmarks.energy import energy_proxy, onnx_layer_stats
+    from benchmarks.energy import energy_proxy, onnx_layer_stats, roofline_all
     from benchmarks.latency import measure_latency, profile_nodes
     from benchmarks.report import write_report
     from benchmarks.storage import artifact_bytes
@@ -66,6 +66,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
             "params": int(stats["params"]),
             "latency_ms": lat[name],
             "energy": energy_proxy(stats, target.profile, precision=precision),
+            "roofline": roofline_all(stats, precision="graph"),
         }
         variants.append(v)
     # The container is what ships: its accuracy is that of the model `unpack` rebuilds from it.
