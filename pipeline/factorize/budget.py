@@ -1,9 +1,14 @@
-"""Whole-model budget: allocate per-layer ranks so total MACs (or parameters) reach a target fraction of the original.
+"""Whole-model budget: allocate per-layer ranks so total MACs, parameters or measured latency reach a target fraction
+of the original.
 
 Greedy by sensitivity, as AIMET's greedy compression-ratio selection does: each eligible layer gets candidate rank
 ratios; its sensitivity at each ratio is the validation-accuracy drop when only that layer is compressed (or the
 relative reconstruction error when no evaluation callback is given); then, starting from the dense model, the step
-with the smallest sensitivity increase per unit of cost saved is taken until the budget holds.
+with the smallest sensitivity increase per unit of cost saved is taken until the budget holds. Sensitivities are
+computed once per (layer, ratio) within the call.
+
+Latency budgets use :mod:`pipeline.factorize.latency` (ORT, 1 thread, batch 1, cached on disk): the whole-model
+figure is the sum of the conv/linear layers' own latencies, which is what factorization changes.
 """
 from __future__ import annotations
 
@@ -32,40 +37,67 @@ def allocate(
     from pipeline.factorize.swap import set_module
 
     b = cfg.budget
-    if b.latency is not None:
-        raise ConfigError("factorize.budget.latency is not supported by this version; use factorize.budget.macs or "
-                          "factorize.budget.params (and factorize.method=auto for node-overhead-aware formats)")
-    if (b.macs is None) == (b.params is None):
-        raise ConfigError("selector=budget needs exactly one of factorize.budget.macs or factorize.budget.params "
-                          "(a fraction of the original, e.g. --set factorize.budget.macs=0.3)")
-    metric, frac = ("macs", b.macs) if b.macs is not None else ("params", b.params)
-
-    def cost_dense(p) -> int:
-        return dense_macs(p.layer, p.out_hw) if metric == "macs" else dense_params(p.layer)
-
-    def cost_of(p, fmt, ranks) -> int:
-        return fmt.macs(p.layer, ranks, p.out_hw) if metric == "macs" else fmt.params(p.layer, ranks)
-
-    total0 = sum(cost_dense(p) for p in plans)
-    target = frac * total0
+    given = [(k, v) for k, v in (("macs", b.macs), ("params", b.params), ("latency", b.latency)) if v is not None]
+    if len(given) != 1:
+        raise ConfigError("selector=budget needs exactly one of factorize.budget.macs, factorize.budget.params or "
+                          "factorize.budget.latency (a fraction of the original, e.g. --set factorize.budget.macs=0.3); "
+                          f"got {', '.join(k for k, _ in given) or 'none'}")
+    metric, frac = given[0]
+    if not 0 < frac <= 1:
+        raise ConfigError(f"factorize.budget.{metric}={frac} must be a fraction in (0, 1]")
     eligible = [p for p in plans if p.fmt is not None]
-    base_acc = eval_fn(model) if eval_fn else None
-    # options[i] = list of (cost, sensitivity, ranks), dense first, then decreasing ratios
-    options: list[list[tuple[int, float, tuple[int, ...]]]] = []
+
+    # Candidate ranks per eligible layer: dense first, then decreasing ratios (aligned, deduplicated).
+    cand_ranks: list[list[tuple[int, ...]]] = []
     for p in eligible:
-        opts = [(cost_dense(p), 0.0, ())]
-        seen = set()
+        seen: list[tuple[int, ...]] = []
         for r in RATIOS:
             ranks = tuple(align_rank(math.ceil(r * m), cfg.align, m) for m in p.fmt.max_ranks(p.layer))
-            if ranks in seen:
+            if ranks not in seen:
+                seen.append(ranks)
+        cand_ranks.append(seen)
+
+    # Costs: dense cost of every layer (the whole-model total) and of each candidate.
+    if metric == "latency":
+        from pipeline.factorize.latency import measure_variants
+
+        # Per-layer ORT latency; the whole-model total is the sum over conv/linear layers (they dominate CNNs).
+        # Each layer's variants are timed together, so the ratios within a layer come from one run.
+        dense_cost: dict[str, float] = {}
+        cand_cost: list[list[float]] = []
+        elig_names = {p.name for p in eligible}
+        for p in plans:
+            if p.name in elig_names:
                 continue
-            seen.add(ranks)
-            c = cost_of(p, p.fmt, ranks)
+            if p.reason == "not reached by the forward pass":
+                dense_cost[p.name] = 0.0
+            else:
+                dense_cost[p.name] = measure_variants(p.layer, p.in_hw, [(None, None)], target=b.target)[0]
+        for p, ranks_list in zip(eligible, cand_ranks):
+            ms = measure_variants(p.layer, p.in_hw, [(None, None)] + [(p.fmt.name, r) for r in ranks_list],
+                                  target=b.target)
+            dense_cost[p.name] = ms[0]
+            cand_cost.append(ms[1:])
+    else:
+        dense_cost = {p.name: float(dense_macs(p.layer, p.out_hw) if metric == "macs" else dense_params(p.layer))
+                      for p in plans}
+        cand_cost = [[float(p.fmt.macs(p.layer, r, p.out_hw) if metric == "macs" else p.fmt.params(p.layer, r))
+                      for r in ranks_list] for p, ranks_list in zip(eligible, cand_ranks)]
+
+    total0 = sum(dense_cost.values())
+    target = frac * total0
+    base_acc = eval_fn(model) if eval_fn else None
+    # options[i] = list of (cost, sensitivity, ranks): dense first, then only candidates cheaper than the last kept.
+    options: list[list[tuple[float, float, tuple[int, ...]]]] = []
+    for p, ranks_list, costs in zip(eligible, cand_ranks, cand_cost):
+        opts: list[tuple[float, float, tuple[int, ...]]] = [(dense_cost[p.name], 0.0, ())]
+        for ranks, c in zip(ranks_list, costs):
             if c >= opts[-1][0]:
                 continue
-            factors = p.fmt.decompose(p.layer.weight.detach(), ranks, cp_max_iters=cfg.cp_max_iters,
-                                      cp_time_limit_s=cfg.cp_time_limit_s)
+            factors = p.fmt.decompose(p.layer.weight.detach(), ranks, hooi_iters=cfg.hooi_iters,
+                                      cp_max_iters=cfg.cp_max_iters, cp_time_limit_s=cfg.cp_time_limit_s)
             if eval_fn is not None:
+                # Sensitivity = accuracy drop when only this layer is compressed at this ratio.
                 set_module(model, p.name, p.fmt.to_module(p.layer, factors))
                 try:
                     sens = float(base_acc - eval_fn(model))
@@ -92,7 +124,8 @@ def allocate(
             reachable = (total0 - sum(options[i][0][0] - options[i][-1][0] for i in range(len(options)))) / total0
             raise ConfigError(
                 f"factorize.budget.{metric}={frac} cannot be met: the smallest reachable fraction with the eligible "
-                f"layers is {reachable:.3f}; raise the budget, lower factorize.min_channels, or set skip_first=false"
+                f"layers ({len(eligible)} of {len(plans)}) is {reachable:.3f}; raise the budget to at least that, "
+                "lower factorize.min_channels, or set factorize.skip_first=false"
             )
         c0 = options[best][level[best]][0]
         level[best] += 1

@@ -74,17 +74,25 @@ def _evb_free_energy(sigma2: float, L: int, M: int, s: np.ndarray, residual: flo
     return float(term1 + term2 + term3 + term4 + residual / (M * sigma2) + (L - H) * np.log(sigma2))
 
 
-def vbmf_rank(s: np.ndarray, shape: tuple[int, int]) -> int:
+def vbmf_rank(s: np.ndarray, shape: tuple[int, int] | None = None) -> int:
     """Rank kept by analytic empirical VBMF (Nakajima et al. 2013), noise variance estimated by free-energy minimisation.
 
+    As Kim et al. (2016) use it for Tucker-2: applied to each mode unfolding of the kernel.
+
     Args:
-        s: singular values of the L x M matrix (descending).
-        shape: the matrix shape.
+        s: singular values of the L x M matrix (descending), or the matrix itself.
+        shape: the matrix shape (taken from ``s`` when a matrix is given).
     """
     from scipy.optimize import minimize_scalar
 
+    arr = np.asarray(s, dtype=np.float64)
+    if arr.ndim == 2:
+        shape = shape or arr.shape
+        arr = np.linalg.svd(arr, compute_uv=False)
+    if shape is None:
+        raise ValueError("vbmf_rank: give the matrix shape (L, M) together with its singular values")
     L, M = sorted(int(v) for v in shape)
-    s = np.asarray(s, dtype=np.float64)[:L]
+    s = np.sort(np.abs(arr))[::-1][:L]
     s = s[s > 1e-300]
     H = len(s)
     if H < 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -20,6 +20,8 @@ from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank
 # Per-node cost in MAC-equivalents used by method=auto to weigh node count against MACs: on this CPU class an
 # ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (PERFORMANCE.md).
 NODE_OVERHEAD_MACS = 200_000
+# break_even keeps a factorized layer only if it measures at least this much faster than the dense one.
+BREAK_EVEN_MARGIN = 0.05
 
 
 @dataclass
@@ -48,10 +50,13 @@ class Plan:
     name: str
     layer: nn.Module
     out_hw: tuple[int, int]
+    in_hw: tuple[int, int] = (1, 1)
     fmt: Format | None = None
     ranks: tuple[int, ...] | None = None
     reason: str = ""
     note: str = ""
+    # Every admissible (format, ranks, note) of method=auto, so break_even can re-decide by measured latency.
+    candidates: list[tuple[Format, tuple[int, ...], str]] = field(default_factory=list)
 
 
 def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -59,13 +64,16 @@ def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def probe_output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Output spatial size of every conv (``(1, 1)`` for linear layers) from one forward pass."""
-    sizes: dict[str, tuple[int, int]] = {}
+def probe_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """``{name: (input_hw, output_hw)}`` of every conv (``(1, 1)`` sizes for linear layers) from one forward pass."""
+    sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
     hooks = []
     for name, m in target_layers(model):
         def hook(mod, inp, out, name=name):
-            sizes[name] = tuple(out.shape[-2:]) if out.dim() == 4 else (1, 1)
+            if out.dim() == 4:
+                sizes[name] = (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
+            else:
+                sizes[name] = ((1, 1), (1, 1))
         hooks.append(m.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -77,6 +85,11 @@ def probe_output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[st
             h.remove()
         model.train(was_training)
     return sizes
+
+
+def probe_output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Output spatial size of every conv (``(1, 1)`` for linear layers) from one forward pass."""
+    return {k: v[1] for k, v in probe_sizes(model, example_input).items()}
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -135,7 +148,8 @@ def _modelled_cost(macs: int, nodes: int) -> int:
     return macs + NODE_OVERHEAD_MACS * nodes
 
 
-def plan_layers(model: nn.Module, cfg: FactorizeConfig, sizes: dict[str, tuple[int, int]]) -> list[Plan]:
+def plan_layers(model: nn.Module, cfg: FactorizeConfig,
+                sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]]) -> list[Plan]:
     """Decide format and ranks (or dense + reason) for every conv/linear layer."""
     plans: list[Plan] = []
     layers = target_layers(model)
@@ -144,7 +158,8 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig, sizes: dict[str, tuple[i
     selector = "fixed" if cfg.selector == "budget" else cfg.selector
     for name, layer in layers:
         _check_finite(name, layer)
-        p = Plan(name, layer, sizes.get(name, (1, 1)))
+        in_hw, out_hw = sizes.get(name, ((1, 1), (1, 1)))
+        p = Plan(name, layer, out_hw, in_hw)
         plans.append(p)
         if name not in sizes:
             p.reason = "not reached by the forward pass"
@@ -185,16 +200,46 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig, sizes: dict[str, tuple[i
                 continue
             nodes = len(fmt.build(layer, ranks)) if method == "auto" else 1
             cost = _modelled_cost(macs1, nodes)
+            p.candidates.append((fmt, ranks, note))
             if best is None or cost < best[0]:
                 best = (cost, fmt, ranks, note)
         if best is None:
             p.reason = "; ".join(dict.fromkeys(reasons)) or "no format applies"
             continue
-        if method == "auto" and best[0] >= _modelled_cost(macs0, 1):
+        # With break_even the measurement decides instead of the model (break_even() sees all candidates).
+        if method == "auto" and best[0] >= _modelled_cost(macs0, 1) and not cfg.break_even:
             p.reason = f"auto: dense is cheaper than {best[1].name} at ranks {list(best[2])} once per-node overhead is counted"
             continue
         _, p.fmt, p.ranks, p.note = best
     return plans
+
+
+def break_even(plans: list[Plan], cfg: FactorizeConfig) -> None:
+    """Keep a layer dense unless its factorized form measures faster on ``cfg.budget.target`` (ORT, 1 thread).
+
+    With ``method=auto`` (and a per-layer selector) every admissible format is measured and the fastest is kept,
+    replacing the MAC + node-overhead model by measurement. "Measurably" = at least :data:`BREAK_EVEN_MARGIN`
+    faster, since same-run timing ratios move by 3-5 % on a shared machine (PERFORMANCE.md).
+    """
+    from pipeline.factorize.latency import measure_variants
+
+    for p in plans:
+        if p.fmt is None:
+            continue
+        # The budget allocator fixed the ranks of p.fmt; otherwise every admissible candidate competes.
+        cands = p.candidates if cfg.selector != "budget" and p.candidates else [(p.fmt, p.ranks, p.note)]
+        ms = measure_variants(p.layer, p.in_hw, [(None, None)] + [(f.name, r) for f, r, _ in cands],
+                              target=cfg.budget.target)
+        dense_ms, fact_ms = ms[0], ms[1:]
+        i = min(range(len(cands)), key=fact_ms.__getitem__)
+        fmt, ranks, note = cands[i]
+        measured = f"measured {fact_ms[i]:.3f} ms vs dense {dense_ms:.3f} ms ({cfg.budget.target}, ORT, 1 thread)"
+        if fact_ms[i] > (1 - BREAK_EVEN_MARGIN) * dense_ms:
+            p.reason = f"break_even: {fmt.name} at ranks {list(ranks)} is not measurably faster: {measured}"
+            p.fmt, p.ranks = None, None
+        else:
+            p.fmt, p.ranks = fmt, ranks
+            p.note = "; ".join(x for x in (note, f"break_even: {measured}") if x)
 
 
 def _decompose_into(model: nn.Module, plan: Plan, cfg: FactorizeConfig | None) -> float:
@@ -217,6 +262,10 @@ def factorize_model(
 ) -> tuple[nn.Module, list[LayerReport], dict[str, dict[str, Any]]]:
     """Factorize ``model`` as ``cfg`` says.
 
+    Per layer: format (``cfg.method``, or ``auto``: lowest modelled cost = MACs + per-node overhead, or lowest
+    measured latency with ``cfg.break_even``), ranks from ``cfg.selector`` aligned to ``cfg.align``, or dense with
+    the reason (first conv, narrow layer, grouped/depthwise, no MAC saving, not measurably faster, budget met).
+
     Args:
         model: the dense model (not modified).
         cfg: the factorize config (method, selector, alignment, rules for keeping layers dense).
@@ -225,6 +274,10 @@ def factorize_model(
 
     Returns:
         ``(new_model, per-layer reports, structure)`` where structure maps layer name -> {"format", "ranks"}.
+
+    Raises:
+        ConfigError: unknown format/selector names, or an unreachable/ill-formed budget.
+        NumericalError: NaN/Inf in a layer's weights (the message names the layer).
     """
     if cfg.method != "auto":
         FORMATS.get(cfg.method)
@@ -232,12 +285,14 @@ def factorize_model(
         FORMATS.get(cfg.linear_method)
     SELECTORS.get(cfg.selector)
     src = copy.deepcopy(model).eval()
-    sizes = probe_output_sizes(src, example_input)
+    sizes = probe_sizes(src, example_input)
     plans = plan_layers(src, cfg, sizes)
     if cfg.selector == "budget":
         from pipeline.factorize.budget import allocate
 
         allocate(src, plans, cfg, example_input, eval_fn)
+    if cfg.break_even:
+        break_even(plans, cfg)
     new = copy.deepcopy(src)
     reports: list[LayerReport] = []
     structure: dict[str, dict[str, Any]] = {}

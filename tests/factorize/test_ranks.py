@@ -43,6 +43,8 @@ def test_vbmf_recovers_rank_of_low_rank_plus_noise():
     mat = signal + 0.5 * rng.standard_normal((L, M))
     s = np.linalg.svd(mat, compute_uv=False)
     assert vbmf_rank(s, (L, M)) == r
+    assert vbmf_rank(mat) == r and vbmf_rank(mat.T) == r  # the matrix itself, either orientation
+    assert vbmf_rank(0.5 * rng.standard_normal((L, M))) <= 2  # pure noise: (almost) nothing kept
     ctx = RankContext([s], [(L, M)], (L,), FactorizeConfig())
     assert SELECTORS.get("vbmf")(ctx) == (r,)
 

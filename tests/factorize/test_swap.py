@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from pipeline.config import FactorizeConfig
+from pipeline.config import BudgetConfig, FactorizeConfig
 from pipeline.errors import ConfigError, NumericalError
-from pipeline.factorize.swap import apply_structure, count_macs_params, factorize_model, factorize_with_structure
+from pipeline.factorize.swap import (BREAK_EVEN_MARGIN, apply_structure, count_macs_params, factorize_model,
+                                    factorize_with_structure)
 
 
 def _net() -> nn.Module:
@@ -91,3 +93,89 @@ def test_bad_structure_entries():
         apply_structure(net, {"2": {"format": "tucker2", "ranks": [4000, 4]}})
     with pytest.raises(ConfigError, match="unknown format"):
         factorize_model(net, FactorizeConfig(method="svd9"), torch.zeros(1, 3, 16, 16))
+
+
+def _wide_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+
+
+def _parse_ms(reason: str) -> tuple[float, float]:
+    m = re.search(r"measured ([0-9.]+) ms vs dense ([0-9.]+) ms", reason)
+    assert m, reason
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_break_even_decisions_follow_the_measurements(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    net, x = _wide_net(), torch.zeros(1, 3, 8, 8)
+    cfg = FactorizeConfig(method="auto", selector="fixed", ratio=0.25, min_channels=1, break_even=True)
+    _, rows, structure = factorize_model(net, cfg, x)
+    measured = [r for r in rows if "break_even" in r.reason]
+    assert len(measured) == 3  # the three non-stem convs
+    for r in measured:
+        fact_ms, dense_ms = _parse_ms(r.reason)
+        if r.status == "factorized":
+            assert fact_ms <= (1 - BREAK_EVEN_MARGIN) * dense_ms
+            assert structure[r.name] == {"format": r.format, "ranks": r.ranks}
+        else:
+            assert "not measurably faster" in r.reason and fact_ms > (1 - BREAK_EVEN_MARGIN) * dense_ms
+
+
+def test_auto_with_break_even_keeps_the_fastest_measured_format(tmp_path, monkeypatch):
+    from pipeline.factorize.latency import measure_variants
+    from pipeline.factorize.swap import plan_layers, probe_sizes
+
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    net, x = _wide_net(), torch.zeros(1, 3, 8, 8)
+    cfg = FactorizeConfig(method="auto", selector="fixed", ratio=0.25, min_channels=1, break_even=True)
+    _, rows, _ = factorize_model(net, cfg, x)
+    plans = {p.name: p for p in plan_layers(net, cfg, probe_sizes(net, x))}
+    for r in rows:
+        p = plans[r.name]
+        if not p.candidates:
+            continue
+        ms = measure_variants(p.layer, p.in_hw, [(None, None)] + [(f.name, rk) for f, rk, _ in p.candidates])
+        best = min(range(len(p.candidates)), key=lambda i: ms[1 + i])
+        if r.status == "factorized":
+            assert (r.format, tuple(r.ranks)) == (p.candidates[best][0].name, p.candidates[best][1])
+        else:
+            assert ms[1 + best] > (1 - BREAK_EVEN_MARGIN) * ms[0]
+
+
+def test_latency_budget_is_met_by_the_measured_layer_latencies(tmp_path, monkeypatch):
+    from pipeline.factorize.latency import measure_variants
+    from pipeline.factorize.swap import probe_sizes
+
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path))
+    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1))
+    x = torch.zeros(1, 3, 12, 12)
+    cfg = FactorizeConfig(selector="budget", budget=BudgetConfig(latency=0.7), min_mac_saving=0.0)
+    _, rows, structure = factorize_model(net, cfg, x)
+    assert structure
+    sizes = probe_sizes(net, x)
+    total0 = total1 = 0.0
+    for r in rows:
+        layer = net.get_submodule(r.name)
+        in_hw = sizes[r.name][0]
+        # All cached by the allocation: the same numbers it used.
+        dense = measure_variants(layer, in_hw, [(None, None)])[0]
+        total0 += dense
+        total1 += dense if r.status == "dense" else measure_variants(layer, in_hw, [(r.format, tuple(r.ranks))])[0]
+    assert total1 <= 0.7 * total0
+    with pytest.raises(ConfigError, match="smallest reachable fraction"):
+        factorize_model(net, FactorizeConfig(selector="budget", budget=BudgetConfig(latency=0.001)), x)
+
+
+def test_ranks_above_the_maximum_are_clamped_and_said_so():
+    net = _net()
+    cfg = FactorizeConfig(selector="erank", erank_factor=50.0, min_mac_saving=-100.0, align=1)
+    _, rows, structure = factorize_model(net, cfg, torch.zeros(1, 3, 16, 16))
+    row = next(r for r in rows if r.name == "2")
+    assert row.status == "factorized" and row.ranks == [32, 64] and "clamped" in row.reason

@@ -13,11 +13,45 @@ import torch
 from torch import nn
 
 
+def resolved_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
+    """Numeric (ph, pw) of a conv, resolving ``"valid"``/``"same"``; None when "same" would need asymmetric padding."""
+    if not isinstance(layer.padding, str):
+        return (int(layer.padding[0]), int(layer.padding[1]))
+    if layer.padding == "valid":
+        return (0, 0)
+    # "same" (stride 1 only, enforced by torch): total padding d*(k-1) per axis, split evenly when it is even.
+    pads = []
+    for k, d in zip(layer.kernel_size, layer.dilation):
+        total = d * (k - 1)
+        if total % 2:
+            return None
+        pads.append(total // 2)
+    return (pads[0], pads[1])
+
+
 def conv_geometry(layer: nn.Conv2d) -> dict[str, Any]:
-    """Shape, stride, padding and dilation of a conv as plain tuples."""
+    """Shape, stride, padding (numeric) and dilation of a conv as plain tuples."""
     n, c, kh, kw = layer.weight.shape
-    return {"n": n, "c": c, "kh": kh, "kw": kw, "stride": tuple(layer.stride), "padding": tuple(layer.padding),
+    return {"n": n, "c": c, "kh": kh, "kw": kw, "stride": tuple(layer.stride), "padding": resolved_padding(layer),
             "dilation": tuple(layer.dilation)}
+
+
+def input_hw(layer: nn.Conv2d, out_hw: tuple[int, int]) -> tuple[int, int]:
+    """Smallest input size giving ``out_hw`` (exact unless the stride drops trailing rows/columns).
+
+    Sub-layers that run before the strided/padded part (CP's leading 1x1, spatial SVD's vertical conv along the
+    width) work at input resolution, so their MACs need it.
+    """
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    ph, pw = resolved_padding(layer) or (0, 0)
+    kh, kw = layer.kernel_size
+    return (max(1, (out_hw[0] - 1) * sh + dh * (kh - 1) + 1 - 2 * ph),
+            max(1, (out_hw[1] - 1) * sw + dw * (kw - 1) + 1 - 2 * pw))
+
+
+def unfold(w: torch.Tensor, mode: int) -> torch.Tensor:
+    """Mode-``mode`` unfolding: that mode's index on rows, the others (in order) on columns."""
+    return w.movedim(mode, 0).reshape(w.shape[mode], -1)
 
 
 def gram_spectrum(mat: torch.Tensor) -> np.ndarray:
@@ -38,6 +72,30 @@ def leading_subspace(mat: torch.Tensor, r: int) -> torch.Tensor:
     return vecs.flip(1)[:, :r].contiguous()
 
 
+def balanced_factors(mat: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(left (rows x r), right (r x cols))`` with ``left @ right`` the best rank-r approximation of ``mat``.
+
+    The leading singular subspace comes from the eigendecomposition of the smaller Gram matrix (about 10x faster
+    than a full SVD, METHODS.md); the other factor is the exact projection of ``mat`` onto it, so at full rank the
+    product reproduces ``mat`` to rounding. sqrt(s) is folded into both sides so neither factor has a large
+    dynamic range (it matters once the factors are quantized).
+    """
+    m = mat.detach().to(torch.float64)
+    if m.shape[0] <= m.shape[1]:
+        u = leading_subspace(m, r)                    # (rows, r)
+        proj = u.T @ m                                # diag(s) V^T
+        s = proj.norm(dim=1)
+    else:
+        v = leading_subspace(m.T, r)                  # (cols, r)
+        proj = m @ v                                  # U diag(s)
+        s = proj.norm(dim=0)
+    # Floor relative to s_max so directions with (numerically) zero energy do not divide by zero.
+    scale = s.clamp_min(float(s.max().clamp_min(1e-300)) * 1e-12).sqrt()
+    if m.shape[0] <= m.shape[1]:
+        return u * scale, proj / scale[:, None]
+    return proj / scale, scale[:, None] * v.T
+
+
 def conv_check(layer: nn.Module) -> str | None:
     """Reasons shared by conv formats for leaving a layer dense (None = factorizable)."""
     if not isinstance(layer, nn.Conv2d):
@@ -46,8 +104,8 @@ def conv_check(layer: nn.Module) -> str | None:
         if layer.groups == layer.in_channels and layer.out_channels % layer.in_channels == 0:
             return "depthwise conv: nothing to factorize"
         return f"grouped conv (groups={layer.groups}): not factorized"
-    if isinstance(layer.padding, str):
-        return f"string padding {layer.padding!r}: not factorized"
+    if resolved_padding(layer) is None:
+        return "padding='same' with an even kernel pads asymmetrically: not factorized (use numeric padding)"
     if layer.padding_mode != "zeros":
         return f"padding_mode {layer.padding_mode!r}: only zero padding keeps the factorized form exact"
     return None

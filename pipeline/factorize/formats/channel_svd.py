@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, conv_geometry, copy_
+from pipeline.factorize.formats.base import Format, balanced_factors, conv_geometry, copy_
 
 
 class ChannelSVD(Format):
@@ -24,9 +24,8 @@ class ChannelSVD(Format):
     def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
         (r,) = ranks
         n, c, kh, kw = weight.shape
-        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64).reshape(n, -1), full_matrices=False)
-        sq = s[:r].sqrt()
-        return {"first": (sq[:, None] * vh[:r]).reshape(r, c, kh, kw), "last": (u[:, :r] * sq)[:, :, None, None]}
+        left, right = balanced_factors(weight.reshape(n, -1), r)
+        return {"first": right.reshape(r, c, kh, kw).contiguous(), "last": left.contiguous()[:, :, None, None]}
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         f, l = factors["first"], factors["last"]

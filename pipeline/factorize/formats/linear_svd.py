@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, copy_
+from pipeline.factorize.formats.base import Format, balanced_factors, copy_
 
 
 class LinearSVD(Format):
@@ -26,9 +26,8 @@ class LinearSVD(Format):
 
     def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
         (r,) = ranks
-        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
-        sq = s[:r].sqrt()
-        return {"first": sq[:, None] * vh[:r], "last": u[:, :r] * sq}
+        left, right = balanced_factors(weight, r)
+        return {"first": right.contiguous(), "last": left.contiguous()}
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         return factors["last"] @ factors["first"]

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_
+from pipeline.factorize.formats.base import Format, balanced_factors, conv_check, conv_geometry, copy_, input_hw
 
 
 def _matricise(w: torch.Tensor) -> torch.Tensor:
@@ -36,10 +36,9 @@ class SpatialSVD(Format):
     def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
         (r,) = ranks
         n, c, kh, kw = weight.shape
-        u, s, vh = torch.linalg.svd(_matricise(weight.detach().to(torch.float64)), full_matrices=False)
-        sq = s[:r].sqrt()
-        vert = (u[:, :r] * sq).reshape(c, kh, r).permute(2, 0, 1)[..., None]         # (r, c, kh, 1)
-        horiz = (sq[:, None] * vh[:r]).reshape(r, n, kw).permute(1, 0, 2)[:, :, None, :]  # (n, r, 1, kw)
+        left, right = balanced_factors(_matricise(weight.detach().to(torch.float64)), r)
+        vert = left.reshape(c, kh, r).permute(2, 0, 1)[..., None]                  # (r, c, kh, 1)
+        horiz = right.reshape(r, n, kw).permute(1, 0, 2)[:, :, None, :]            # (n, r, 1, kw)
         return {"vertical": vert.contiguous(), "horizontal": horiz.contiguous()}
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -65,7 +64,7 @@ class SpatialSVD(Format):
     def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
         g = conv_geometry(layer)
         (r,) = ranks
-        w_in = out_hw[1] * g["stride"][1]  # the vertical conv runs over all input columns
+        w_in = input_hw(layer, out_hw)[1]  # the vertical conv runs over all input columns
         return out_hw[0] * w_in * r * g["c"] * g["kh"] + out_hw[0] * out_hw[1] * g["n"] * r * g["kw"]
 
     def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_, leading_subspace
+from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_, input_hw, leading_subspace
 
 
 def _mode0(w: torch.Tensor) -> torch.Tensor:
@@ -78,8 +78,8 @@ class Tucker2(Format):
         g = conv_geometry(layer)
         r1, r2 = ranks
         hw = out_hw[0] * out_hw[1]
-        in_hw = hw * g["stride"][0] * g["stride"][1]  # the first 1x1 runs at input resolution
-        return in_hw * g["c"] * r1 + hw * (r1 * r2 * g["kh"] * g["kw"] + r2 * g["n"])
+        hi, wi = input_hw(layer, out_hw)  # the first 1x1 runs at input resolution
+        return hi * wi * g["c"] * r1 + hw * (r1 * r2 * g["kh"] * g["kw"] + r2 * g["n"])
 
     def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:
         g = conv_geometry(layer)
