@@ -10,7 +10,8 @@ import torch
 
 from pipeline.data import load_dataset
 from pipeline.data.cifar10 import RECORD
-from pipeline.data.shapes import CLASS_NAMES, cache_dir, generate
+from pipeline.data import shapes
+from pipeline.data.shapes import CLASS_NAMES, DIFFICULTY, GENERATOR_VERSION, cache_dir, generate
 from pipeline.errors import ConfigError, InputError
 
 
@@ -70,6 +71,37 @@ def test_shapes_corrupt_cache_is_regenerated(small_shapes: Path) -> None:
     path.write_bytes(b"garbage")
     again = load_dataset("shapes", seed=5)
     assert torch.equal(d.test.x, again.test.x)
+
+
+def test_shapes_default_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without overrides: 5000/1000/2000 at <= 64 px (sized for 2-core CPU budgets), 4000/500/1000 above.
+    for var in ("LOWRANK_SHAPES_TRAIN", "LOWRANK_SHAPES_VAL", "LOWRANK_SHAPES_TEST"):
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    def fake(seed: int, size: int, counts: tuple[int, int, int]) -> dict[str, np.ndarray]:
+        seen.append(counts)
+        out = {}
+        for s in ("train", "val", "test"):
+            out[f"x_{s}"], out[f"y_{s}"] = generate(10, size, seed, 0)
+        return out
+
+    monkeypatch.setattr(shapes, "load_or_generate", fake)
+    load_dataset("shapes", seed=0)
+    load_dataset("shapes", seed=0, input_size=96)
+    assert seen == [(5000, 1000, 2000), (4000, 500, 1000)]
+
+
+def test_shapes_label_always_recoverable() -> None:
+    # Distractors are always much smaller than the smallest target; target fills contrast with their background.
+    assert GENERATOR_VERSION >= 2 and len(CLASS_NAMES) >= 10 and len(set(CLASS_NAMES)) == len(CLASS_NAMES)
+    assert DIFFICULTY["distractor_radius"][1] < 0.5 * DIFFICULTY["target_radius"][0]  # type: ignore[index]
+    rng = np.random.default_rng(0)
+    ref = rng.random((500, 3)).astype(np.float32)
+    ref[:50] = 0.5  # the hardest reference: mid grey
+    colour = shapes._contrasting(rng, ref, 0.42)
+    assert np.linalg.norm(colour - ref, axis=1).min() >= 0.42 - 1e-6
+    assert colour.min() >= 0 and colour.max() <= 1
 
 
 def test_mnist5k() -> None:
