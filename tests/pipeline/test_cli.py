@@ -53,3 +53,56 @@ def test_mismatched_checkpoint_names_keys(tmp_path, capsys):
 def test_unpack_missing_container(tmp_path, capsys):
     assert main(["unpack", str(tmp_path / "none.lrdc"), "-o", str(tmp_path / "m.onnx")]) != 0
     assert "none.lrdc" in capsys.readouterr().err
+
+
+def _bad_inputs(tmp_path):
+    """Files a user might hand the CLI by mistake: each must fail clearly before any stage completes."""
+    import numpy as np
+    import torch
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01this is not a protobuf" * 10)
+    text_py = tmp_path / "model.py"
+    text_py.write_text("def make():\n    return None\n")
+    labels_bad = tmp_path / "labels.npz"
+    np.savez(labels_bad, x=np.zeros((20, 8, 8), np.uint8), y=np.full(20, -3))
+    no_x = tmp_path / "nox.npz"
+    np.savez(no_x, images=np.zeros((4, 8, 8)))
+    empty = tmp_path / "emptyfolder"
+    empty.mkdir()
+
+    class Boom:  # a pickle whose payload would run code when unpickled
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Boom()}, evil)
+    return [
+        (["--model", str(garbage), "--data", "digits"], "garbage.onnx"),
+        (["--model", f"{text_py}:nothere", "--data", "digits"], "nothere"),
+        (["--model", "tiny", "--data", f"npz:{labels_bad}"], "labels.npz"),
+        (["--model", "tiny", "--data", f"npz:{no_x}"], "nox.npz"),
+        (["--model", "tiny", "--data", f"npz:{tmp_path / 'missing.npz'}"], "missing.npz"),
+        (["--model", "tiny", "--data", f"imagefolder:{empty}"], "emptyfolder"),
+        (["--model", "tiny", "--data", "digits", "--weights", str(evil)], "evil.pt"),
+        (["--model", "tiny", "--data", "digits", "--set", "factorize.selector=budget", "--set", "factorize.budget.macs=0.0001",
+          "--set", "baseline.epochs=0"], "cannot be met"),
+    ]
+
+
+def test_bad_files_exit_nonzero_and_write_nothing(tmp_path, capsys):
+    for args, match in _bad_inputs(tmp_path):
+        root = tmp_path / "art"
+        code = main(["run", "--artifacts", str(root), "--no-progress", *args])
+        err = capsys.readouterr().err
+        assert code != 0, args
+        assert match in err, (args, err)
+        # stages before the failing one may complete; the failing one leaves no folder that looks complete
+        assert not (root / "tiny" / "deploy").exists()
+    assert not (tmp_path / "pwned").exists(), "a pickle payload was executed"
+
+
+def test_unwritable_artifacts_folder(capsys):
+    code = main(["run", "--artifacts", "/proc/lowrank-deploy-test", "--no-progress", "--model", "tiny"])
+    assert code != 0
+    assert "not writable" in capsys.readouterr().err
