@@ -69,6 +69,6 @@ def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
         sess = ort.InferenceSession(str(d / "model.ort"), providers=["CPUExecutionProvider"])
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
-    for stage in ("baseline", "factorize", "finetune"):
+    for stage in ("baseline", "factorize", "finetune", "quantize", "entropy-code"):
         a, b = res.artifact(stage), reference.artifact(stage)
         assert a.key == b.key and a.sha256 == b.sha256, stage
