@@ -9,6 +9,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def _file_mode() -> int:
+    """Mode a plain ``open()`` would give (0666 minus the umask): mkstemp's private 0600 is wrong for deliverables."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -32,6 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         try:

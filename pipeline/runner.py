@@ -372,7 +372,7 @@ def _execute(
             os.replace(tmp, folder)
     except OSError as e:
         _remove_tree(tmp)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
             raise InputError(
                 f"stage {spec.name}: cannot write to {str(root)!r} ({e.strerror}); free space or fix permissions, "
                 f"then rerun: completed stages are kept and reused"
