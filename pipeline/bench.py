@@ -242,7 +242,7 @@ def bench_finetune(quick: bool = False, root: Path = Path("artifacts")) -> Table
                 extra += ["finetune.svd.phase_epochs=[1,1,1]" if quick else "finetune.svd.phase_epochs=[1,2,1]"]
             if m == "lra":
                 extra += ["finetune.lra.period=20"]
-            res, cfg = _pipeline_run("resnet20", data, root / "bench-runs", common + extra + ["export.mobile=false"])
+            res, cfg = _pipeline_run("resnet20", data, root, common + extra + ["export.mobile=false"])
             ft = res.artifact("finetune").metrics
             fz = res.artifact("factorize").metrics
             base = res.artifact("baseline").metrics
@@ -274,7 +274,8 @@ def bench_storage(quick: bool = False, root: Path = Path("artifacts")) -> Table:
     """Whole pipeline on vgg11 / resnet56 / resnet20: sizes of every shipped form and the accuracy of the unpacked model."""
     cases = [("vgg11", "digits"), ("resnet56", "digits"), ("resnet20", "digits")]
     if not quick and "shapes" in _datasets():
-        cases += [("vgg11", "shapes"), ("resnet20", "shapes")]
+        # vgg11 on shapes is left out: training it takes ~20 CPU-minutes on the 2-core machines this runs on.
+        cases += [("resnet20", "shapes")]
     if quick:
         cases = [("resnet20", "digits")]
     rows = []
