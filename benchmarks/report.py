@@ -54,7 +54,7 @@ def validate_report(report: dict) -> None:
     named variants each with ``accuracy`` in [0, 1] or null, ``size_bytes`` > 0, ``macs``/``params`` >= 0 (ints),
     ``latency_ms`` with finite ``p50 <= p90 <= p99`` > 0, ``file`` (str), optional ``energy`` (dict); ``container``
     with ``file`` and ``size_bytes`` > 0. Optional: ``layers``/``stages`` (lists of dicts), ``node_profile``
-    (list or dict), ``mobile`` (dict).
+    (list or dict), ``mobile`` (dict), ``notes`` (list of strings: what the numbers mean, e.g. pseudo-labels).
 
     Args:
         report: the report.
@@ -109,6 +109,8 @@ def validate_report(report: dict) -> None:
     c.need(report, "stages", r, is_rows, "list of objects", optional=True)
     c.need(report, "node_profile", r, lambda v: isinstance(v, dict) or is_rows(v), "object or list of objects", optional=True)
     c.need(report, "mobile", r, lambda v: isinstance(v, dict), "object", optional=True)
+    c.need(report, "notes", r, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+           "list of strings", optional=True)
     if c.errors:
         raise ValidationError(f"report does not match schema version {SCHEMA_VERSION} ({len(c.errors)} problem(s)):\n  - "
                               + "\n  - ".join(c.errors))
@@ -267,6 +269,8 @@ def render_markdown(report: dict) -> str:
     basis = report["headline"].get("basis")
     if basis:
         lines.append(f"Basis: {basis}.")
+    for note in report.get("notes") or []:
+        lines.append(f"\n**Note.** {note}")
     lines += ["", "## Variants", ""]
     lines += _md_table(*_variant_rows(report))
     lines.append("")
@@ -416,6 +420,8 @@ def render_html(report: dict) -> str:
     ]
     if report["headline"].get("basis"):
         parts.append(f"<p class=\"note\">Basis: {e(str(report['headline']['basis']))}.</p>")
+    for note in report.get("notes") or []:
+        parts.append(f"<p><strong>Note.</strong> {e(note)}</p>")
     parts.append("<h2>Variants</h2>" + _html_table(*_variant_rows(report)))
     parts.append("<p class=\"note\">Latency measured with ONNX Runtime in one run (sessions warmed, variants "
                  "interleaved); energy is a proxy from the Horowitz 45 nm table and the target's device profile.</p>")

@@ -5,6 +5,9 @@ down-conversion to 17 fails (PERFORMANCE.md); the legacy exporter in EVAL mode w
 opset-17 graph with every Conv->BatchNorm pair folded, whatever the module structure (Sequential chains, ResNet
 blocks that keep ``conv``/``bn`` as attributes). ``fold_batchnorm`` is only a best-effort eager helper for code that
 wants folded weights in PyTorch itself.
+
+A graph-only model (``OrtGraphModel``: an ONNX file the torch importer cannot convert, factorized on the graph) has
+nothing to trace: :func:`export_graph` writes its graph through the same simplify / check / atomic-write tail.
 """
 from __future__ import annotations
 
@@ -177,6 +180,10 @@ def export_onnx(
     """
     import onnx
 
+    from pipeline.models.ort_graph import OrtGraphModel
+
+    if isinstance(model, OrtGraphModel):  # a graph-only model (ONNX fallback): write its graph, nothing to trace
+        return export_graph(model.proto, input_shape, path, opset=opset, simplify=simplify, dynamic_batch=dynamic_batch)
     path = Path(path)
     c, h, w = (int(v) for v in input_shape)
     # Trace with batch 2 so that nothing batch-1-specific (squeezes, constant reshapes) is baked into the graph.
@@ -200,10 +207,19 @@ def export_onnx(
             training=torch.onnx.TrainingMode.EVAL,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    info = _finish(proto, path, input_name, [trace_batch, c, h, w], simplify)
+    return {"path": str(path), "opset": opset, **info, "dynamic_batch": dynamic_batch,
+            "input_name": input_name, "output_name": output_name}
+
+
+def _finish(proto: Any, path: Path, input_name: str, test_shape: list[int], simplify: bool) -> dict[str, Any]:
+    """Shared tail of both exports: onnxsim, Flatten -> Reshape, size limit, full checker, atomic write."""
+    import onnx
+
     simplified = False
     simplify_error: str | None = None
     if simplify:
-        proto, simplify_error = _simplify(proto, input_name, [trace_batch, c, h, w])
+        proto, simplify_error = _simplify(proto, input_name, test_shape)
         simplified = simplify_error is None
     flatten_replaced = _flatten_to_reshape(proto)
     data = proto.SerializeToString()
@@ -219,14 +235,93 @@ def export_onnx(
         raise ValidationError(f"export: ONNX checker rejected the graph for {path.name}: {e}") from e
     atomic_write_bytes(path, data)
     return {
-        "path": str(path),
-        "opset": opset,
         "nodes": _node_counts(proto),
         "simplified": simplified,
         "simplify_error": simplify_error,
         "flatten_replaced": flatten_replaced,
         "bytes": len(data),
-        "dynamic_batch": dynamic_batch,
-        "input_name": input_name,
-        "output_name": output_name,
     }
+
+
+# ----------------------------------------------------------------------------------------------- graph-only models
+def _opset(proto: Any) -> int:
+    return next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _run(proto: Any, x: Any) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def make_batch_dynamic(proto: Any, input_shape: tuple[int, int, int]) -> bool:
+    """Make axis 0 of the graph's input and outputs symbolic (``batch``) in place, if the graph allows it.
+
+    Graphs exported with a fixed batch often bake it into Reshape shapes; so the change is kept only when ORT then
+    runs a batch of 2 and gives each sample the output it gives that sample alone. Returns whether axis 0 is dynamic.
+    """
+    import numpy as np
+
+    inp = proto.graph.input[0]
+    dims = [inp.type.tensor_type.shape.dim[0]] + [o.type.tensor_type.shape.dim[0] for o in proto.graph.output
+                                                   if len(o.type.tensor_type.shape.dim)]
+    if all(not d.HasField("dim_value") for d in dims):
+        return True  # already symbolic
+    saved = [d.SerializeToString() for d in dims]
+    for d in dims:
+        d.ClearField("dim_value")
+        d.dim_param = "batch"
+    try:
+        x = np.random.default_rng(0).standard_normal((2, *input_shape)).astype(np.float32)
+        both, one = _run(proto, x), _run(proto, x[1:])
+        if both.shape[0] == 2 and np.allclose(both[1:], one, atol=1e-5, rtol=1e-4):
+            return True
+    except Exception:  # any failure at batch 2 means the batch size is baked into the graph
+        pass
+    for d, blob in zip(dims, saved):
+        d.Clear()
+        d.ParseFromString(blob)
+    return False
+
+
+def export_graph(
+    proto: Any,
+    input_shape: tuple[int, int, int],
+    path: str | Path,
+    opset: int = 17,
+    simplify: bool = True,
+    dynamic_batch: bool = True,
+) -> dict:
+    """Write a graph-only model (the ONNX fallback) like :func:`export_onnx` writes a traced one.
+
+    Steps: convert to ``opset`` when the graph has another (kept as is, with the reason, if the converter fails),
+    dynamic batch when the graph allows it (:func:`make_batch_dynamic`), then the same onnxsim / Flatten -> Reshape
+    / full checker / atomic write as :func:`export_onnx`. The graph keeps its own input and output names.
+
+    Returns:
+        The keys of :func:`export_onnx`, with ``opset`` the graph's final opset and ``opset_note`` when unchanged.
+    """
+    import onnx
+
+    path = Path(path)
+    opset_note = None
+    if _opset(proto) != opset:
+        try:
+            from onnx import version_converter
+
+            converted = version_converter.convert_version(proto, opset)
+            onnx.checker.check_model(converted)
+            proto = converted
+        except Exception as e:  # the converter does not know every op pair; the original opset still runs
+            opset_note = (f"kept opset {_opset(proto)}: conversion to {opset} failed "
+                          f"({type(e).__name__}: {str(e)[:120]})")
+    dynamic = make_batch_dynamic(proto, input_shape) if dynamic_batch else False
+    input_name = proto.graph.input[0].name
+    c, h, w = (int(v) for v in input_shape)
+    info = _finish(proto, path, input_name, [2 if dynamic else 1, c, h, w], simplify)
+    return {"path": str(path), "opset": _opset(proto), "opset_note": opset_note, **info, "dynamic_batch": dynamic,
+            "input_name": input_name, "output_name": proto.graph.output[0].name}

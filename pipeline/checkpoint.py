@@ -2,6 +2,10 @@
 
 Own checkpoints are never pickles: ``model.safetensors`` holds the state dict, ``model.json`` holds the model spec,
 class count, input geometry and the factorization structure, so loading needs no code from the checkpoint itself.
+
+A model that exists only as an ONNX graph (:class:`~pipeline.models.ort_graph.OrtGraphModel`, the fallback for ONNX
+files the torch importer cannot convert) is saved as that graph, ``model.onnx``, with ``"form": "onnx_graph"`` in
+``model.json``; the graph is one the pipeline checked or produced.
 """
 from __future__ import annotations
 
@@ -17,20 +21,32 @@ from pipeline.errors import InputError
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+GRAPH = "model.onnx"
+#: ``model.json`` "form" of a checkpoint stored as an ONNX graph
+GRAPH_FORM = "onnx_graph"
 
 
 def save_model(model: nn.Module, meta: dict[str, Any], folder: str | Path) -> list[str]:
-    """Write ``model.safetensors`` and ``model.json`` into ``folder`` atomically; returns the file names.
+    """Write ``model.safetensors`` (or ``model.onnx`` for a graph-only model) and ``model.json`` atomically.
 
     Args:
         model: the module to save (its state dict, made contiguous; shared storage is cloned).
         meta: ``{"spec", "num_classes", "in_channels", "input_size", "structure"}``.
         folder: destination folder.
+
+    Returns:
+        ``["model.safetensors", "model.json"]``, or ``["model.onnx", "model.json"]`` for a graph-only model.
     """
     from safetensors.torch import save
 
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    from pipeline.models.ort_graph import OrtGraphModel
+
     folder = Path(folder)
+    if isinstance(model, OrtGraphModel):
+        atomic_write_bytes(folder / GRAPH, model.model_bytes)
+        atomic_write_json(folder / META, {**meta, "form": GRAPH_FORM})
+        return [GRAPH, META]
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS, save(state))
     atomic_write_json(folder / META, meta)
     return [WEIGHTS, META]
@@ -62,6 +78,13 @@ def load_model(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     folder = Path(folder)
     meta = load_meta(folder)
+    if meta.get("form") == GRAPH_FORM:
+        from pipeline.models.ort_graph import OrtGraphModel
+
+        gpath = folder / GRAPH
+        if not gpath.is_file():
+            raise InputError(f"checkpoint graph {str(gpath)!r} is missing; rerun the stage that writes it (--force)")
+        return OrtGraphModel(gpath.read_bytes(), source=str(meta.get("spec", ""))).eval(), meta
     model = build_from_meta(meta)
     wpath = folder / WEIGHTS
     if not wpath.is_file():

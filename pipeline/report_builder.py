@@ -22,6 +22,22 @@ def _variant_files(ctx: StageContext) -> dict[str, Path]:
     }
 
 
+def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
+    """What a reader must know to read the numbers right (pseudo-labels, unnormalised inputs, skipped stages)."""
+    from pipeline.pseudo_labels import NOTE, PSEUDO
+
+    notes = []
+    if base.get("labels") == PSEUDO:
+        notes.append(f"Labels: {PSEUDO}. {NOTE}.")
+    if base.get("inputs"):
+        notes.append(f"Inputs: {base['inputs']}, as the imported ONNX model expects them.")
+    if base.get("onnx_fallback"):
+        notes.append(f"ONNX graph fallback: {base['onnx_fallback']}; convolutions were factorized on the ONNX graph.")
+    if fin.get("skipped"):
+        notes.append(f"Finetuning skipped (finetune.method={fin.get('configured_method')}): {fin.get('skip_reason')}.")
+    return notes
+
+
 def build_report(ctx: StageContext) -> dict[str, Path]:
     """Measure accuracy, size, MACs/params, energy proxy and latency of each variant; write report.{json,md,html}.
 
@@ -104,6 +120,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     fin = ctx.inputs["finetune"].metrics
     q = ctx.inputs["quantize"].metrics
     ent = ctx.inputs["entropy-code"].metrics
+    base = ctx.inputs["baseline"].metrics
     report: dict[str, Any] = {
         "schema_version": 1,
         "model": cfg.model,
@@ -140,6 +157,12 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         "finetune": {k: v for k, v in fin.items() if not isinstance(v, (list, dict))},
         "stages": [{"stage": a.stage, "key": a.key, "sha256": a.sha256} for a in ctx.inputs.values()],
     }
+    report["settings"]["labels"] = base.get("labels", "dataset")
+    if base.get("inputs"):
+        report["settings"]["inputs"] = base["inputs"]
+    notes = _notes(base, fin)
+    if notes:
+        report["notes"] = notes
     mobile = ctx.inputs["export"].dir / "mobile.json"
     if mobile.is_file():
         report["mobile"] = json.loads(mobile.read_text())

@@ -97,6 +97,10 @@ def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     model_file = cfg.model.split(":")[0]
     if model_file.endswith((".py", ".onnx")):
         fp["model_sha256"] = _file_fingerprint(model_file)
+    if model_file.endswith(".onnx"):
+        # ONNX models are fed the images as stored (no dataset normalisation, StageContext.data). Part of the key so
+        # artifacts cached before that change (normalised inputs) are never reused; zoo/.py runs keep their keys.
+        fp["inputs"] = "unnormalised"
     if cfg.weights:
         if not Path(cfg.weights).is_file():
             raise InputError(f"weights file {cfg.weights!r} does not exist; pass an existing .safetensors/.pt file to --weights")

@@ -61,11 +61,35 @@ class StageContext:
     cache: dict[str, Any] = field(default_factory=dict)
 
     def data(self):  # -> DatasetSplits
-        """The run's dataset, loaded once per run and shared between stages."""
+        """The run's dataset, loaded once per run and shared between stages.
+
+        Two adjustments are made here, once, so that no loader needs to know about them:
+
+        * with an ONNX model (``--model model.onnx``) the images reach the model as the user stored them - no
+          dataset mean/std normalisation (uint8 images are still scaled to [0, 1] by the loaders), because a
+          pretrained model expects its own preprocessing; the data then record mean 0 / std 1;
+        * an unlabelled dataset gets the pseudo-labels the baseline stage wrote (the original model's top-1), also
+          when the baseline is cached from an earlier run. The baseline stage itself puts them into this cache.
+        """
         if "data" not in self.cache:
             from pipeline.data import load_dataset
 
-            self.cache["data"] = load_dataset(self.cfg.data, seed=self.cfg.seed)
+            data = load_dataset(self.cfg.data, seed=self.cfg.seed)
+            if self.cfg.model.endswith(".onnx"):
+                from pipeline.data.core import unnormalised
+
+                data = unnormalised(data)
+            base = self.inputs.get("baseline")
+            if data.train.y is None and base is not None:
+                import json
+
+                from pipeline.pseudo_labels import apply_labels, load_labels
+
+                labels = load_labels(base.dir)
+                if labels is not None:
+                    num_classes = int(json.loads((base.dir / "model.json").read_text())["num_classes"])
+                    data = apply_labels(data, labels, num_classes)
+            self.cache["data"] = data
         return self.cache["data"]
 
 

@@ -42,6 +42,26 @@ def _load(ctx: StageContext, stage_name: str):
     return copy.deepcopy(model), dict(meta)
 
 
+def _is_graph(model: torch.nn.Module) -> bool:
+    """Whether ``model`` exists only as an ONNX graph (the fallback for ONNX files the importer cannot convert)."""
+    from pipeline.models.ort_graph import OrtGraphModel
+
+    return isinstance(model, OrtGraphModel)
+
+
+def _macs_params(model: torch.nn.Module, meta: dict[str, Any], folder: Path) -> tuple[int, int]:
+    """MACs per sample and parameters: hooks on the torch layers, or the ONNX graph's own count for a graph-only
+    model (``folder`` holds its saved ``model.onnx``; the same counter as the benchmark report)."""
+    from pipeline.factorize.swap import count_macs_params
+
+    if _is_graph(model):
+        from benchmarks.energy import onnx_layer_stats
+
+        stats = onnx_layer_stats(folder / "model.onnx", (meta["in_channels"], meta["input_size"], meta["input_size"]))
+        return int(stats["macs"]), int(stats["params"])
+    return count_macs_params(model, _example_input(meta))
+
+
 def _accuracy(model: torch.nn.Module, split) -> float:
     from pipeline.finetune.trainer import evaluate
 
@@ -61,31 +81,42 @@ def _check_finite(model: torch.nn.Module, where: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------- 00
 @stage("baseline", section="baseline", version=1, deliverables={})
 def baseline(ctx: StageContext) -> StageOutput:
-    """Build the model; load the user's weights, or train it on the dataset when none are given."""
+    """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
+
+    Unlabelled data (an npz with only ``x``) need a pretrained model (``--weights`` or an ONNX file): every split is
+    then labelled with the original model's top-1 predictions (``pseudo_labels.npz`` in this stage's folder, read by
+    every later stage), so accuracies mean agreement with the original model. An ONNX model sees the images as the
+    user stored them (no dataset normalisation; see ``StageContext.data``); one the torch importer cannot convert but
+    ONNX Runtime runs is kept as its graph (later stages factorize the graph and skip finetuning).
+    """
+    from pipeline import pseudo_labels
     from pipeline.checkpoint import save_model
-    from pipeline.factorize.swap import count_macs_params
+    from pipeline.errors import InputError
     from pipeline.finetune.trainer import train_baseline
-    from pipeline.models import build_model, load_weights
+    from pipeline.models import build_model, class_count_from_weights, load_weights
 
     cfg = ctx.cfg
     data = ctx.data()
     _seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_channels, data.input_size)
-    meta = {
-        "spec": cfg.model,
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-        "input_size": data.input_size,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "structure": {},
-    }
+    is_onnx = cfg.model.endswith(".onnx")
+    labelled = data.train.y is not None
+    if not labelled and not is_onnx and not cfg.weights:
+        raise InputError(
+            f"dataset {cfg.data!r} has no labels, and model {cfg.model!r} has no trained weights, so a baseline would "
+            f"have to be trained, which needs labels. Add labels (an npz array 'y'), or pass --weights CKPT with the "
+            f"model's trained weights, or --model model.onnx of a pretrained model: their predictions then serve as "
+            f"labels"
+        )
+    num_classes = data.num_classes
     history: dict[str, Any] = {}
-    if cfg.model.endswith(".onnx"):
+    fallback: str | None = None
+    if is_onnx:
         # An imported ONNX model is already trained: check it fits the data, then use it as is.
-        from pipeline.errors import InputError
-        from pipeline.models import onnx_model_info
+        from pipeline.models import load_onnx_model, onnx_model_info
 
+        if cfg.weights:
+            raise InputError(f"--weights is not used with an ONNX model ({cfg.model!r} carries its weights); "
+                             f"drop --weights")
         info = onnx_model_info(cfg.model)
         want = {"in_channels": data.in_channels, "num_classes": data.num_classes}
         bad = {k: (info[k], v) for k, v in want.items() if v and info.get(k) and info[k] != v}
@@ -94,28 +125,57 @@ def baseline(ctx: StageContext) -> StageOutput:
         if bad:
             detail = ", ".join(f"{k}: model {m} vs dataset {d}" for k, (m, d) in bad.items())
             raise InputError(f"ONNX model {cfg.model!r} does not fit dataset {cfg.data!r} ({detail}); "
-                             f"use a dataset of the model's geometry")
-        if cfg.weights:
-            raise InputError(f"--weights is not used with an ONNX model ({cfg.model!r} carries its weights); drop --weights")
+                             f"use a dataset of the model's geometry (images are fed as stored, not normalised)")
+        num_classes = int(info["num_classes"])  # the model's output; the dataset may declare none
+        model, fallback = load_onnx_model(cfg.model, (data.in_channels, data.input_size, data.input_size))
+        if fallback:
+            ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
+                            "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
         source = "onnx"
     elif cfg.weights:
+        if not num_classes:  # unlabelled and undeclared: the checkpoint's classifier says how many
+            num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, data.input_size)
+        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
         load_weights(model, cfg.weights)
         source = "weights"
     else:
+        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
         model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
         source = "trained"
     model = model.cpu().eval()
     _check_finite(model, "baseline")
-    macs, params = count_macs_params(model, _example_input(meta))
+    meta = {
+        "spec": cfg.model,
+        "num_classes": int(num_classes),
+        "in_channels": data.in_channels,
+        "input_size": data.input_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "structure": {},
+    }
     files = save_model(model, meta, ctx.out_dir)
+    if not labelled:
+        labels = pseudo_labels.predict_labels(model, data, batch=EVAL_BATCH)
+        files.append(pseudo_labels.save_labels(ctx.out_dir, labels))
+        data = pseudo_labels.apply_labels(data, labels, int(num_classes))
+        ctx.cache["data"] = data  # later stages of this run see the labelled data (resumed runs read the file)
+        ctx.log.info("baseline: dataset %s has no labels; labelled with the original model's top-1 predictions "
+                     "(accuracy = agreement with the original model)", cfg.data)
+    macs, params = _macs_params(model, meta, ctx.out_dir)
     metrics = {
         "source": source,
+        "labels": pseudo_labels.DATASET if labelled else pseudo_labels.PSEUDO,
         "val_accuracy": _accuracy(model, data.val),
         "test_accuracy": _accuracy(model, data.test),
         "macs": macs,
         "params": params,
         "train_seconds": history.get("seconds"),
     }
+    if is_onnx:
+        metrics["form"] = "onnx_graph" if fallback else "torch"
+        metrics["inputs"] = "as stored in the dataset (no mean/std normalisation; uint8 scaled to [0, 1])"
+        if fallback:
+            metrics["onnx_fallback"] = fallback
     ctx.log.info("baseline: test accuracy %.4f, %.1f MMAC, %.3f M params", metrics["test_accuracy"], macs / 1e6, params / 1e6)
     return StageOutput(files, metrics)
 
@@ -133,6 +193,8 @@ def factorize(ctx: StageContext) -> StageOutput:
 
     data = ctx.data()
     model, meta = _load(ctx, "baseline")
+    if _is_graph(model):
+        return _factorize_graph(ctx, model, meta)
     _check_finite(model, "factorize input")
     _seed(ctx.cfg.seed)
     # Sensitivity for the budget selector is measured on a small, fixed validation subset.
@@ -170,6 +232,46 @@ def factorize(ctx: StageContext) -> StageOutput:
     return StageOutput(files + ["layers.json"], metrics)
 
 
+def _factorize_graph(ctx: StageContext, model, meta: dict[str, Any]) -> StageOutput:
+    """Factorize stage for a graph-only model: its Conv nodes rewritten on the graph (pipeline.factorize.onnx_graph)."""
+    from dataclasses import asdict
+
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.checkpoint import save_model
+    from pipeline.factorize.onnx_graph import factorize_graph
+    from pipeline.models.ort_graph import OrtGraphModel
+
+    data = ctx.data()
+    shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+    t0 = time.perf_counter()
+    proto, layers, structure = factorize_graph(model.proto, ctx.cfg.factorize, shape)
+    seconds = time.perf_counter() - t0
+    fact = OrtGraphModel.from_proto(proto, source=model.source)
+    meta["structure"] = structure
+    files = save_model(fact, meta, ctx.out_dir)
+    rows = [asdict(r) for r in layers]
+    atomic_write_json(ctx.out_dir / "layers.json", rows)
+    macs0, params0 = _macs_params(model, meta, ctx.inputs["baseline"].dir)
+    macs1, params1 = _macs_params(fact, meta, ctx.out_dir)
+    metrics = {
+        "form": "onnx_graph",
+        "layers_factorized": sum(r["status"] == "factorized" for r in rows),
+        "layers_dense": sum(r["status"] != "factorized" for r in rows),
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "mac_reduction": macs0 / max(macs1, 1),
+        "params_before": params0,
+        "params_after": params1,
+        "test_accuracy": _accuracy(fact, data.test),
+        "val_accuracy": _accuracy(fact, data.val),
+        "seconds": round(seconds, 3),
+    }
+    ctx.log.info("factorize (ONNX graph): %d Conv nodes factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy %.4f",
+                 metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"],
+                 metrics["test_accuracy"])
+    return StageOutput(files + ["layers.json"], metrics)
+
+
 # ---------------------------------------------------------------------------------------------------------------- 02
 @stage("finetune", section="finetune", version=1, deliverables={})
 def finetune(ctx: StageContext) -> StageOutput:
@@ -181,6 +283,9 @@ def finetune(ctx: StageContext) -> StageOutput:
 
     data = ctx.data()
     student, meta = _load(ctx, "factorize")
+    labels = ctx.inputs["baseline"].metrics.get("labels", "dataset")
+    if _is_graph(student):
+        return _skip_finetune(ctx, student, meta, labels)
     teacher, _ = _load(ctx, "baseline")
     _seed(ctx.cfg.seed)
     job = FinetuneJob(
@@ -205,6 +310,7 @@ def finetune(ctx: StageContext) -> StageOutput:
     macs, params = count_macs_params(model, _example_input(meta))
     metrics = {
         "method": ctx.cfg.finetune.method,
+        "labels": labels,
         "test_accuracy": _accuracy(model, data.test),
         "val_accuracy": _accuracy(model, data.val),
         "macs": macs,
@@ -212,6 +318,34 @@ def finetune(ctx: StageContext) -> StageOutput:
         **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))},
     }
     ctx.log.info("finetune (%s): test accuracy %.4f", metrics["method"], metrics["test_accuracy"])
+    return StageOutput(files + ["history.json"], metrics)
+
+
+FINETUNE_SKIPPED = ("the model exists only as an ONNX graph (the torch importer cannot convert it), which cannot be "
+                    "trained; the factorized graph is used as is")
+
+
+def _skip_finetune(ctx: StageContext, model, meta: dict[str, Any], labels: str) -> StageOutput:
+    """Finetune stage for a graph-only model: nothing to train, so pass the factorized graph on and say why."""
+    from pipeline.artifacts import atomic_write_json
+    from pipeline.checkpoint import save_model
+
+    data = ctx.data()
+    ctx.log.warning("finetune skipped (finetune.method=%s): %s", ctx.cfg.finetune.method, FINETUNE_SKIPPED)
+    files = save_model(model, meta, ctx.out_dir)
+    atomic_write_json(ctx.out_dir / "history.json", {"epochs": [], "skipped": FINETUNE_SKIPPED})
+    macs, params = _macs_params(model, meta, ctx.out_dir)
+    metrics = {
+        "method": "skipped",
+        "configured_method": ctx.cfg.finetune.method,
+        "skipped": True,
+        "skip_reason": FINETUNE_SKIPPED,
+        "labels": labels,
+        "test_accuracy": _accuracy(model, data.test),
+        "val_accuracy": _accuracy(model, data.val),
+        "macs": macs,
+        "params": params,
+    }
     return StageOutput(files + ["history.json"], metrics)
 
 
@@ -299,7 +433,11 @@ def entropy_code(ctx: StageContext) -> StageOutput:
     deliverables={"model.onnx": "model.onnx", "model.ort": "model.ort", "required_operators.config": "required_operators.config"},
 )
 def export(ctx: StageContext) -> StageOutput:
-    """fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity; ORT format for mobile."""
+    """fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity; ORT format for mobile.
+
+    For a graph-only model (ONNX fallback) "torch" is the stored graph run by ORT, so parity checks what the export
+    changed (opset conversion, onnxsim, Flatten -> Reshape, dynamic batch).
+    """
     from exporters.onnx import export_onnx
     from exporters.ort_mobile import convert_to_ort, mobile_usability
     from exporters.validate import check_parity
@@ -313,9 +451,14 @@ def export(ctx: StageContext) -> StageOutput:
         model, meta = _load(ctx, stage_name)
         shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
         info = export_onnx(model, shape, ctx.out_dir / fname, opset=cfg.export.opset, simplify=cfg.export.simplify)
-        inputs = [rng.standard_normal((b, *shape)).astype(np.float32) for b in (1, 4)]
+        # A graph-only model whose batch size is baked into its graph keeps it fixed (export_graph says so).
+        batches = (1, 4) if info.get("dynamic_batch", True) else (1,)
+        inputs = [rng.standard_normal((b, *shape)).astype(np.float32) for b in batches]
         parity = check_parity(model, ctx.out_dir / fname, inputs, atol=cfg.export.atol, rtol=cfg.export.rtol)
-        metrics[fname] = {"nodes": info.get("nodes"), "simplified": info.get("simplified"), "parity": parity}
+        metrics[fname] = {"nodes": info.get("nodes"), "simplified": info.get("simplified"), "parity": parity,
+                          "dynamic_batch": info.get("dynamic_batch")}
+        if info.get("opset_note"):
+            metrics[fname]["opset_note"] = info["opset_note"]
         files.append(fname)
     if cfg.export.mobile:
         ort = convert_to_ort(ctx.out_dir / "model.onnx", ctx.out_dir)

@@ -141,6 +141,24 @@ def finish(name: str, x_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     )
 
 
+def unnormalised(data: DatasetSplits) -> DatasetSplits:
+    """A copy of ``data`` with the images as the dataset stores them: the train-split normalisation undone.
+
+    For pretrained models that bring their own preprocessing (an imported ``.onnx``): the user stored the images the
+    way the model expects them, so they must reach it unchanged. Loaders still scale uint8 images to [0, 1]. The
+    copy records ``mean = 0`` and ``std = 1`` per channel, so checkpoint meta and reports state what the deployed
+    model is fed. (Undoing ``(x - m) / s`` in float32 differs from the stored values by rounding only, ~1e-7.)
+    """
+    import dataclasses
+
+    m = torch.tensor(data.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(data.std, dtype=torch.float32).view(1, -1, 1, 1)
+    splits = {name: dataclasses.replace(getattr(data, name), x=(getattr(data, name).x * s + m).contiguous())
+              for name in ("train", "val", "test")}
+    c = len(data.mean)
+    return dataclasses.replace(data, mean=(0.0,) * c, std=(1.0,) * c, **splits)
+
+
 class Loader:
     """In-memory mini-batch iterator; every ``iter()`` replays the same seeded order and augmentation.
 

@@ -6,6 +6,9 @@ Public API (other subsystems code against exactly this):
 * :func:`build_model` -- a registered name or ``path/to/file.py:factory``.
 * :func:`load_weights` -- ``.safetensors`` or weights-only ``.pt``/``.pth`` into a built model, strictly checked.
 * :func:`model_names` -- the registered names.
+* :func:`load_onnx_model` -- a pretrained ``.onnx`` as a torch module, or as an ORT-run graph when the importer
+  cannot convert it (the graph-level fallback).
+* :func:`class_count_from_weights` -- the class count a checkpoint was trained for (unlabelled datasets).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.models.onnx_import import onnx_model_info, onnx_to_torch
 from pipeline.models.zoo import MODELS
 
-__all__ = ["MODELS", "build_model", "load_weights", "model_names", "onnx_model_info", "onnx_to_torch"]
+__all__ = ["MODELS", "build_model", "class_count_from_weights", "load_onnx_model", "load_weights", "model_names",
+           "onnx_model_info", "onnx_to_torch"]
 
 # Longest key lists quoted in a mismatch message; the rest are counted, so the message stays readable.
 _MAX_LISTED = 10
@@ -254,3 +258,84 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise InputError(f"weights file {str(path)!r}: tensors [{_listing(bad_dtype)}] are not floating point; "
                          f"save a float checkpoint")
     model.load_state_dict(state, strict=False)
+
+
+def load_onnx_model(path: str, input_shape: tuple[int, int, int]) -> tuple[nn.Module, str | None]:
+    """Load a pretrained ONNX model for the pipeline.
+
+    The torch importer (:func:`onnx_to_torch`) is tried first, because only a torch module can be finetuned. When it
+    cannot convert the file (operators outside its set, or an op configuration it cannot express) but the file is a
+    valid standard-domain graph that ONNX Runtime runs, the graph itself is returned, wrapped in
+    :class:`~pipeline.models.ort_graph.OrtGraphModel`: later stages then factorize the ONNX graph directly and skip
+    finetuning.
+
+    Args:
+        path: the ``.onnx`` file.
+        input_shape: ``(C, H, W)`` the dataset feeds (the fallback runs the graph once on zeros of it).
+
+    Returns:
+        ``(model, fallback_reason)``: ``fallback_reason`` is None for a converted torch module, else why the
+        importer could not convert the file.
+
+    Raises:
+        InputError: invalid file, custom-op domains, or a graph neither the importer nor ONNX Runtime can run (the
+            unsupported operators and ORT's message are named).
+        NumericalError: NaN/Inf weights.
+    """
+    from pipeline.models.onnx_import import check_onnx_file, describe_ops, unsupported_ops
+    from pipeline.models.ort_graph import load_graph_model
+
+    proto = check_onnx_file(path)  # invalid files and custom domains stop here, never reaching a fallback
+    gaps = unsupported_ops(proto)
+    del proto
+    if not gaps:
+        try:
+            return onnx_to_torch(Path(path).expanduser()), None
+        except InputError as e:  # an op configuration the importer cannot express: ORT may still run it
+            why = str(e)[:300]
+    else:
+        why = f"operators outside the importer's set: {describe_ops(gaps)}"
+    return load_graph_model(Path(path).expanduser(), input_shape, why), why
+
+
+def class_count_from_weights(spec: str, weights: str, in_channels: int, input_size: int) -> int:
+    """The class count a checkpoint for ``spec`` was trained with (for datasets that declare none).
+
+    The model is built for 1 and for 2 classes; a tensor whose shape changes with the class count (the classifier)
+    is compared with the checkpoint's tensor of the same name, which gives the count. A factory that ignores
+    ``num_classes`` is built once, loaded, and run on zeros: its output width is the count.
+
+    Raises:
+        InputError: the checkpoint cannot be read, or no class-dependent tensor is in it (the message says how to
+            declare the count instead).
+    """
+    p = Path(weights).expanduser()
+    if not p.is_file():
+        raise InputError(f"weights file {str(weights)!r} does not exist; pass the path of a .safetensors or .pt file")
+    state = _extract_state_dict(_read_checkpoint(p), p)
+    one = build_model(spec, 1, in_channels, input_size).state_dict()
+    two = build_model(spec, 2, in_channels, input_size).state_dict()
+    dependent = [k for k in one if k in two and tuple(one[k].shape) != tuple(two[k].shape)]
+    for k in dependent:
+        if k not in state or state[k].dim() != one[k].dim():
+            continue
+        for d, (a, b) in enumerate(zip(one[k].shape, two[k].shape)):
+            step = int(b) - int(a)  # shape = base + step * num_classes along this axis
+            if step <= 0:
+                continue
+            base = int(a) - step
+            n, rem = divmod(int(state[k].shape[d]) - base, step)
+            if rem == 0 and n >= 1:
+                return int(n)
+    if not dependent:  # the factory ignores num_classes: read the width of its output
+        model = build_model(spec, 1, in_channels, input_size)
+        load_weights(model, weights)
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, in_channels, input_size, input_size))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return int(out.shape[1])
+    raise InputError(
+        f"weights file {str(weights)!r}: the class count of model {spec!r} cannot be read from it (none of "
+        f"{_listing(dependent)} matches); the dataset has no labels, so declare the count in it (e.g. a "
+        f"'num_classes' array in the npz)"
+    )

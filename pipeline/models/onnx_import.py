@@ -39,9 +39,11 @@ __all__ = [
     "MIN_OPSET",
     "SUPPORTED_OPS",
     "OnnxGraphModule",
+    "check_finite_weights",
     "check_onnx_file",
     "onnx_model_info",
     "onnx_to_torch",
+    "unsupported_ops",
 ]
 
 # Protobuf cannot serialise or parse a single message of 2 GiB or more; larger models must keep their weights in
@@ -1102,14 +1104,25 @@ class _Converter:
         self._generic(n, {"dtype": _ONNX_TO_TORCH_DTYPE[to]})
 
 
-def _check_supported(model: Any, path: str) -> None:
+def unsupported_ops(model: Any) -> dict[str, list[str]]:
+    """Operators of a loaded ``ModelProto`` outside :data:`SUPPORTED_OPS`: ``{op_type: [node names]}`` (sorted)."""
     found: dict[str, list[str]] = {}
     for n in model.graph.node:
         if n.op_type not in SUPPORTED_OPS:
             found.setdefault(n.op_type, []).append(n.name or "(unnamed)")
+    return dict(sorted(found.items()))
+
+
+def describe_ops(found: dict[str, list[str]]) -> str:
+    """``"Elu (nodes 'a', 'b'); Erf (nodes 'c')"`` for messages (at most three node names per op)."""
+    return "; ".join(f"{op} (nodes {', '.join(repr(x) for x in names[:3])}{', ...' if len(names) > 3 else ''})"
+                     for op, names in found.items())
+
+
+def _check_supported(model: Any, path: str) -> None:
+    found = unsupported_ops(model)
     if found:
-        listed = "; ".join(f"{op} (nodes {', '.join(repr(x) for x in names[:3])}"
-                           f"{', ...' if len(names) > 3 else ''})" for op, names in sorted(found.items()))
+        listed = describe_ops(found)
         raise InputError(
             f"ONNX model {path!r} uses operators the importer does not support: {listed}. Supported: "
             f"{', '.join(sorted(SUPPORTED_OPS))}. Simplify the model (python -m onnxsim) or re-export it using "
@@ -1117,7 +1130,8 @@ def _check_supported(model: Any, path: str) -> None:
         )
 
 
-def _check_finite(model: Any, path: str) -> None:
+def check_finite_weights(model: Any, path: str) -> None:
+    """Raise NumericalError naming the first initializer/constant of a loaded ``ModelProto`` that holds NaN/Inf."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -1153,7 +1167,7 @@ def onnx_to_torch(path: str | os.PathLike[str]) -> OnnxGraphModule:
     spath = str(path)
     model = check_onnx_file(path)
     _check_supported(model, spath)
-    _check_finite(model, spath)
+    check_finite_weights(model, spath)
     module = _Converter(model, spath).run()
     return module.eval()
 
@@ -1192,10 +1206,24 @@ def onnx_model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     class_axis = 0 if len(out_dims) == 1 else 1
     num_classes = out_dims[class_axis] if len(out_dims) > class_axis else None
     if num_classes is None:
-        # The class axis is not declared: run the imported model once on zeros to read it.
-        net = onnx_to_torch(path)
-        with torch.no_grad():
-            y = net(torch.zeros(1, int(dims[1]), h or _PROBE_SIZE, w or _PROBE_SIZE))
+        # The class axis is not declared: run the model once on zeros to read it - the imported torch module when
+        # the importer converts the file, else ONNX Runtime (the graph-level fallback runs such models in ORT too).
+        probe = torch.zeros(dims[0] or 1, int(dims[1]), h or _PROBE_SIZE, w or _PROBE_SIZE)
+        if unsupported_ops(model):
+            from pipeline.models.ort_graph import OrtGraphModel
+
+            net: nn.Module = OrtGraphModel(model.SerializeToString())
+        else:
+            net = onnx_to_torch(path)
+        try:
+            with torch.no_grad():
+                y = net(probe)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"ONNX model {str(path)!r}: its output does not declare the class count and running it "
+                             f"on zeros of shape {tuple(probe.shape)} failed ({type(e).__name__}: {str(e)[:200]}); "
+                             f"declare the output shape in the model") from e
         y = y[0] if isinstance(y, tuple) else y
         num_classes = int(y.shape[class_axis])
     return {"num_classes": int(num_classes), "in_channels": int(dims[1]),
