@@ -127,8 +127,8 @@ class QuantizeConfig:
 class EntropyConfig:
     """Stage 04: pack quantized weights into the coded container."""
 
-    coder: str = "auto"             # raw | zstd | rans | auto
-    zstd_level: int = 9      # zstd-19 encodes at only 2-4 MB/s; rANS usually wins under coder=auto anyway
+    coder: str = "auto"             # raw | zstd | huffman | rans | planes | auto (see pipeline/entropy/coders.py)
+    zstd_level: int = 9      # zstd-19 encodes at only 2-4 MB/s; huffman or rANS usually wins under coder=auto anyway
 
 
 @dataclass(frozen=True)

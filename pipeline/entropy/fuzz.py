@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.entropy.coders import CODERS
-from pipeline.entropy.container import _canonical, pack_onnx, read_container
+from pipeline.entropy.coders import CODERS, coder_by_id
+from pipeline.entropy.container import _PREFIX, _canonical, _seal, pack_onnx, read_container
 from pipeline.errors import ContainerError
 
 FUZZ_MAX_TOTAL = 64 << 20  # decoded-size cap used while fuzzing (the parser's own default is 2 GiB)
@@ -70,7 +70,7 @@ def seed_containers() -> list[bytes]:
     with tempfile.TemporaryDirectory() as d:
         m = seed_model(Path(d) / "seed.onnx")
         out = []
-        for coder in ("raw", "zstd", "rans", "auto"):
+        for coder in ("raw", "zstd", "huffman", "rans", "planes", "auto"):
             pack_onnx(m, Path(d) / f"{coder}.lrdc", coder=coder, zstd_level=3)
             out.append((Path(d) / f"{coder}.lrdc").read_bytes())
     return out
@@ -80,10 +80,18 @@ def _reseal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
+def split_container(data: bytes) -> tuple[bytes, bytes]:
+    """(decoded header JSON bytes, payload area) of a well-formed container (no checks: for building mutants)."""
+    _, _, _, hcoder, clen = _PREFIX.unpack_from(data, 0)
+    hlen = struct.unpack_from("<I", data, 6)[0]
+    raw = coder_by_id(hcoder).decode(bytes(data[_PREFIX.size:_PREFIX.size + clen]), hlen)
+    return raw, bytes(data[_PREFIX.size + clen:-32])
+
+
 def _edit_header(data: bytes, r: random.Random) -> bytes:
     """Replace one header value (top level or inside a record) by a hostile one; keep the JSON canonical."""
-    hlen = struct.unpack_from("<I", data, 6)[0]
-    header = json.loads(data[10:10 + hlen])
+    raw0, payloads = split_container(data)
+    header = json.loads(raw0)
     recs = [header["graph"], *header["tensors"]]
     target = r.choice([header, *recs])
     key = r.choice(sorted(target))
@@ -99,8 +107,8 @@ def _edit_header(data: bytes, r: random.Random) -> bytes:
     try:
         raw = _canonical(header)
     except (ValueError, TypeError):
-        raw = data[10:10 + hlen]
-    return data[:6] + struct.pack("<I", len(raw)) + raw + data[10 + hlen:-32]
+        raw = raw0
+    return _seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
 
 
 def mutate(seed: bytes, r: random.Random) -> bytes:
@@ -127,25 +135,37 @@ def mutate(seed: bytes, r: random.Random) -> bytes:
         body[i:i + n] = bytes(r.randrange(256) for _ in range(min(n, len(body) - i)))
     elif op == 4:  # header value edits, canonical JSON kept so the strict schema checks are reached
         body = bytearray(_edit_header(bytes(d), r))
-    elif op == 5:  # prefix fields: version, header length
-        if r.random() < 0.5:
-            struct.pack_into("<H", body, 4, r.choice([0, 2, 255, 65535]))
-        else:
+    elif op == 5:  # prefix fields: version, header length, header coder, coded header length
+        field = r.randrange(4)
+        if field == 0:
+            struct.pack_into("<H", body, 4, r.choice([0, 1, 3, 255, 65535]))
+        elif field == 1:
             struct.pack_into("<I", body, 6, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
+        elif field == 2:
+            body[10] = r.choice([0, 1, 2, 3, 4, 255])
+        else:
+            struct.pack_into("<I", body, 11, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
     elif op == 6:  # trailing garbage after the trailer
         return bytes(d) + bytes(r.randrange(256) for _ in range(r.randint(1, 8)))
     else:  # random file, sometimes with a valid magic
         n = r.randint(0, 512)
         rnd = bytes(r.randrange(256) for _ in range(n))
-        return (b"LRDC\x01\x00" + rnd) if r.random() < 0.5 else rnd
+        return (b"LRDC\x02\x00" + rnd) if r.random() < 0.5 else rnd
     return _reseal(bytes(body)) if reseal else bytes(body) + bytes(d[-32:])
 
 
 def _coder_case(seed: bytes, r: random.Random) -> Callable[[], Any]:
     """A direct decoder call with a mutated payload and a random (bounded) symbol count."""
     coder = CODERS.get(r.choice(CODERS.names()))
-    src = bytes(r.randrange(256) for _ in range(r.randint(0, 300))) if r.random() < 0.5 else seed[10:400]
-    payload = bytearray(coder.encode(src, level=3))
+    u = r.random()
+    if u < 0.35:
+        src = bytes(r.randrange(256) for _ in range(r.randint(0, 300)))
+    elif u < 0.6:  # small alphabets: huffman packs several symbols per literal, rANS gets a short table
+        alphabet = [r.randrange(256) for _ in range(r.randint(1, 17))]
+        src = bytes(r.choice(alphabet) for _ in range(r.randint(0, 600)))
+    else:
+        src = seed[15:400]
+    payload = bytearray(coder.encode(src, level=3, itemsize=r.choice([1, 2, 4])))
     for _ in range(r.randint(0, 3)):
         if payload:
             payload[r.randrange(len(payload))] ^= 1 << r.randrange(8)

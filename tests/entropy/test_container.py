@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from pipeline.config import QuantizeConfig
 from pipeline.entropy import container as C
 from pipeline.entropy.container import GRAPH_KEY, pack_onnx, read_container, unpack_to_onnx
+from pipeline.entropy.fuzz import split_container
 from pipeline.errors import ContainerError, InputError
 from pipeline.quantize.ort_static import quantize_static
 from tests.quantize.tiny_models import export, images, run, tiny_net
@@ -35,18 +38,32 @@ def packed(int8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def _split(data: bytes) -> tuple[dict, bytes]:
-    hlen = struct.unpack_from("<I", data, 6)[0]
-    return json.loads(data[10:10 + hlen]), data[10 + hlen:-32]
+    raw, payload = split_container(data)
+    return json.loads(raw), payload
 
 
-def _build(header: dict, payload: bytes, version: int = 1, raw_header: bytes | None = None) -> bytes:
+def _build(header: dict, payload: bytes, version: int = 2, raw_header: bytes | None = None,
+           header_coder: int | None = None) -> bytes:
     """A container with a valid sha256 around an arbitrary header: reaches the checks behind the hash."""
     h = raw_header if raw_header is not None else C._canonical(header)
-    body = b"LRDC" + struct.pack("<HI", version, len(h)) + h + payload
-    return body + hashlib.sha256(body).digest()
+    return C._seal(h, payload, version=version, header_coder=header_coder)
 
 
-@pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "auto"])
+def _save(inits: dict[str, np.ndarray], path: Path, dq: dict[str, tuple[str, str]] | None = None) -> Path:
+    """A model whose outputs are its initializers (Identity), plus DequantizeLinear nodes {out: (q, scale)}."""
+    nodes = [helper.make_node("Identity", [k], [k + "_out"]) for k in inits]
+    outs = [helper.make_tensor_value_info(k + "_out", helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for k, v in inits.items()]
+    for o, (q, sc) in (dq or {}).items():
+        nodes.append(helper.make_node("DequantizeLinear", [q, sc], [o], axis=0))
+        outs.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, inits[q].shape))
+    graph = helper.make_graph(nodes, "g", [], outs,
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "huffman", "planes", "auto"])
 def test_pack_unpack_parity(int8_model: Path, tmp_path: Path, coder: str) -> None:
     out = tmp_path / "w.lrdc"
     stats = pack_onnx(int8_model, out, coder=coder, zstd_level=3)
@@ -129,12 +146,32 @@ def test_prefix_errors_have_clear_messages(packed: bytes) -> None:
     with pytest.raises(ContainerError, match="not an LRDC container"):
         read_container(b"ONNX" + packed[4:])
     header, payload = _split(packed)
-    with pytest.raises(ContainerError, match="version 2 is not supported"):
-        read_container(_build(header, payload, version=2))
+    with pytest.raises(ContainerError, match="version 3 is not supported"):
+        read_container(_build(header, payload, version=3))
+    v1 = b"LRDC" + struct.pack("<HI", 1, 2) + b"{}" + bytes(40)  # the version-1 layout: re-pack, says the message
+    with pytest.raises(ContainerError, match="version 1 is not supported.*re-pack"):
+        read_container(v1 + hashlib.sha256(v1).digest())
     big = bytearray(packed)
     struct.pack_into("<I", big, 6, 0xFFFFFFFF)
     with pytest.raises(ContainerError, match="header length"):
         read_container(bytes(big))
+    for bad_coder in (2, 3, 4, 255):  # the header is raw or zstd, nothing else
+        bad = bytearray(packed)
+        bad[10] = bad_coder
+        with pytest.raises(ContainerError, match="header coder"):
+            read_container(bytes(bad))
+    bad = bytearray(packed)
+    struct.pack_into("<I", bad, 11, len(packed))
+    with pytest.raises(ContainerError, match="coded header length"):
+        read_container(bytes(bad))
+    raw_json = C._canonical(header)
+    assert read_container(_build(header, payload, header_coder=0))[0] == header  # an uncoded header is valid too
+    assert packed[10] == 1 and struct.unpack_from("<I", packed, 11)[0] < len(raw_json)  # the packer chose zstd
+    lying = bytearray(_build(header, payload, header_coder=1))
+    struct.pack_into("<I", lying, 6, len(raw_json) + 1)  # declared size != the zstd frame's
+    lying = bytes(lying[:-32]) + hashlib.sha256(bytes(lying[:-32])).digest()
+    with pytest.raises(ContainerError, match="zstd frame declares"):
+        read_container(lying)
     with pytest.raises(ContainerError, match="cannot read"):
         read_container(Path("/nonexistent/x.lrdc"))
 
@@ -205,3 +242,72 @@ def test_unpack_rejects_graph_tensor_disagreement(packed: bytes, tmp_path: Path)
     with pytest.raises(ContainerError, match="ghost"):
         unpack_to_onnx(tmp_path / "x.lrdc", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_realistic_laplacian_weights_within_one_percent_of_order0(tmp_path: Path) -> None:
+    # One conv-sized int8 tensor (per-channel max-abs quantized Laplacian) with its per-channel fp32 scales.
+    rng = np.random.default_rng(0)
+    w = rng.laplace(0, 1, (256, 96, 3, 3)) * rng.uniform(0.5, 2, (256, 1, 1, 1))
+    s = (np.abs(w).reshape(256, -1).max(1) / 127).astype(np.float32)
+    q = np.clip(np.round(w / s[:, None, None, None]), -127, 127).astype(np.int8)
+    path = _save({"w_q": q, "w_s": s}, tmp_path / "m.onnx", dq={"w": ("w_q", "w_s")})
+    stats = pack_onnx(path, tmp_path / "m.lrdc", zstd_level=3)
+    assert stats["total_bits_per_weight"] < 1.01 * stats["order0_bits_per_weight"]
+    by_name = {t["name"]: t for t in stats["tensors"]}
+    assert by_name["w_q"]["coder"] == "huffman" and by_name["w_q"]["is_weight"]
+    # fp32 scales are not fp16-exact: stored fp32 (bit-exact dequantization), byte planes coded on their own.
+    assert by_name["w_s"]["stored_dtype"] == "float32" and by_name["w_s"]["coder"] == "planes"
+    assert by_name["w_s"]["bytes"] < 0.85 * s.nbytes
+    assert stats["decode_mb_s"] > 0 and set(stats["decode_mb_s_by_coder"]) == set(stats["coders_used"])
+    _, arrays = read_container(tmp_path / "m.lrdc")
+    assert arrays["w_q"].tobytes() == q.tobytes() and arrays["w_s"].tobytes() == s.tobytes()
+
+
+def test_low_bit_grids_and_every_coder_bit_exact(tmp_path: Path) -> None:
+    # 2-, 3- and 4-bit grids inside int8 (quantize.weight_bits), odd sizes (padding of packed literals), int32 biases.
+    rng = np.random.default_rng(1)
+    inits = {}
+    for bits, n in ((2, 1001), (3, 4097), (4, 30001)):
+        lvl = 2 ** (bits - 1) - 1
+        inits[f"g{bits}"] = (np.clip(np.round(rng.laplace(0, lvl / 2, n)), -lvl, lvl) * (127 // lvl)).astype(np.int8)
+    inits["bias"] = rng.integers(-2**20, 2**20, 333).astype(np.int32)
+    path = _save(inits, tmp_path / "m.onnx")
+    for coder in ("auto", "huffman", "rans", "planes"):
+        pack_onnx(path, tmp_path / f"{coder}.lrdc", coder=coder, zstd_level=3)  # verifies decode + re-encode itself
+        _, arrays = read_container(tmp_path / f"{coder}.lrdc")
+        for k, v in inits.items():
+            assert arrays[k].dtype == v.dtype and arrays[k].tobytes() == v.tobytes()
+
+
+@st.composite
+def _tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    """1-4 tensors of random dtype and shape; values random, constant, small-alphabet or full-range."""
+    out = {}
+    for i in range(draw(st.integers(1, 4))):
+        dtype = np.dtype(draw(st.sampled_from(["int8", "uint8", "int16", "int32", "int64", "float16", "float32"])))
+        shape = tuple(draw(st.lists(st.integers(0, 40), min_size=0, max_size=3)))
+        n = int(np.prod(shape))
+        r = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        kind = draw(st.sampled_from(["bytes", "constant", "alphabet", "laplace"]))
+        if kind == "bytes":
+            v = np.frombuffer(r.bytes(n * dtype.itemsize), dtype=dtype)
+        elif kind == "constant":
+            v = np.frombuffer(r.bytes(dtype.itemsize), dtype=dtype).repeat(n)
+        elif kind == "alphabet":
+            v = np.frombuffer(r.bytes(dtype.itemsize * 5), dtype=dtype)[r.integers(0, draw(st.integers(1, 5)), n)]
+        else:
+            v = np.clip(np.round(r.laplace(0, 20, n)), -100, 100).astype(dtype)
+        if dtype.kind == "f":
+            v = np.where(np.isnan(v), 0, v).astype(dtype)  # NaN payloads are covered by the narrowing test
+        out[f"t{i}"] = np.array(v, dtype=dtype).reshape(shape)
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(inits=_tensors(), coder=st.sampled_from(["auto", "huffman", "rans", "planes", "zstd"]))
+def test_random_tensors_round_trip_bit_exact(tmp_path: Path, inits: dict[str, np.ndarray], coder: str) -> None:
+    path = _save(inits, tmp_path / "r.onnx")
+    pack_onnx(path, tmp_path / "r.lrdc", coder=coder, zstd_level=3)  # also checks decode -> re-encode identity
+    _, arrays = read_container(tmp_path / "r.lrdc")
+    for k, v in inits.items():
+        assert arrays[k].dtype == v.dtype and arrays[k].shape == v.shape and arrays[k].tobytes() == v.tobytes()
