@@ -45,3 +45,18 @@ def test_make_session_applies_threads(tmp_path: Path) -> None:
     assert sess.get_session_options().intra_op_num_threads == 1
     with pytest.raises(InputError):
         make_session(tmp_path / "missing.onnx", TARGETS.get("cpu"))
+
+
+def test_cpu_target_profile_follows_the_host_isa() -> None:
+    from pathlib import Path
+
+    from benchmarks.targets import PROFILES, TARGETS, host_profile
+
+    flags = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").exists() else ""
+    want = "x86-avx512-core" if " avx512f" in flags else "epyc-avx2-core"
+    assert host_profile().name == want
+    assert TARGETS.get("cpu").profile == PROFILES.get(want)
+    # the AVX-512 profile's peaks are the wider datapath's: twice the fp32 rate, VNNI's int8 rate
+    wide, narrow = PROFILES.get("x86-avx512-core"), PROFILES.get("epyc-avx2-core")
+    assert wide.peak_macs("fp32") > narrow.peak_macs("fp32")
+    assert wide.peak_macs("int8") == 4 * wide.peak_macs("fp32")
