@@ -207,7 +207,9 @@ def bench_models(quick: bool = False) -> Table:
         "columns": ["model", "variant", "MACs (M)", "size KB", "p50 ms", "p90 ms", "speedup", "smaller"],
         "rows": rows,
         "notes": ["narrow networks (resnet20/56, 16-64 channels) are bound by per-node overhead at 32x32: MACs saved "
-                  "there turn into little time; wide layers (vgg11, resnet18) realize most of the reduction"],
+                  "there turn into little time; wide layers (vgg11, resnet18) realize most of the reduction",
+                  "mobilenet_v2 has only 1x1 and depthwise convs: Tucker-2 leaves them dense (a depthwise conv has "
+                  "nothing to factorize; a 1x1 is a matrix, for channel_svd), so only int8 changes it"],
     }
 
 
