@@ -213,12 +213,26 @@ def bench_models(quick: bool = False) -> Table:
     }
 
 
-def _pipeline_run(model: str, data: str, root: Path, overrides: list[str]):
+def _pipeline_run(model: str, data: str, root: Path, overrides: list[str], upto: str | None = None,
+                  wait_s: float = 7200.0):
+    """Run the real pipeline (cached stages reused); wait while another suite holds this model's folder lock.
+
+    Suites share baselines through the artifacts cache, so two suites started side by side queue on a model
+    rather than fail.
+    """
     from pipeline.config import build_config
+    from pipeline.errors import LockError
     from pipeline.runner import run
 
     cfg = build_config(None, overrides, model=model, data=data, artifacts=str(root))
-    return run(cfg, progress=False), cfg
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return run(cfg, progress=False, upto=upto), cfg
+        except LockError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5.0)
 
 
 def _datasets() -> list[str]:
@@ -257,7 +271,10 @@ def bench_finetune(quick: bool = False, root: Path = Path("artifacts")) -> Table
                         "int8 acc": res.artifact("quantize").metrics.get("test_accuracy")}
             if m == "lra":
                 infos[m]["truncation drop"] = ft.get("truncation_drop")
-        shape = (1, 32, 32)
+        from pipeline.checkpoint import load_meta
+
+        meta = load_meta(res.artifact("baseline").dir)
+        shape = (int(meta["in_channels"]), int(meta["input_size"]), int(meta["input_size"]))
         lat = _time(files, shape, 30 if quick else 50)
         for m in methods:
             rows.append({**infos[m], "p50 ms": round(lat[m]["p50"], 3)})
@@ -341,11 +358,7 @@ def bench_shapes(quick: bool = False, root: Path = Path("artifacts")) -> Table:
                     "factorize.min_mac_saving=0.0"]
             if quick:
                 over += ["baseline.epochs=2", "finetune.epochs=1"]
-            from pipeline.config import build_config
-            from pipeline.runner import run
-
-            cfg = build_config(None, over, model=model, data=data, artifacts=str(root))
-            res = run(cfg, progress=False, upto="finetune")
+            res, _ = _pipeline_run(model, data, root, over, upto="finetune")
             base = res.artifact("baseline").metrics
             fz = res.artifact("factorize").metrics
             ft = res.artifact("finetune").metrics

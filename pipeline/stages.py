@@ -79,7 +79,7 @@ def _check_finite(model: torch.nn.Module, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------- 00
-@stage("baseline", section="baseline", version=1, deliverables={})
+@stage("baseline", section="baseline", version=2, deliverables={})
 def baseline(ctx: StageContext) -> StageOutput:
     """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
 

@@ -112,6 +112,23 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
+def warmup_cosine(warmup_steps: int) -> Callable[[int, int], float]:
+    """LR multiplier: linear from ``1/warmup_steps`` up to 1 over ``warmup_steps``, then cosine decay to 0 at the end.
+
+    ``warmup_steps <= 0`` is plain :func:`cosine_factor`.
+    """
+    if warmup_steps <= 0:
+        return cosine_factor
+
+    def factor(step: int, total: int) -> float:
+        w = min(warmup_steps, max(total - 1, 0))
+        if step < w:
+            return (step + 1) / w
+        return cosine_factor(step - w, total - w)
+
+    return factor
+
+
 def make_optimizer(
     params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
@@ -338,7 +355,8 @@ def train_baseline(
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the original (dense) model: SGD with momentum, cosine LR, optional augmentation, best-by-val weights.
+    """Train the original (dense) model: SGD with momentum, linear warm-up then cosine LR, optional augmentation,
+    best-by-val weights.
 
     Deterministic on CPU for a given seed: the model arrives already initialised, and the data order and
     augmentation come from ``make_loader(seed=seed + epoch)``.
@@ -373,6 +391,7 @@ def train_baseline(
     hist = train_epochs(
         net, data, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=opt, loss_fn=loss_fn, seed=seed,
         device=device, progress=progress, desc="baseline", batches=batches, steps_per_epoch=steps,
+        lr_factor=warmup_cosine(int(round(cfg.warmup_epochs * steps))),
     )
     hist["seconds"] = time.perf_counter() - t0
     net.eval()

@@ -20,7 +20,8 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def init_weights(model: nn.Module) -> None:
-    """He (Kaiming) initialisation for convolutions, unit BatchNorm, small-normal classifier.
+    """He (Kaiming) initialisation for convolutions, unit BatchNorm (zero for residual branch ends), small-normal
+    classifier.
 
     Deterministic under ``torch.manual_seed`` because it only uses torch's global generator in module order.
 
@@ -40,6 +41,13 @@ def init_weights(model: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.01)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+    # Zero-init the last BN of every residual branch (Goyal et al. 2017, torchvision's zero_init_residual): each
+    # block starts as its shortcut. Without it resnet56 trained on `shapes` stayed at chance for all 15 epochs.
+    for m in model.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+        elif isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, relu6: bool = False) -> nn.Sequential:

@@ -94,3 +94,34 @@ def test_feature_distiller_matches_same_shape_children_and_removes_hooks(teacher
                     + F.mse_loss(student.pool(student.features(x)), teacher_copy.pool(teacher_copy.features(x)))) / 2
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert not student.features._forward_hooks and not teacher_copy.features._forward_hooks
+
+
+def test_warmup_cosine_ramps_linearly_then_decays_to_zero() -> None:
+    from pipeline.finetune.trainer import cosine_factor, warmup_cosine
+
+    f = warmup_cosine(4)
+    total = 14
+    assert [f(s, total) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    # after warm-up: the cosine over the remaining 10 steps, starting at 1
+    assert f(4, total) == 1.0
+    assert abs(f(9, total) - 0.5) < 1e-12
+    assert f(14, total) == 0.0
+    assert warmup_cosine(0) is cosine_factor
+
+
+def test_resnet_residual_branches_start_as_identity() -> None:
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.models.zoo import BasicBlock
+
+    torch.manual_seed(0)
+    m = build_model("resnet20", 10, 3, 32)
+    blocks = [b for b in m.modules() if isinstance(b, BasicBlock)]
+    assert len(blocks) == 9
+    assert all(float(b.bn2.weight.abs().sum()) == 0.0 for b in blocks)
+    assert all(float(b.bn1.weight.min()) == 1.0 for b in blocks)
+    # an identity-shortcut block at init returns relu(x) (eval-mode BN: zero gamma, zero beta)
+    b = next(b for b in blocks if isinstance(b.shortcut, torch.nn.Identity)).eval()
+    x = torch.randn(2, b.conv1.in_channels, 8, 8)
+    assert torch.equal(b(x), torch.relu(x))
