@@ -213,23 +213,29 @@ def factorize(ctx: StageContext) -> StageOutput:
     atomic_write_json(ctx.out_dir / "layers.json", rows)
     macs0, params0 = count_macs_params(model, _example_input(meta))
     macs1, params1 = count_macs_params(fact, _example_input(meta))
-    metrics = {
-        "layers_factorized": sum(r["status"] == "factorized" for r in rows),
-        "layers_dense": sum(r["status"] != "factorized" for r in rows),
-        "macs_before": macs0,
-        "macs_after": macs1,
-        "mac_reduction": macs0 / max(macs1, 1),
-        "params_before": params0,
-        "params_after": params1,
-        "test_accuracy": _accuracy(fact, data.test),
-        "val_accuracy": _accuracy(fact, data.val),
-        "seconds": round(seconds, 3),
-    }
+    metrics = _factorize_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds)
     ctx.log.info(
         "factorize: %d layers factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy before finetune %.4f",
         metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"], metrics["test_accuracy"],
     )
     return StageOutput(files + ["layers.json"], metrics)
+
+
+def _factorize_metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[int, int], fact,
+                       data, seconds: float) -> dict[str, Any]:
+    """The factorize stage's metrics, shared by the torch and the ONNX-graph paths."""
+    return {
+        "layers_factorized": sum(r["status"] == "factorized" for r in rows),
+        "layers_dense": sum(r["status"] != "factorized" for r in rows),
+        "macs_before": before[0],
+        "macs_after": after[0],
+        "mac_reduction": before[0] / max(after[0], 1),
+        "params_before": before[1],
+        "params_after": after[1],
+        "test_accuracy": _accuracy(fact, data.test),
+        "val_accuracy": _accuracy(fact, data.val),
+        "seconds": round(seconds, 3),
+    }
 
 
 def _factorize_graph(ctx: StageContext, model, meta: dict[str, Any]) -> StageOutput:
@@ -253,19 +259,7 @@ def _factorize_graph(ctx: StageContext, model, meta: dict[str, Any]) -> StageOut
     atomic_write_json(ctx.out_dir / "layers.json", rows)
     macs0, params0 = _macs_params(model, meta, ctx.inputs["baseline"].dir)
     macs1, params1 = _macs_params(fact, meta, ctx.out_dir)
-    metrics = {
-        "form": "onnx_graph",
-        "layers_factorized": sum(r["status"] == "factorized" for r in rows),
-        "layers_dense": sum(r["status"] != "factorized" for r in rows),
-        "macs_before": macs0,
-        "macs_after": macs1,
-        "mac_reduction": macs0 / max(macs1, 1),
-        "params_before": params0,
-        "params_after": params1,
-        "test_accuracy": _accuracy(fact, data.test),
-        "val_accuracy": _accuracy(fact, data.val),
-        "seconds": round(seconds, 3),
-    }
+    metrics = {"form": "onnx_graph", **_factorize_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds)}
     ctx.log.info("factorize (ONNX graph): %d Conv nodes factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy %.4f",
                  metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"],
                  metrics["test_accuracy"])
