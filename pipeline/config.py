@@ -73,6 +73,7 @@ class SVDTrainingConfig:
     lambda_s: float = 0.07
     sparsity: str = "hoyer"         # l1 | hoyer | hoyer_square | erank
     prune_energy: float = 0.01      # energy threshold e for pruning singular values
+    prune_macs: Optional[float] = None  # also cap each layer's rank at this fraction of its dense MACs (None = off)
     phase_epochs: tuple[int, int, int] = (1, 2, 1)  # full-rank+ortho, +sparsity, finetune after pruning
     lr: float = 1e-3
 
@@ -183,6 +184,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "baseline.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
     "baseline.batch_size": (lambda v: v >= 1, ">= 1"),
     "baseline.lr": (lambda v: v > 0, "> 0"),
+    "finetune.svd.prune_macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "baseline.warmup_epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
     "factorize.energy": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -83,3 +83,18 @@ def test_svd_training_schedule_prunes_aligns_and_deploys(data, teacher, form: st
     assert res.structure, "sparsification should shrink at least one 32-channel conv enough to save MACs"
     assert evaluate(res.model, data.val) == pytest.approx(m["best_val"])
     assert m["best_val"] > 0.7
+
+
+def test_mac_capped_rank_keeps_the_layer_within_its_mac_fraction() -> None:
+    from pipeline.finetune.methods.svd_training import mac_capped_rank
+
+    layer = SVDConv(nn.Conv2d(32, 64, 3), "channel")  # full rank 64; per rank: 32*9 + 64 = 352 MACs; dense 18432
+    assert layer.rank == 64
+    r = mac_capped_rank(layer, 0.25)
+    assert r == int(0.25 * 18432 // 352) == 13
+    fact, dense = layer.macs_per_pixel(r)
+    assert fact <= 0.25 * dense < layer.macs_per_pixel(r + 1)[0]
+    assert mac_capped_rank(layer, 1.0) == 18432 // 352 == 52  # the break-even rank, below full rank 64
+    linear = SVDConv(nn.Linear(4, 3), "channel")  # full rank 3, per rank 7 MACs, dense 12
+    assert mac_capped_rank(linear, 1.0) == 1
+    assert mac_capped_rank(layer, 1e-6) == 1  # never below one

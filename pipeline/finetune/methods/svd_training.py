@@ -14,7 +14,8 @@ teacher is an addition to the paper's plain CE (it only helps when recovering a 
 ``finetune.alpha = 0`` for the paper's loss exactly.
 
 Schedule ``phase_epochs = (a, b, c)``: ``a`` epochs with orthogonality only, ``b`` with sparsity added, then
-energy-threshold pruning (drop the smallest values whose squared sum is ``<= prune_energy * total``), ranks
+energy-threshold pruning (drop the smallest values whose squared sum is ``<= prune_energy * total``; with
+``prune_macs`` set, also cap each layer's rank so its MACs stay within that fraction of dense), ranks
 aligned *up* to a multiple of ``align`` (never beyond full rank), and ``c`` epochs of finetuning with
 ``lambda_s = 0``. Adam at ``svd.lr``; each of the two training runs (``a + b`` and ``c``) uses the paper's step
 schedule, LR x0.1 at 50% and 75% of the run (81/164 and 122/164 epochs on CIFAR). ``cfg.epochs`` is not used.
@@ -244,6 +245,17 @@ def rebuild(teacher: nn.Module, structure: dict[str, dict], form: str) -> nn.Mod
     return model
 
 
+def mac_capped_rank(layer: "SVDConv", fraction: float) -> int:
+    """Largest rank (>= 1) whose factorized MACs stay within ``fraction`` of the layer's dense MACs.
+
+    Used by ``svd.prune_macs``: a short schedule cannot sparsify the spectrum as the paper's 164 epochs do, so a
+    MAC cap makes the method comparable with the others at matched MACs (the energy rule still applies when it
+    keeps fewer values).
+    """
+    per_rank, dense = layer.macs_per_pixel(1)
+    return max(1, min(layer.rank, int(fraction * dense // max(per_rank, 1))))
+
+
 @FINETUNE_METHODS.register("svd_training")
 def svd_training(job: FinetuneJob) -> FinetuneResult:
     """Train the teacher in SVD form with orthogonality + sparsity, prune by energy, finetune (see module doc).
@@ -310,6 +322,8 @@ def svd_training(job: FinetuneJob) -> FinetuneResult:
         full_ranks[name] = layer.rank
         mask = energy_keep_mask(layer.s.detach(), scfg.prune_energy)
         k0 = int(mask.sum())
+        if scfg.prune_macs is not None:
+            k0 = min(k0, mac_capped_rank(layer, scfg.prune_macs))
         pruned_ranks[name] = k0
         k = aligned_rank(k0, job.align, layer.rank)
         fact, dense = layer.macs_per_pixel(k)
