@@ -52,7 +52,8 @@ class FactorizeConfig:
     energy: float = 0.6              # fraction of squared singular-value energy kept (selector=energy)
     ratio: float = 0.25              # fraction of channels kept (selector=fixed)
     erank_factor: float = 1.0        # rank = ceil(erank * factor) (selector=erank)
-    align: int = 8                   # round ranks up to a multiple of this (8: AVX2, 16: AVX-512/NPU); 1 = off
+    align: int = 0                   # round ranks up to a multiple of this (8: AVX2, 16: AVX-512/NPU); 1 = off;
+                                     # 0 = the benchmark target's channel block (resolved when the config is built)
     min_channels: int = 32           # layers with fewer in or out channels stay dense (overhead-bound)
     min_mac_saving: float = 0.1      # keep dense unless the factorized form saves at least this fraction of MACs
     skip_first: bool = True          # the stem conv sees raw pixels (few channels): keep dense
@@ -189,7 +190,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "factorize.energy": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factorize.erank_factor": (lambda v: v > 0, "> 0"),
-    "factorize.align": (lambda v: 1 <= v <= 256, "in [1, 256]"),
+    "factorize.align": (lambda v: 0 <= v <= 256, "in [0, 256] (0 = the target's channel block)"),
     "factorize.min_channels": (lambda v: v >= 1, ">= 1"),
     "factorize.min_mac_saving": (lambda v: -1 < v < 1, "in (-1, 1)"),
     "factorize.budget.macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
@@ -381,7 +382,21 @@ def build_config(
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set factorize.method=channel_svd")
         k, v = item.split("=", 1)
         _set_dotted(data, k.strip(), _parse_scalar(v.strip()))
-    return from_dict(PipelineConfig, data)
+    return resolve_align(from_dict(PipelineConfig, data))
+
+
+def resolve_align(cfg: PipelineConfig) -> PipelineConfig:
+    """Replace ``factorize.align = 0`` by the channel block of ``benchmark.target``'s device profile.
+
+    Resolved here, not at use, so the stage keys, the manifest and the report carry the concrete value: the same
+    config on an AVX2 and an AVX-512 machine gives different (and correctly different) factorizations.
+    """
+    if cfg.factorize.align != 0:
+        return cfg
+    from benchmarks.targets import TARGETS
+
+    block = int(TARGETS.get(cfg.benchmark.target).profile.channel_block)
+    return dataclasses.replace(cfg, factorize=dataclasses.replace(cfg.factorize, align=block))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

@@ -10,7 +10,20 @@ from pipeline.errors import ConfigError, InputError
 def test_defaults_are_the_documented_default_run():
     c = build_config()
     assert c.model == "vgg11" and c.data == "digits"
-    assert c.factorize.align == 8 and c.quantize.activation_type == "uint8"
+    assert c.quantize.activation_type == "uint8"
+
+
+def test_align_zero_resolves_to_the_targets_channel_block():
+    from benchmarks.targets import TARGETS
+
+    c = build_config()  # default factorize.align = 0
+    assert c.factorize.align == TARGETS.get("cpu").profile.channel_block in (8, 16)
+    assert build_config(None, ["benchmark.target=mobile-arm"]).factorize.align == \
+        TARGETS.get("mobile-arm").profile.channel_block
+    assert build_config(None, ["factorize.align=8"]).factorize.align == 8  # an explicit value is kept
+    assert build_config(None, ["factorize.align=1"]).factorize.align == 1
+    with pytest.raises(ConfigError, match="factorize.align"):
+        build_config(None, ["factorize.align=-1"])
 
 
 def test_file_then_flags_then_overrides(tmp_path):
