@@ -126,6 +126,8 @@ class QuantizeConfig:
     max_drop: float = 0.01          # accuracy guard: fall back layers to float beyond this drop
     weight_bits: str = "8"          # "2".."8" or "auto" (storage low-bit weights)
     size_budget: Optional[float] = None
+    qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
+    qat_lr: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.calibrate_method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax|entropy|percentile"),
     "quantize.calib_size": (lambda v: v >= 1, ">= 1"),
     "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
+    "quantize.qat_lr": (lambda v: v > 0, "> 0"),
     "quantize.weight_bits": (lambda v: v == "auto" or (v.isdigit() and 2 <= int(v) <= 8), "'2'..'8' or 'auto'"),
     "entropy.zstd_level": (lambda v: 1 <= v <= 22, "in [1, 22]"),
     "export.opset": (lambda v: 11 <= v <= 18, "in [11, 18]"),
@@ -382,7 +386,17 @@ def build_config(
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set factorize.method=channel_svd")
         k, v = item.split("=", 1)
         _set_dotted(data, k.strip(), _parse_scalar(v.strip()))
-    return resolve_align(from_dict(PipelineConfig, data))
+    return resolve_align(_check_cross_fields(from_dict(PipelineConfig, data)))
+
+
+def _check_cross_fields(cfg: PipelineConfig) -> PipelineConfig:
+    """Rules that tie two settings together, checked before any work starts."""
+    q = cfg.quantize
+    if q.qat_epochs > 0 and not (str(q.weight_bits).isdigit() and 2 <= int(q.weight_bits) <= 7):
+        raise ConfigError(f"quantize.qat_epochs={q.qat_epochs} trains for a fixed low-bit grid but "
+                          f"quantize.weight_bits is {q.weight_bits!r}; set quantize.weight_bits to 2..7, or "
+                          f"quantize.qat_epochs=0")
+    return cfg
 
 
 def resolve_align(cfg: PipelineConfig) -> PipelineConfig:

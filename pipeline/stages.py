@@ -344,6 +344,33 @@ def _skip_finetune(ctx: StageContext, model, meta: dict[str, Any], labels: str) 
 
 
 # ---------------------------------------------------------------------------------------------------------------- 03
+def _quantization_aware(ctx: StageContext, model, data):
+    """``quantize.qat_epochs > 0``: distil the model with its conv weights fake-quantized to ``weight_bits``.
+
+    Returns ``(model, metrics)``, or None when QAT is off. The model the quantizer then sees (and the fp32 variant
+    the report measures) carries weights already on the b-bit grids, so the snap changes almost nothing.
+    """
+    qcfg = ctx.cfg.quantize
+    if qcfg.qat_epochs <= 0:
+        return None
+    from pipeline.models.ort_graph import OrtGraphModel
+    from pipeline.quantize.qat import qat_finetune
+
+    # weight_bits is 2..7 here: build_config rejects qat_epochs > 0 with any other value
+    if isinstance(model, OrtGraphModel):
+        ctx.log.warning("quantize: quantization-aware training skipped: the model is an ONNX graph without torch layers")
+        return None
+    teacher, _ = _load(ctx, "baseline")
+    _seed(ctx.cfg.seed)
+    trained, hist = qat_finetune(model, teacher, data, int(qcfg.weight_bits), qcfg.qat_epochs, qcfg.qat_lr,
+                                 ctx.cfg.finetune, seed=ctx.cfg.seed, device=ctx.cfg.device, progress=ctx.progress)
+    metrics = {"bits": int(qcfg.weight_bits), "epochs": qcfg.qat_epochs, "val_before": hist["val_before"],
+               "best_val": hist["best_val"]}
+    ctx.log.info("quantize: %d-bit QAT, val accuracy %.4f -> %.4f", metrics["bits"], metrics["val_before"],
+                 metrics["best_val"])
+    return trained, metrics
+
+
 @stage("quantize", section="quantize", version=1, deliverables={"model.int8.onnx": "model.int8.onnx"})
 def quantize(ctx: StageContext) -> StageOutput:
     """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
@@ -355,6 +382,9 @@ def quantize(ctx: StageContext) -> StageOutput:
     data = ctx.data()
     model, meta = _load(ctx, "finetune")
     shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+    qat = _quantization_aware(ctx, model, data)
+    if qat is not None:
+        model, qat_metrics = qat
     fp32 = ctx.out_dir / "model.fp32.onnx"
     export_onnx(model, shape, fp32, opset=cfg.export.opset, simplify=cfg.export.simplify)
     rng = np.random.default_rng(cfg.seed)
@@ -377,6 +407,8 @@ def quantize(ctx: StageContext) -> StageOutput:
         **{k: v for k, v in qinfo.items() if k != "guard"},
         "guard": qinfo.get("guard"),
     }
+    if qat is not None:
+        metrics["qat"] = qat_metrics
     if data.test.y is not None:
         y = data.test.y.numpy()
         metrics["fp32_test_accuracy"] = float((ref.argmax(1) == y).mean())
