@@ -74,3 +74,20 @@ def test_to_dict_round_trip():
     from pipeline.config import from_dict
 
     assert from_dict(PipelineConfig, to_dict(c)) == c
+
+
+def test_the_readme_config_example_is_a_valid_config(tmp_path):
+    """The configuration block in README.md loads, and every value in it is the default (the README stays true)."""
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("baseline:  {epochs")
+    block = text[start:text.index("```", start)]
+    f = tmp_path / "readme.yaml"
+    f.write_text(block)
+    cfg = build_config(f)
+    assert to_dict(cfg) == to_dict(build_config())  # documented values = defaults
+    assert set(yaml.safe_load(block)) == {"baseline", "factorize", "finetune", "quantize", "entropy", "export",
+                                          "benchmark"}
