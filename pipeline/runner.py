@@ -110,8 +110,24 @@ def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     return fp
 
 
+def upstream_sha(inputs: dict[str, Artifact]) -> str | None:
+    """One hash over the output hashes of *every* earlier stage, in order.
+
+    A stage may read any earlier artifact (benchmark reads quantize's int8 model and entropy-code's container, not
+    only export's output), so its key must change when any of them changes. Keying on the immediate parent alone
+    once reused a stale report: a new quantize config changed the int8 model while export's output, built from the
+    unchanged finetuned model, stayed byte-identical.
+    """
+    if not inputs:
+        return None
+    return sha256_json([[name, art.sha256] for name, art in inputs.items()])
+
+
 def stage_key(spec: StageSpec, cfg: PipelineConfig, fingerprint: dict[str, Any], input_sha: str | None) -> str:
-    """``sha256(stage, stage version, package version, config section, inputs, parent output hash)[:12]``."""
+    """``sha256(stage, stage version, package version, config section, inputs, upstream output hashes)[:12]``.
+
+    ``input_sha`` is :func:`upstream_sha` of the earlier stages' artifacts (None for the first stage).
+    """
     section = to_dict(getattr(cfg, spec.section)) if spec.section else {}
     return sha256_json(
         {
@@ -298,7 +314,7 @@ def _run_locked(
         if index > last:
             break
         spec = STAGES.get(name)
-        key = stage_key(spec, cfg, fingerprint, parent.sha256 if parent else None)
+        key = stage_key(spec, cfg, fingerprint, upstream_sha(inputs))
         folder = root / f"{index:02d}-{name}-{key}"
         existing = _read_artifact(folder, spec, index, key)
         must_run = index >= rerun_from or existing is None

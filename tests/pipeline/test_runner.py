@@ -38,6 +38,21 @@ def test_changed_stage_config_reruns_that_stage_and_later(e2e):
     assert all(s == "cached" for n, s in status.items() if n != "benchmark")
 
 
+def test_an_earlier_stage_change_reruns_every_stage_that_reads_it(tmp_path):
+    """quantize changes the int8 model while export's output stays byte-identical: benchmark must still rerun."""
+    root = tmp_path / "art"
+    # without the .ort (whose bytes ORT never reproduces) export's output depends on the finetuned model only
+    first = run(fast_config(root, "export.mobile=false"), progress=False)
+    res = run(fast_config(root, "export.mobile=false", "quantize.calib_size=24"), progress=False)
+    status = {r.artifact.stage: r.status for r in res.records}
+    by = {r.artifact.stage: r.artifact for r in res.records}
+    old = {r.artifact.stage: r.artifact for r in first.records}
+    assert by["export"].sha256 == old["export"].sha256  # the immediate parent did not change ...
+    assert by["quantize"].sha256 != old["quantize"].sha256  # ... but an earlier input of benchmark did
+    assert status["quantize"] == "ran" and status["benchmark"] == "ran"
+    assert all(status[n] == "cached" for n in ("baseline", "factorize", "finetune"))
+
+
 def test_from_and_only(e2e):
     cfg, first = e2e
     res = run(cfg, from_stage="export", progress=False)
