@@ -1,4 +1,4 @@
-"""Byte-symbol coders of the LRDC weight container: ``raw``, ``zstd``, ``huffman``, ``rans`` and ``planes``.
+"""Byte-symbol coders of the LRDC weight container: ``raw``, ``zstd``, ``huffman``, ``rans``, ``rans16``, ``planes``.
 
 Every coder maps ``bytes -> bytes`` and back, and every decoder is *bounded*: it is told exactly how many symbols
 (bytes) to produce and raises :class:`~pipeline.errors.ContainerError` if the payload does not decode to exactly that
@@ -13,7 +13,11 @@ Which coder for what (measured on int8 weights of a factorized VGG-11, 2-core EP
 * ``rans`` lands within ~0.002 bit/symbol of the order-0 entropy plus its frequency table (~50-400 bytes) but decodes
   at only ~40-45 MB/s on 8-bit weights: constriction's categorical decoder binary-searches a 24-bit CDF for every
   symbol (~5.5 ns + ~2.3 ns per doubling of the alphabet: 21 ns/symbol for 255 symbols, ~7 ns for 3), and that, not
-  the Python around it, is where the time goes;
+  the Python around it, is where the time goes. It stays as the reference rANS; ``auto`` rarely keeps it;
+* ``rans16`` codes with the same integer frequency table as ``rans`` (same size within a few bytes) but decodes with a
+  slot -> symbol lookup table and two interleaved states in a numba-compiled loop (:mod:`.rans_kernels`):
+  ~200-280 MB/s on 4- and 8-bit weights, so it is the fast coder that reaches the entropy on low-bit grids, where
+  Huffman pays for whole bits per packed pair and a ~100-byte DEFLATE header per stream;
 * ``zstd`` decodes at ~1 GB/s but its 11-bit Huffman literals and block headers cost 1-10 %;
 * ``planes`` splits multi-byte values (fp32 scales, int32 biases) into byte planes coded on their own: the exponent
   plane of a scale vector is nearly constant, the mantissa planes are not.
@@ -47,6 +51,15 @@ rANS payload::
          lengths L = bit_length(f - 1), then for each symbol the L - 1 bits of f - 1 below its leading one (none when
          L <= 1); every f >= 1, and the last symbol's frequency is 2**p minus the others' (must be >= 1)
     (k >= 2) u32 ANS words, at least one (constriction's AnsCoder)
+
+rans16 payload (the table is the rANS table above, after a shorter head)::
+
+    u8   precision p (8..15), u8 k - 1, uleb n (as in huffman: minimal, must equal the container record)
+    the alphabet and frequencies exactly as in the rANS payload
+    (k >= 2) u32 state0, u32 state1: the encoder's final states (decoding starts from them)
+    (k >= 2) u16 words in decode order; symbol i is decoded from state i % 2, and each state reads at most one word
+         per symbol (rans_kernels has the arithmetic). After n symbols every word must be consumed and both states
+         must equal 2**16, the encoder's initial state, or the payload is rejected
 
 planes payload (for values of s > 1 bytes; byte j of every value forms plane j)::
 
@@ -575,22 +588,30 @@ def _rans_read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[
     nib_bytes = (4 * (k - 1) + 7) >> 3
     if len(payload) < pos + nib_bytes:
         raise ContainerError("rANS payload is shorter than its frequency table")
-    nib = np.frombuffer(payload, dtype=np.uint8, count=nib_bytes, offset=pos)
-    lengths = np.stack([nib & 15, nib >> 4], 1).reshape(-1)[:k - 1].astype(np.int64)
-    widths = np.maximum(lengths - 1, 0)
-    nbits = 4 * (k - 1) + int(widths.sum())
+    # Python integers, not numpy: a table is at most a few hundred short fields, and per-call numpy overhead
+    # (~100 us for the bit-array route) would dominate decoding the small streams of a small model.
+    nibbles = int.from_bytes(payload[pos:pos + nib_bytes], "little")
+    lengths = [(nibbles >> (4 * i)) & 15 for i in range(k - 1)]
+    nbits = 4 * (k - 1) + sum(max(L - 1, 0) for L in lengths)
     nbytes = (nbits + 7) >> 3
     if len(payload) < pos + nbytes:
         raise ContainerError("rANS payload is shorter than its frequency table")
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, count=nbytes, offset=pos), bitorder="little")
-    if bits[nbits:].any():
+    field = int.from_bytes(payload[pos:pos + nbytes], "little")
+    if field >> nbits:
         raise ContainerError("rANS frequency table has non-zero padding bits")
-    mant = _bit_values(bits, 4 * (k - 1) + np.cumsum(widths) - widths, widths, 14)
-    f = np.where(lengths == 0, 1, (np.int64(1) << widths) + mant + 1)
-    last = total - int(f.sum())
+    f = []
+    at = 4 * (k - 1)
+    for L in lengths:
+        if L == 0:
+            f.append(1)
+            continue
+        w = L - 1
+        f.append((1 << w) + ((field >> at) & ((1 << w) - 1)) + 1)
+        at += w
+    last = total - sum(f)
     if last < 1:
         raise ContainerError(f"rANS frequencies must be >= 1 and sum to 2**{precision}")
-    return alphabet, np.append(f, last), pos + nbytes
+    return alphabet, np.array([*f, last], dtype=np.int64), pos + nbytes
 
 
 def _rans_decode(payload: bytes, n: int) -> bytes:
@@ -633,6 +654,68 @@ def _rans_decode(payload: bytes, n: int) -> bytes:
 
 
 CODERS.add("rans", Coder("rans", 2, _rans_encode, _rans_decode, speed=1))
+
+
+# --------------------------------------------------------------------------------------------- rans16 (compiled)
+def _rans16_encode(symbols: bytes, **_: Any) -> bytes:
+    from pipeline.entropy import rans_kernels
+
+    x = np.frombuffer(bytes(symbols), dtype=np.uint8)
+    if x.size == 0:
+        return b""
+    counts = np.bincount(x, minlength=256)
+    alphabet = np.flatnonzero(counts).astype(np.uint8)
+    p = rans_precision(x.size)
+    freqs = quantize_frequencies(counts[alphabet], p)
+    head = bytes([p, len(alphabet) - 1]) + _uleb(x.size) + _rans_table(alphabet, freqs)
+    if len(alphabet) == 1:
+        return head
+    lut = np.zeros(256, dtype=np.int64)
+    lut[alphabet] = np.arange(len(alphabet))
+    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]]).astype(np.uint32)
+    words = np.empty(x.size + 1, dtype=np.uint16)  # at most one word per symbol
+    s0, s1, first = rans_kernels.encode_words(lut[x].astype(np.uint8), freqs.astype(np.uint32), cums, p, words)
+    return head + struct.pack("<II", int(s0), int(s1)) + words[first:].astype("<u2").tobytes()
+
+
+def _rans16_decode(payload: bytes, n: int) -> bytes:
+    from pipeline.entropy import rans_kernels
+
+    if n == 0:
+        if payload:
+            raise ContainerError(f"rans16 payload for 0 symbols must be empty, has {len(payload)} bytes")
+        return b""
+    if len(payload) < 3:
+        raise ContainerError(f"rans16 payload too short for its table header ({len(payload)} bytes)")
+    precision, k = payload[0], payload[1] + 1
+    if not 8 <= precision <= RANS_PRECISION:
+        raise ContainerError(f"rans16 precision {precision} outside 8..{RANS_PRECISION}")
+    count, pos = _read_uleb(payload, 2, "rans16 payload")
+    if count != n:
+        raise ContainerError(f"rans16 payload holds {count} symbols, container record says {n}")
+    alphabet, freqs, table_end = _rans_read_table(payload, pos, k, precision)
+    rest = len(payload) - table_end
+    if k == 1:
+        if rest:
+            raise ContainerError(f"rans16 one-symbol payload has {rest} unexpected trailing bytes")
+        return bytes(alphabet) * n
+    if rest < 8 or rest % 2:
+        raise ContainerError(f"rans16 stream of {rest} bytes is not two 4-byte states plus 16-bit words")
+    s0, s1 = struct.unpack_from("<II", payload, table_end)
+    words = np.frombuffer(payload, dtype="<u2", offset=table_end + 8).astype(np.uint16)
+    lut = np.repeat(np.arange(k, dtype=np.uint8), freqs)
+    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]]).astype(np.uint32)
+    out = np.empty(n, dtype=np.uint8)
+    f0, f1, used = rans_kernels.decode_words(s0, s1, words, lut, freqs.astype(np.uint32), cums,
+                                             np.ascontiguousarray(alphabet), precision, out)
+    if used > len(words):
+        raise ContainerError("rans16 stream ends before its symbols do (truncated or corrupt)")
+    if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
+        raise ContainerError(f"rans16 stream not fully consumed after {n} symbols (corrupt or wrong length)")
+    return out.tobytes()
+
+
+CODERS.add("rans16", Coder("rans16", 5, _rans16_encode, _rans16_decode, speed=0))
 
 
 # --------------------------------------------------------------------------------------------------------- planes
@@ -683,18 +766,21 @@ def order0_entropy(symbols: bytes | np.ndarray) -> float:
 
 
 def encode_auto(symbols: bytes, zstd_level: int = 19, itemsize: int = 1,
-                tolerance: tuple[int, int] = AUTO_TOLERANCE, min_saving: int = AUTO_MIN_SAVING) -> tuple[Coder, bytes]:
+                tolerance: tuple[int, int] = AUTO_TOLERANCE, min_saving: int = AUTO_MIN_SAVING,
+                candidates: tuple[str, ...] | None = None) -> tuple[Coder, bytes]:
     """Encode with every coder and keep the smallest payload, unless a fast coder is nearly as small.
 
-    The smallest payload wins, except that when it is a slow one (rANS: ~45 MB/s against 200+ MB/s for the others)
+    The smallest payload wins, except that when it is a slow one (constriction's rANS: ~45 MB/s against 200+ MB/s for
+    the others)
     the smallest *fast* payload wins if it is at most ``tolerance`` (a fraction num/den, integer arithmetic) or at most
     ``min_saving`` bytes larger. So the result is never more than max(``tolerance``, ``min_saving`` bytes) above the
     smallest, and rANS is kept only where it saves more. Ties go to the smaller payload, then the lower id. Sizes only,
-    never timings: the choice is deterministic. ``planes`` is tried when ``itemsize`` > 1.
+    never timings: the choice is deterministic. ``planes`` is tried when ``itemsize`` > 1. ``candidates`` limits the
+    coders tried (default: every registered coder).
     """
     num, den = tolerance
     results = []
-    for name in CODERS.names():
+    for name in candidates if candidates is not None else CODERS.names():
         c = CODERS.get(name)
         if c.id == PLANES_ID and itemsize <= 1:
             continue

@@ -1,39 +1,49 @@
-"""LRDC: the entropy-coded weight container (an ONNX model's graph + every initializer, each coded on its own).
+"""LRDC: the entropy-coded weight container (an ONNX model's graph + its initializers, coded in shared streams).
 
 File layout (all integers little-endian)::
 
     offset  size  field
     0       4     magic b"LRDC"
-    4       2     u16 format version (2)
+    4       2     u16 format version (3)
     6       4     u32 header length H (1 <= H <= 16 MiB), decoded
     10      1     u8 header coder: 0 = raw, 1 = zstd (the packer keeps the smaller)
     11      4     u32 coded header length C (1 <= C)
     15      C     the coded header; decodes (bounded: to exactly H bytes) to canonical JSON, UTF-8 (sorted keys, no
                   whitespace, ASCII only; re-serialising the parsed header must give exactly these bytes, so duplicate
                   keys, NaN or odd spacing are rejected)
-    15+C    P     payloads, back to back: the graph first, then the tensors in header order
+    15+C    P     the streams' coded payloads, back to back in header order
     15+C+P  32    sha256 of every byte before it
 
-Version 1 stored the header uncoded, had no huffman / planes coders and a 3-bytes-per-symbol rANS table; this reader
-rejects it with a message to re-pack.
+Version 1 stored the header uncoded, had no huffman / planes coders and a 3-bytes-per-symbol rANS table; version 2
+coded every record as a payload of its own (one frequency table per tensor). This reader rejects both with a message
+to re-pack.
 
 Header (exact field sets; unknown or missing fields are rejected)::
 
-    {"format": "LRDC", "version": 2, "producer": str, "zstd_level": int,
+    {"format": "LRDC", "version": 3, "producer": str, "zstd_level": int,
+     "streams": [stream, ...],              # at least one (the graph's)
      "graph":   record,                     # the ONNX ModelProto with moved initializers' data stripped
      "tensors": [record, ...]}
-    record = {"name": str, "dtype": str, "stored_dtype": str, "shape": [int, ...], "coder": int,
-              "nbytes": int, "offset": int, "length": int, "crc32": int}
+    stream = {"coder": int, "offset": int, "length": int, "nbytes": int}
+    record = {"name": str, "dtype": str, "stored_dtype": str, "shape": [int, ...], "stream": int, "start": int,
+              "nbytes": int, "crc32": int}
 
-``coder`` is an on-disk coder id (:mod:`pipeline.entropy.coders`: 0 raw, 1 zstd, 2 rans, 3 huffman, 4 planes) whose
-payload decodes to the stored bytes. ``dtype`` is the tensor's numpy dtype in the graph; ``stored_dtype`` is what the
-payload holds: the same dtype, or a *lossless* narrowing chosen by the packer (float32 -> float16 when every value is
-exactly representable, e.g. fp16-grid scales; int64/int32 -> int32/int16/int8 when the values fit). Narrowing never
-rounds, so dequantization stays bit-exact; fp32 scales that are not fp16-exact stay fp32, and ``auto`` codes them with
-``planes`` (sign/exponent and mantissa byte planes coded on their own) when that is smaller.
-``nbytes == prod(shape) * itemsize(stored_dtype)`` is the decoded payload size; ``crc32`` is over those decoded bytes;
-``offset``/``length`` locate the coded payload relative to the start of the payload area. Offsets must be sorted and
-contiguous and must cover the payload area exactly; names must be unique; nothing may follow the trailer.
+A stream is one coded payload: ``coder`` is an on-disk coder id (:mod:`pipeline.entropy.coders`: 0 raw, 1 zstd,
+2 rans, 3 huffman, 4 planes, 5 rans16), ``offset``/``length`` locate the payload relative to the start of the
+payload area (sorted, contiguous, covering the area exactly), and it decodes to exactly ``nbytes`` bytes: the stored
+bytes of the records that name it, back to back in header order (graph first). So each record's ``start`` is the
+sum of the ``nbytes`` of the earlier records of its stream, every stream is used, and the records of a stream fill
+it exactly. Pooling tensors into one stream shares one frequency table (:mod:`pipeline.entropy.grouping` plans it);
+the packer keeps the graph in a stream of its own.
+
+``dtype`` is the tensor's numpy dtype in the graph; ``stored_dtype`` is what the stream holds for it: the same dtype,
+or a *lossless* narrowing chosen by the packer (float32 -> float16 when every value is exactly representable, e.g.
+fp16-grid scales; int64/int32 -> int32/int16/int8 when the values fit). Narrowing never rounds, so dequantization
+stays bit-exact; fp32 scales that are not fp16-exact stay fp32, and ``auto`` codes them with ``planes``
+(sign/exponent and mantissa byte planes coded on their own) when that is smaller.
+``nbytes == prod(shape) * itemsize(stored_dtype)``; ``crc32`` is over the record's decoded bytes. Names must be
+unique; nothing may follow the trailer. Non-weight initializers of at most ``INLINE_MAX_BYTES`` bytes (activation
+scales and zero points) are not records: they stay inside the graph record, covered by its CRC32.
 
 Reading is strict and bounded: every size is checked against the bytes that remain before anything is allocated,
 the total decoded size is capped (``max_total_bytes``, default 2 GiB, the protobuf limit of a single ONNX file), and
@@ -55,13 +65,15 @@ import numpy as np
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.entropy.coders import CODERS, Coder, coder_by_id, encode_auto, order0_entropy
+from pipeline.entropy.grouping import STREAM_RECORD_BYTES, plan_streams, plane_histograms
 from pipeline.errors import ContainerError, InputError, ValidationError
 
 MAGIC = b"LRDC"
-VERSION = 2
+VERSION = 3
 MAX_HEADER_BYTES = 16 << 20
 MAX_TOTAL_BYTES = 2 << 30  # one ONNX protobuf cannot exceed 2 GiB, so no valid container decodes to more
 MAX_NDIM = 32
+INLINE_MAX_BYTES = 16  # smaller non-weight initializers stay inside the graph record (see _split_model)
 MAX_NAME_CHARS = 4096
 DECODE_REPEATS = 3  # pack_onnx reports the median decode speed of this many reads
 GRAPH_KEY = "__lrdc_graph__"  # reserved name under which read_container returns the graph bytes
@@ -70,13 +82,17 @@ _HEADER_CODERS = (0, 1)  # raw, zstd
 _HEADER_ZSTD_LEVEL = 19
 _TRAILER = 32
 
-_HEADER_FIELDS = {"format", "version", "producer", "zstd_level", "graph", "tensors"}
-_RECORD_FIELDS = {"name", "dtype", "stored_dtype", "shape", "coder", "nbytes", "offset", "length", "crc32"}
+_HEADER_FIELDS = {"format", "version", "producer", "zstd_level", "streams", "graph", "tensors"}
+_STREAM_FIELDS = {"coder", "offset", "length", "nbytes"}
+_RECORD_FIELDS = {"name", "dtype", "stored_dtype", "shape", "stream", "start", "nbytes", "crc32"}
 # dtype name -> ONNX TensorProto data type. Types outside this table (strings, bfloat16, 4-bit...) stay in the graph.
 _ONNX_TYPES = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6, "int64": 7, "bool": 9,
                "float16": 10, "float64": 11, "uint32": 12, "uint64": 13}
 # Lossless storage narrowings the reader accepts (logical dtype -> allowed stored dtypes).
 _NARROWINGS = {"float32": ("float16",), "int64": ("int32", "int16", "int8"), "int32": ("int16", "int8")}
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in _ONNX_TYPES}
+_DTYPE = {name: np.dtype(name) for name in _ONNX_TYPES}
+_DTYPE_LE = {name: (d.newbyteorder("<") if d.itemsize > 1 else d) for name, d in _DTYPE.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -118,43 +134,56 @@ def _narrow(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-class _Entry:
-    """One payload to write: logical array, stored bytes, coder and coded payload."""
+class _Item:
+    """One record to store: logical array, its lossless storage form and the stored little-endian bytes."""
 
-    def __init__(self, name: str, arr: np.ndarray, stored: np.ndarray, coder: Coder, payload: bytes) -> None:
-        self.name, self.arr, self.stored, self.coder, self.payload = name, arr, stored, coder, payload
+    def __init__(self, name: str, arr: np.ndarray) -> None:
+        self.name, self.arr = name, arr
+        self.stored = _narrow(arr)
+        self.raw = self.stored.astype(_le(self.stored.dtype.name), copy=False).tobytes()
+        self.itemsize = self.stored.dtype.itemsize
 
 
-def _encode_entry(name: str, arr: np.ndarray, coder: str | int, zstd_level: int) -> _Entry:
-    stored = _narrow(arr)
-    raw = stored.astype(_le(stored.dtype.name), copy=False).tobytes()
-    itemsize = stored.dtype.itemsize
+class _Stream:
+    """One coded payload: the concatenated stored bytes of ``members`` (item indices, ascending)."""
+
+    def __init__(self, members: list[int], coder: Coder, payload: bytes, nbytes: int) -> None:
+        self.members, self.coder, self.payload, self.nbytes = members, coder, payload, nbytes
+
+
+def _encode_stream(items: list[_Item], members: list[int], coder: str | int, zstd_level: int) -> _Stream:
+    raw = b"".join(items[i].raw for i in members)
+    itemsize = items[members[0]].itemsize if len({items[i].itemsize for i in members}) == 1 else 1
     if coder == "auto":
         c, payload = encode_auto(raw, zstd_level=zstd_level, itemsize=itemsize)
     else:
         c = coder_by_id(coder) if isinstance(coder, int) else CODERS.get(coder)
         payload = c.encode(raw, level=zstd_level, itemsize=itemsize)
-    return _Entry(name, arr, stored, c, payload)
+    return _Stream(members, c, payload, len(raw))
 
 
-def _record(e: _Entry, offset: int) -> dict[str, Any]:
-    raw = e.stored.astype(_le(e.stored.dtype.name), copy=False).tobytes()
-    return {"name": e.name, "dtype": e.arr.dtype.name, "stored_dtype": e.stored.dtype.name,
-            "shape": [int(d) for d in e.arr.shape], "coder": e.coder.id, "nbytes": len(raw), "offset": offset,
-            "length": len(e.payload), "crc32": zlib.crc32(raw) & 0xFFFFFFFF}
-
-
-def _assemble(graph: _Entry, tensors: list[_Entry], zstd_level: int, producer: str) -> bytes:
-    off = 0
+def _assemble(items: list[_Item], streams: list[_Stream], zstd_level: int, producer: str) -> bytes:
+    """Header + payloads + trailer for ``items`` (item 0 = the graph) coded as ``streams`` (in payload order)."""
+    where: dict[int, tuple[int, int]] = {}
+    heads, off = [], 0
+    for j, st in enumerate(streams):
+        start = 0
+        for i in st.members:
+            where[i] = (j, start)
+            start += len(items[i].raw)
+        heads.append({"coder": st.coder.id, "offset": off, "length": len(st.payload), "nbytes": st.nbytes})
+        off += len(st.payload)
     recs = []
-    for e in [graph, *tensors]:
-        recs.append(_record(e, off))
-        off += len(e.payload)
+    for i, it in enumerate(items):
+        j, start = where[i]
+        recs.append({"name": it.name, "dtype": it.arr.dtype.name, "stored_dtype": it.stored.dtype.name,
+                     "shape": [int(d) for d in it.arr.shape], "stream": j, "start": start, "nbytes": len(it.raw),
+                     "crc32": zlib.crc32(it.raw) & 0xFFFFFFFF})
     header = _canonical({"format": "LRDC", "version": VERSION, "producer": producer, "zstd_level": int(zstd_level),
-                         "graph": recs[0], "tensors": recs[1:]})
+                         "streams": heads, "graph": recs[0], "tensors": recs[1:]})
     if len(header) > MAX_HEADER_BYTES:
         raise ValidationError(f"container header would be {len(header)} bytes, over the {MAX_HEADER_BYTES} cap")
-    return _seal(header, b"".join([graph.payload, *(e.payload for e in tensors)]))
+    return _seal(header, b"".join(st.payload for st in streams))
 
 
 def _seal(header: bytes, payloads: bytes, version: int = VERSION, header_coder: int | None = None) -> bytes:
@@ -171,41 +200,53 @@ def _seal(header: bytes, payloads: bytes, version: int = VERSION, header_coder: 
 # ---------------------------------------------------------------------------------------------------- reading
 def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
     # bool is an int subclass in Python; JSON true/false must not pass as sizes.
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+    if type(v) is not int or v < lo or (hi is not None and v > hi):
         raise ContainerError(f"container header: {what} must be an integer in [{lo}, {hi if hi is not None else 'inf'}],"
                              f" got {v!r}")
     return v
 
 
+def _check_stream(s: Any, where: str) -> dict[str, Any]:
+    if not isinstance(s, dict) or s.keys() != _STREAM_FIELDS:
+        got = sorted(s) if isinstance(s, dict) else type(s).__name__
+        raise ContainerError(f"container header: {where} must be an object with fields {sorted(_STREAM_FIELDS)}, "
+                             f"got {got}")
+    _int(s["coder"], f"{where} coder", 0, 255)
+    for k in ("offset", "length", "nbytes"):
+        _int(s[k], f"{where} {k}", 0)
+    return s
+
+
 def _check_record(r: Any, where: str) -> dict[str, Any]:
+    # Hot path (one call per record on every read): plain comparisons first, messages built only on failure.
     if not isinstance(r, dict):
         raise ContainerError(f"container header: {where} is not an object")
-    keys = set(r)
-    if keys != _RECORD_FIELDS:
+    if r.keys() != _RECORD_FIELDS:
+        keys = set(r)
         extra, missing = sorted(keys - _RECORD_FIELDS), sorted(_RECORD_FIELDS - keys)
         raise ContainerError(f"container header: {where} has unknown fields {extra} / missing fields {missing}")
     name = r["name"]
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME_CHARS:
         raise ContainerError(f"container header: {where} name must be a non-empty string of <= {MAX_NAME_CHARS} chars")
     dtype, stored = r["dtype"], r["stored_dtype"]
-    if not isinstance(dtype, str) or dtype not in _ONNX_TYPES:
+    if type(dtype) is not str or dtype not in _ONNX_TYPES:
         raise ContainerError(f"container header: {where} ({name!r}) has unsupported dtype {dtype!r}")
-    if not isinstance(stored, str) or (stored != dtype and stored not in _NARROWINGS.get(dtype, ())):
+    if type(stored) is not str or (stored != dtype and stored not in _NARROWINGS.get(dtype, ())):
         raise ContainerError(f"container header: {where} ({name!r}) cannot store {dtype} as {stored!r}")
     shape = r["shape"]
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+    if type(shape) is not list or len(shape) > MAX_NDIM:
         raise ContainerError(f"container header: {where} ({name!r}) shape must be a list of <= {MAX_NDIM} dims")
     for d in shape:
-        _int(d, f"{where} ({name!r}) shape entry", 0, MAX_TOTAL_BYTES)
-    _int(r["coder"], f"{where} coder", 0, 255)
-    nbytes = _int(r["nbytes"], f"{where} nbytes", 0)
-    _int(r["offset"], f"{where} offset", 0)
-    _int(r["length"], f"{where} length", 0)
-    _int(r["crc32"], f"{where} crc32", 0, 0xFFFFFFFF)
+        if type(d) is not int or not 0 <= d <= MAX_TOTAL_BYTES:
+            _int(d, f"{where} ({name!r}) shape entry", 0, MAX_TOTAL_BYTES)
+    for key in ("stream", "start", "nbytes", "crc32"):
+        v = r[key]
+        if type(v) is not int or v < 0 or (key == "crc32" and v > 0xFFFFFFFF):
+            _int(v, f"{where} {key}", 0, 0xFFFFFFFF if key == "crc32" else None)
     # Python ints: no overflow, whatever the dims.
-    expect = math.prod(shape) * np.dtype(stored).itemsize
-    if nbytes != expect:
-        raise ContainerError(f"container header: {where} ({name!r}) nbytes {nbytes} != prod({shape}) * "
+    expect = math.prod(shape) * _ITEMSIZE[stored]
+    if r["nbytes"] != expect:
+        raise ContainerError(f"container header: {where} ({name!r}) nbytes {r['nbytes']} != prod({shape}) * "
                              f"itemsize({stored}) = {expect}")
     return r
 
@@ -254,8 +295,9 @@ def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
     if not isinstance(header["producer"], str) or len(header["producer"]) > 1024:
         raise ContainerError("LRDC header producer must be a string of <= 1024 chars")
     _int(header["zstd_level"], "zstd_level", -131072, 22)
-    if not isinstance(header["tensors"], list):
-        raise ContainerError("LRDC header tensors must be a list")
+    if not isinstance(header["tensors"], list) or not isinstance(header["streams"], list) or not header["streams"]:
+        raise ContainerError("LRDC header tensors must be a list and streams a non-empty list")
+    streams = [_check_stream(s, f"streams[{j}]") for j, s in enumerate(header["streams"])]
     records = [_check_record(header["graph"], "graph")]
     records += [_check_record(r, f"tensors[{i}]") for i, r in enumerate(header["tensors"])]
     if records[0]["dtype"] != "uint8" or records[0]["stored_dtype"] != "uint8" or len(records[0]["shape"]) != 1:
@@ -267,15 +309,31 @@ def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
     start = _PREFIX.size + clen
     area = n - _TRAILER - start
     off = 0
-    for r in records:
-        if r["offset"] != off:
-            raise ContainerError(f"LRDC record {r['name']!r}: offset {r['offset']} != {off} (payloads must be sorted "
-                                 "and contiguous)")
-        if r["length"] > area - off:
-            raise ContainerError(f"LRDC record {r['name']!r}: length {r['length']} runs past the payload area")
-        off += r["length"]
+    for j, s in enumerate(streams):
+        if s["offset"] != off:
+            raise ContainerError(f"LRDC stream {j}: offset {s['offset']} != {off} (payloads must be sorted and "
+                                 "contiguous)")
+        if s["length"] > area - off:
+            raise ContainerError(f"LRDC stream {j}: length {s['length']} runs past the payload area")
+        off += s["length"]
     if off != area:
-        raise ContainerError(f"LRDC payload area has {area - off} bytes not covered by any record")
+        raise ContainerError(f"LRDC payload area has {area - off} bytes not covered by any stream")
+    # Each stream's decoded bytes are exactly its records' bytes, back to back in header order.
+    filled = [0] * len(streams)
+    used = [False] * len(streams)
+    for r in records:
+        j = r["stream"]
+        if j >= len(streams):
+            raise ContainerError(f"LRDC record {r['name']!r}: stream {j} does not exist ({len(streams)} streams)")
+        if r["start"] != filled[j]:
+            raise ContainerError(f"LRDC record {r['name']!r}: starts at {r['start']} in stream {j}, expected "
+                                 f"{filled[j]} (records must tile their stream in header order)")
+        filled[j] += r["nbytes"]
+        used[j] = True
+    for j, s in enumerate(streams):
+        if filled[j] != s["nbytes"] or not used[j]:
+            raise ContainerError(f"LRDC stream {j}: its records cover {filled[j]} bytes, the stream holds "
+                                 f"{s['nbytes']} (or no record uses it)")
     return header, start
 
 
@@ -306,24 +364,30 @@ def read_container(path_or_bytes: str | Path | bytes | bytearray | memoryview,
         except OSError as e:
             raise ContainerError(f"cannot read container {p}: {e}") from None
     header, start = _parse_prefix(data)
-    records = [header["graph"], *header["tensors"]]
-    total = sum(r["nbytes"] for r in records)
+    streams = header["streams"]
+    total = sum(s["nbytes"] for s in streams)
     if total > max_total_bytes:
         raise ContainerError(f"LRDC tensors would decode to {total} bytes, over the {max_total_bytes} cap")
+    decoded = []
+    for j, s in enumerate(streams):
+        payload = data[start + s["offset"]:start + s["offset"] + s["length"]]
+        raw = coder_by_id(s["coder"]).decode(payload, s["nbytes"])
+        if len(raw) != s["nbytes"]:  # coders guarantee this; kept as a cheap belt-and-braces check
+            raise ContainerError(f"LRDC stream {j} decoded to {len(raw)} bytes, expected {s['nbytes']}")
+        decoded.append(bytearray(raw))  # one writable copy per stream: records below are views into it
     arrays: dict[str, np.ndarray] = {}
-    for i, r in enumerate(records):
-        coder = coder_by_id(r["coder"])
-        payload = data[start + r["offset"]:start + r["offset"] + r["length"]]
-        raw = coder.decode(payload, r["nbytes"])
-        if len(raw) != r["nbytes"]:  # coders guarantee this; kept as a cheap belt-and-braces check
-            raise ContainerError(f"LRDC record {r['name']!r} decoded to {len(raw)} bytes, expected {r['nbytes']}")
-        if zlib.crc32(raw) & 0xFFFFFFFF != r["crc32"]:
+    for i, r in enumerate([header["graph"], *header["tensors"]]):
+        buf, at, size = decoded[r["stream"]], r["start"], r["nbytes"]
+        if zlib.crc32(memoryview(buf)[at:at + size]) & 0xFFFFFFFF != r["crc32"]:
             raise ContainerError(f"LRDC record {r['name']!r}: CRC32 mismatch after decoding (corrupt payload)")
-        stored = np.frombuffer(raw, dtype=_le(r["stored_dtype"])).reshape(r["shape"])
+        sd = _DTYPE_LE[r["stored_dtype"]]
+        stored = np.frombuffer(buf, dtype=sd, count=size // sd.itemsize, offset=at).reshape(r["shape"])
         if r["stored_dtype"] == "bool" and stored.size and stored.view(np.uint8).max() > 1:
             raise ContainerError(f"LRDC record {r['name']!r}: bool tensor holds values other than 0/1")
-        arr = stored.astype(np.dtype(r["dtype"]))  # copy: writable, native byte order, logical dtype
-        arrays[GRAPH_KEY if i == 0 else r["name"]] = arr
+        # A writable view when the stored form is the logical one in native order and aligned; else a converted copy.
+        if r["stored_dtype"] != r["dtype"] or not sd.isnative or at % sd.itemsize:
+            stored = stored.astype(_DTYPE[r["dtype"]])
+        arrays[GRAPH_KEY if i == 0 else r["name"]] = stored
     return header, arrays
 
 
@@ -348,8 +412,13 @@ def _load_onnx(path: Path) -> Any:
     return model
 
 
-def _split_model(model: Any) -> tuple[bytes, list[tuple[str, np.ndarray]], list[str]]:
-    """Strip movable initializers' data out of ``model``; return (graph bytes, [(name, array)], kept-inline names)."""
+def _split_model(model: Any, weights: set[str] = frozenset()) -> tuple[bytes, list[tuple[str, np.ndarray]], list[str]]:
+    """Strip movable initializers' data out of ``model``; return (graph bytes, [(name, array)], kept-inline names).
+
+    Initializers of at most ``INLINE_MAX_BYTES`` that are not in ``weights`` (activation scales and zero points:
+    scalars and short vectors) stay in the graph record: a record costs ~60 bytes of header and ~3 us of reading
+    for a few bytes of data, while inside the graph they are covered by its zstd coding and its CRC32.
+    """
     from onnx import numpy_helper
 
     moved: list[tuple[str, np.ndarray]] = []
@@ -365,6 +434,8 @@ def _split_model(model: Any) -> tuple[bytes, list[tuple[str, np.ndarray]], list[
         arr = numpy_helper.to_array(t)
         if arr.dtype.name != by_type[t.data_type]:
             inline.append(t.name)
+            continue
+        if arr.nbytes <= INLINE_MAX_BYTES and t.name not in weights:
             continue
         moved.append((t.name, np.array(arr, order="C", copy=True)))  # keeps 0-d shape
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
@@ -407,28 +478,78 @@ def _weight_tensor_names(model: Any) -> set[str]:
     return out
 
 
-def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", zstd_level: int = 19) -> dict[str, Any]:
+def _plan(items: list[_Item], coder: str | int, zstd_level: int, pool: bool) -> list[_Stream]:
+    """Streams for ``items`` (item 0 = graph, always alone), in payload order.
+
+    With ``pool``, :func:`grouping.plan_streams` pools tensors of equal item size; per item size the pooled plan is
+    kept only if its coded payloads (plus a per-stream header estimate) are no larger than one stream per tensor, so
+    pooling can never make a container bigger than per-tensor coding by more than that estimate's error.
+    """
+    singles = [_encode_stream(items, [i], coder, zstd_level) for i in range(len(items))]
+    if not pool or len(items) <= 2:
+        return singles
+    groups = [[i + 1 for i in g] for g in plan_streams([(it.raw, it.itemsize) for it in items[1:]])]
+    chosen = [singles[0]]
+    for size in sorted({items[g[0]].itemsize for g in groups}):
+        these = [g for g in groups if items[g[0]].itemsize == size]
+        pooled = [singles[g[0]] if len(g) == 1 else _encode_stream(items, g, coder, zstd_level) for g in these]
+        alone = [singles[i] for g in these for i in g]
+        cost = [sum(len(st.payload) + STREAM_RECORD_BYTES for st in v) for v in (pooled, alone)]
+        chosen += pooled if cost[0] <= cost[1] else alone
+    return sorted(chosen, key=lambda st: st.members[0])
+
+
+def _apportion(items: list[_Item], st: _Stream) -> list[float]:
+    """A stream's coded bits split over its members by their cross-entropy under the stream's pooled statistics.
+
+    A pooled stream codes every member with one table, so no member has a coded size of its own; each member's share
+    of the table-driven code length, -sum(log2 q(symbol)) per byte plane, is what the coder spends on it (exactly, up
+    to the table and the final state). Members with zero information share by size.
+    """
+    bits = 8.0 * len(st.payload)
+    if len(st.members) == 1:
+        return [bits]
+    size = items[st.members[0]].itemsize if len({items[i].itemsize for i in st.members}) == 1 else 1
+    h = [plane_histograms(items[i].raw, size) for i in st.members]
+    pooled = np.sum(h, axis=0).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        cost = np.where(pooled > 0, np.log2(pooled.sum(axis=1, keepdims=True)) - np.log2(np.maximum(pooled, 1)), 0.0)
+    ce = np.array([float((hi * cost).sum()) for hi in h])
+    share = ce / ce.sum() if ce.sum() > 0 else np.array([len(items[i].raw) for i in st.members], float) / st.nbytes
+    return list(bits * share)
+
+
+def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", zstd_level: int = 19,
+              pool: bool = True) -> dict[str, Any]:
     """Pack an ONNX model into an LRDC container, verify it, and return size/entropy statistics.
 
     Every initializer of a supported dtype (int8 weights, scales, zero points, float biases, shapes...) becomes a
-    record coded with ``coder`` ("raw" | "zstd" | "huffman" | "rans" | "planes" | "auto": per tensor the smallest
-    payload, or the smallest fast one when rANS would save less than 1/128 of it or 64 bytes, see
-    ``coders.encode_auto``); the rest of the model (graph, attributes, unsupported initializers) is one more record.
-    After writing, the file is decoded and every byte compared to the source, and the decoded tensors are re-encoded
-    to check the bytes are reproduced exactly.
+    record; the rest of the model (graph, attributes, unsupported initializers) is one more record. Records are coded
+    in streams: with ``pool`` (default) tensors with similar symbol statistics share one stream and its table
+    (:mod:`pipeline.entropy.grouping`), else every record is a stream of its own. Each stream is coded with ``coder``
+    ("raw" | "zstd" | "huffman" | "rans" | "rans16" | "planes" | "auto": the smallest payload, or the smallest fast
+    one when a slow coder would save less than 1/128 of it or 64 bytes, see ``coders.encode_auto``). After writing,
+    the file is decoded and every byte compared to the source, and the decoded tensors are re-encoded to check the
+    bytes are reproduced exactly.
 
     Args:
         onnx_path: the (typically int8 QDQ) model; must be self-contained and pass ``onnx.checker``.
         out_path: the container to write (atomically).
         coder: coder name or "auto".
         zstd_level: zstd compression level (1..22) for "zstd" and "auto".
+        pool: pool tensors into shared streams (False: one stream per record, for comparison).
 
     Returns:
-        ``{"file", "size_bytes", "onnx_bytes", "tensors": [{"name", "dtype", "stored_dtype", "numel", "coder", "bytes",
-        "bits_per_weight", "entropy_bits_per_symbol", "is_weight"}], "total_bits_per_weight", "order0_bits_per_weight",
-        "weight_numel", "decode_mb_s", "decode_mb_s_by_coder", "coders_used", "kept_inline"}``; bits per weight are over
-        the 8-bit weight tensors (NaN when the model has none); decode speeds are MB of decoded bytes per second, the
-        median of ``DECODE_REPEATS`` runs, and vary from run to run (keep them out of hashed files).
+        ``{"file", "size_bytes", "onnx_bytes", "tensors": [{"name", "dtype", "stored_dtype", "numel", "stream", "coder",
+        "bytes", "bits_per_weight", "entropy_bits_per_symbol", "is_weight"}], "streams": [{"coder", "records", "nbytes",
+        "bytes"}], "total_bits_per_weight", "order0_bits_per_weight", "weight_numel", "decode_mb_s", "read_mb_s",
+        "decode_mb_s_by_coder", "coders_used", "kept_inline"}``. A tensor's ``bytes`` is its share of its stream (see
+        ``_apportion``; exact for a stream of one). Bits per weight are over the 8-bit weight tensors (NaN when the
+        model has none); the order-0 bound is each weight tensor's own empirical entropy, so pooled streams are held
+        to the stricter per-tensor bound. ``decode_mb_s``: MB of decoded tensor bytes (all records but the graph)
+        per second of decoding their streams; ``read_mb_s``: MB of all decoded bytes per second of whole-file reads
+        (sha256, header checks, CRC32s included); both medians of ``DECODE_REPEATS`` runs that vary from run to run
+        (keep them out of hashed files).
 
     Raises:
         InputError: unreadable/invalid model. ConfigError: unknown coder. ValidationError: verification failed.
@@ -438,10 +559,10 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
         CODERS.get(coder)
     model = _load_onnx(onnx_path)
     weights = _weight_tensor_names(model)
-    graph_bytes, moved, inline = _split_model(model)
-    graph_entry = _encode_entry(GRAPH_KEY, np.frombuffer(graph_bytes, dtype=np.uint8), coder, zstd_level)
-    entries = [_encode_entry(name, arr, coder, zstd_level) for name, arr in moved]
-    data = _assemble(graph_entry, entries, zstd_level, _producer())
+    graph_bytes, moved, inline = _split_model(model, weights)
+    items = [_Item(GRAPH_KEY, np.frombuffer(graph_bytes, dtype=np.uint8)), *(_Item(n, a) for n, a in moved)]
+    streams = _plan(items, coder, zstd_level, pool)
+    data = _assemble(items, streams, zstd_level, _producer())
     atomic_write_bytes(out_path, data)
 
     # Verify what is on disk, not what is in memory.
@@ -458,57 +579,75 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
         got = arrays[name]
         if got.dtype != arr.dtype or got.shape != arr.shape or got.tobytes() != arr.tobytes():
             raise ValidationError(f"pack_onnx: tensor {name!r} differs from the source after decoding")
+    # Re-encode from the decoded arrays alone, with the header's streams and coders: must give the same bytes.
     recs = [header["graph"], *header["tensors"]]
-    re_graph = _encode_entry(GRAPH_KEY, arrays[GRAPH_KEY], recs[0]["coder"], header["zstd_level"])
-    re_entries = [_encode_entry(r["name"], arrays[r["name"]], r["coder"], header["zstd_level"]) for r in recs[1:]]
-    if _assemble(re_graph, re_entries, header["zstd_level"], header["producer"]) != disk:
+    re_items = [_Item(r["name"], arrays[GRAPH_KEY if i == 0 else r["name"]]) for i, r in enumerate(recs)]
+    re_streams = [_encode_stream(re_items, [i for i, r in enumerate(recs) if r["stream"] == j], sh["coder"],
+                                 header["zstd_level"]) for j, sh in enumerate(header["streams"])]
+    if _assemble(re_items, re_streams, header["zstd_level"], header["producer"]) != disk:
         raise ValidationError(f"pack_onnx: decode -> re-encode of {out_path} is not byte-identical")
 
-    # Decode speed: median of DECODE_REPEATS whole-file reads (sha256, parsing, decoding, CRC32 included; the first
-    # one above is the verification), and per coder on the payloads alone (median per coder over the repeats).
+    # Two speeds. decode: MB of decoded tensor bytes (every record but the graph) per second of decoding the streams
+    # that hold them (the coders' work, tables included), the median of DECODE_REPEATS runs; per coder likewise.
+    # read: MB of all decoded bytes per second of whole-file reads (sha256, header validation, every stream,
+    # CRC32 per record, arrays), the median of DECODE_REPEATS reads (the first one above is the verification).
     times = [decode_s]
     for _ in range(DECODE_REPEATS - 1):
         t = time.perf_counter()
         read_container(disk)
         times.append(time.perf_counter() - t)
-    decode_s = statistics.median(times)
+    read_s = statistics.median(times)
     by_coder: dict[str, list[float]] = {}
-    for e in [graph_entry, *entries]:
-        acc = by_coder.setdefault(e.coder.name, [0.0, *([0.0] * DECODE_REPEATS)])
-        acc[0] += e.stored.nbytes
+    tensor_streams = [st for st in streams if st.members != [0]]
+    stream_s = [0.0] * DECODE_REPEATS
+    for st in tensor_streams:
+        acc = by_coder.setdefault(st.coder.name, [0.0, *([0.0] * DECODE_REPEATS)])
+        acc[0] += st.nbytes
         for i in range(DECODE_REPEATS):
             t = time.perf_counter()
-            e.coder.decode(e.payload, e.stored.nbytes)
-            acc[1 + i] += time.perf_counter() - t
+            st.coder.decode(st.payload, st.nbytes)
+            dt = time.perf_counter() - t
+            acc[1 + i] += dt
+            stream_s[i] += dt
     by_coder_s = {k: (v[0], statistics.median(v[1:])) for k, v in by_coder.items()}
+    decode_s = statistics.median(stream_s)
+    tensor_bytes = sum(st.nbytes for st in tensor_streams)
 
+    share: dict[int, tuple[int, float]] = {}
+    for j, st in enumerate(streams):
+        for i, b in zip(st.members, _apportion(items, st)):
+            share[i] = (j, b)
     tensors = []
-    w_bits = w_numel = 0
-    w_h = 0.0
-    for e in entries:
-        numel = int(e.arr.size)
-        h = order0_entropy(e.stored.tobytes()) if e.stored.dtype.itemsize == 1 else float("nan")
-        is_w = e.name in weights
-        tensors.append({"name": e.name, "dtype": e.arr.dtype.name, "stored_dtype": e.stored.dtype.name, "numel": numel,
-                        "coder": e.coder.name, "bytes": len(e.payload),
-                        "bits_per_weight": 8.0 * len(e.payload) / numel if numel else 0.0,
-                        "entropy_bits_per_symbol": h, "is_weight": is_w})
+    w_bits = w_h = 0.0
+    w_numel = 0
+    for i, it in enumerate(items[1:], start=1):
+        numel = int(it.arr.size)
+        j, bits = share[i]
+        h = order0_entropy(it.raw) if it.itemsize == 1 else float("nan")
+        is_w = it.name in weights
+        tensors.append({"name": it.name, "dtype": it.arr.dtype.name, "stored_dtype": it.stored.dtype.name,
+                        "numel": numel, "stream": j, "coder": streams[j].coder.name, "bytes": round(bits / 8.0, 3),
+                        "bits_per_weight": bits / numel if numel else 0.0, "entropy_bits_per_symbol": h,
+                        "is_weight": is_w})
         if is_w:
-            w_bits += 8 * len(e.payload)
+            w_bits += bits
             w_numel += numel
             w_h += h * numel
-    total_raw = sum(r["nbytes"] for r in recs)
+    total_raw = sum(st.nbytes for st in streams)
     return {
         "file": str(out_path),
         "size_bytes": len(disk),
         "onnx_bytes": onnx_path.stat().st_size,
         "tensors": tensors,
+        "streams": [{"coder": st.coder.name, "records": len(st.members), "nbytes": st.nbytes,
+                     "bytes": len(st.payload)} for st in streams],
         "weight_numel": w_numel,
         "total_bits_per_weight": w_bits / w_numel if w_numel else float("nan"),
         "order0_bits_per_weight": w_h / w_numel if w_numel else float("nan"),
-        "decode_mb_s": total_raw / 1e6 / decode_s if decode_s > 0 else float("inf"),
+        "decode_mb_s": tensor_bytes / 1e6 / decode_s if decode_s > 0 else float("inf"),
+        "read_mb_s": total_raw / 1e6 / read_s if read_s > 0 else float("inf"),
         "decode_mb_s_by_coder": {k: (v[0] / 1e6 / v[1] if v[1] > 0 else float("inf")) for k, v in by_coder_s.items()},
-        "coders_used": sorted({e.coder.name for e in [graph_entry, *entries]}),
+        "coders_used": sorted({st.coder.name for st in streams}),
         "kept_inline": inline,
     }
 

@@ -41,13 +41,15 @@ class CaseTimeout(Exception):
 
 
 def seed_model(path: Path) -> Path:
-    """A small ONNX model with int8 Laplace weights, fp32 scales and biases, an int64 shape and a scalar."""
+    """A small ONNX model: two int8 Laplace weights (pooled into one stream), fp32 scales and biases, small tensors
+    that stay inline in the graph record (zero points, an int64 shape, a scalar)."""
     import onnx
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     tensors = {
         "w_q": np.clip(np.round(rng.laplace(0, 15, (8, 4, 3, 3))), -127, 127).astype(np.int8),
+        "w2_q": np.clip(np.round(rng.laplace(0, 15, (8, 4, 3, 3))), -127, 127).astype(np.int8),
         "w_s": (rng.random(8) * 0.01 + 0.001).astype(np.float32),
         "w_zp": np.zeros(8, np.int8),
         "b": rng.standard_normal(8).astype(np.float32),
@@ -56,7 +58,9 @@ def seed_model(path: Path) -> Path:
     }
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 6, 6])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 128])
-    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0),
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w1"], axis=0),
+             helper.make_node("DequantizeLinear", ["w2_q", "w_s", "w_zp"], ["w2"], axis=0),
+             helper.make_node("Add", ["w1", "w2"], ["w"]),
              helper.make_node("Conv", ["x", "w", "b"], ["c"]),
              helper.make_node("Mul", ["c", "half"], ["m"]),
              helper.make_node("Reshape", ["m", "shape"], ["y"])]
@@ -70,7 +74,7 @@ def seed_containers() -> list[bytes]:
     with tempfile.TemporaryDirectory() as d:
         m = seed_model(Path(d) / "seed.onnx")
         out = []
-        for coder in ("raw", "zstd", "huffman", "rans", "planes", "auto"):
+        for coder in ("raw", "zstd", "huffman", "rans", "rans16", "planes", "auto"):
             pack_onnx(m, Path(d) / f"{coder}.lrdc", coder=coder, zstd_level=3)
             out.append((Path(d) / f"{coder}.lrdc").read_bytes())
     return out
@@ -92,7 +96,7 @@ def _edit_header(data: bytes, r: random.Random) -> bytes:
     """Replace one header value (top level or inside a record) by a hostile one; keep the JSON canonical."""
     raw0, payloads = split_container(data)
     header = json.loads(raw0)
-    recs = [header["graph"], *header["tensors"]]
+    recs = [header["graph"], *header["tensors"], *header["streams"]]
     target = r.choice([header, *recs])
     key = r.choice(sorted(target))
     op = r.random()
@@ -138,11 +142,11 @@ def mutate(seed: bytes, r: random.Random) -> bytes:
     elif op == 5:  # prefix fields: version, header length, header coder, coded header length
         field = r.randrange(4)
         if field == 0:
-            struct.pack_into("<H", body, 4, r.choice([0, 1, 3, 255, 65535]))
+            struct.pack_into("<H", body, 4, r.choice([0, 1, 2, 4, 255, 65535]))
         elif field == 1:
             struct.pack_into("<I", body, 6, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
         elif field == 2:
-            body[10] = r.choice([0, 1, 2, 3, 4, 255])
+            body[10] = r.choice([0, 1, 2, 3, 4, 5, 255])
         else:
             struct.pack_into("<I", body, 11, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
     elif op == 6:  # trailing garbage after the trailer
@@ -150,7 +154,7 @@ def mutate(seed: bytes, r: random.Random) -> bytes:
     else:  # random file, sometimes with a valid magic
         n = r.randint(0, 512)
         rnd = bytes(r.randrange(256) for _ in range(n))
-        return (b"LRDC\x02\x00" + rnd) if r.random() < 0.5 else rnd
+        return (b"LRDC\x03\x00" + rnd) if r.random() < 0.5 else rnd
     return _reseal(bytes(body)) if reseal else bytes(body) + bytes(d[-32:])
 
 
