@@ -528,21 +528,28 @@ def _rans_model(freqs: np.ndarray, precision: int) -> Any:
     return constriction.stream.model.Categorical(freqs.astype(np.float64) / float(1 << precision), perfect=False)
 
 
-def _rans_table(alphabet: np.ndarray, freqs: np.ndarray) -> bytes:
-    """Alphabet (list or bitmap) and the first k - 1 frequencies as 4-bit lengths + mantissas (module docstring)."""
-    k = len(alphabet)
-    if k <= 32:
-        out = alphabet.astype(np.uint8).tobytes()
-    else:
-        present = np.zeros(256, dtype=np.uint8)
-        present[alphabet] = 1
-        out = np.packbits(present, bitorder="little").tobytes()
-    if k == 1:
-        return out
+def _alphabet_bytes(alphabet: np.ndarray) -> bytes:
+    """The alphabet as k increasing bytes (k <= 32) or a 32-byte presence bitmap."""
+    if len(alphabet) <= 32:
+        return alphabet.astype(np.uint8).tobytes()
+    present = np.zeros(256, dtype=np.uint8)
+    present[alphabet] = 1
+    return np.packbits(present, bitorder="little").tobytes()
+
+
+def _freq_field(freqs: np.ndarray) -> bytes:
+    """The first k - 1 frequencies as 4-bit lengths + mantissas, zero-padded to a byte (empty for k = 1)."""
+    if len(freqs) == 1:
+        return b""
     v = freqs[:-1].astype(np.int64) - 1
     lengths = sum(((v >> j) > 0).astype(np.int64) for j in range(16))  # bit_length, integer arithmetic
     widths = np.maximum(lengths - 1, 0)
-    return out + pack_bits(np.concatenate([lengths, v]), np.concatenate([np.full(len(v), 4), widths]))
+    return pack_bits(np.concatenate([lengths, v]), np.concatenate([np.full(len(v), 4), widths]))
+
+
+def _rans_table(alphabet: np.ndarray, freqs: np.ndarray) -> bytes:
+    """Alphabet (list or bitmap) and the first k - 1 frequencies as 4-bit lengths + mantissas (module docstring)."""
+    return _alphabet_bytes(alphabet) + _freq_field(freqs)
 
 
 def _rans_encode(symbols: bytes, **_: Any) -> bytes:
@@ -565,26 +572,29 @@ def _rans_encode(symbols: bytes, **_: Any) -> bytes:
     return head + coder.get_compressed().astype("<u4").tobytes()
 
 
-def _rans_read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Parse alphabet and frequencies at ``pos``; return (alphabet, frequencies, end position), validated."""
+def _read_alphabet(payload: bytes, pos: int, k: int) -> tuple[np.ndarray, int]:
+    """Parse a k-symbol alphabet (list or bitmap) at ``pos``; return (alphabet, end position), validated."""
     if k <= 32:
         if len(payload) < pos + k:
             raise ContainerError(f"rANS payload ({len(payload)} bytes) shorter than its {k}-symbol alphabet")
         alphabet = np.frombuffer(payload, dtype=np.uint8, count=k, offset=pos)
         if k > 1 and not (np.diff(alphabet.astype(np.int16)) > 0).all():
             raise ContainerError("rANS symbols are not strictly increasing")
-        pos += k
-    else:
-        if len(payload) < pos + 32:
-            raise ContainerError("rANS payload is shorter than its alphabet bitmap")
-        present = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, count=32, offset=pos), bitorder="little")
-        alphabet = np.flatnonzero(present).astype(np.uint8)
-        if len(alphabet) != k:
-            raise ContainerError(f"rANS alphabet bitmap has {len(alphabet)} symbols, header says {k}")
-        pos += 32
+        return alphabet, pos + k
+    if len(payload) < pos + 32:
+        raise ContainerError("rANS payload is shorter than its alphabet bitmap")
+    present = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, count=32, offset=pos), bitorder="little")
+    alphabet = np.flatnonzero(present).astype(np.uint8)
+    if len(alphabet) != k:
+        raise ContainerError(f"rANS alphabet bitmap has {len(alphabet)} symbols, header says {k}")
+    return alphabet, pos + 32
+
+
+def _read_freq_field(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.ndarray, int]:
+    """Parse k frequencies summing to 2**precision at ``pos``; return (frequencies, end position), validated."""
     total = 1 << precision
     if k == 1:
-        return alphabet, np.array([total], dtype=np.int64), pos
+        return np.array([total], dtype=np.int64), pos
     nib_bytes = (4 * (k - 1) + 7) >> 3
     if len(payload) < pos + nib_bytes:
         raise ContainerError("rANS payload is shorter than its frequency table")
@@ -611,7 +621,14 @@ def _rans_read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[
     last = total - sum(f)
     if last < 1:
         raise ContainerError(f"rANS frequencies must be >= 1 and sum to 2**{precision}")
-    return alphabet, np.array([*f, last], dtype=np.int64), pos + nbytes
+    return np.array([*f, last], dtype=np.int64), pos + nbytes
+
+
+def _rans_read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parse alphabet and frequencies at ``pos``; return (alphabet, frequencies, end position), validated."""
+    alphabet, pos = _read_alphabet(payload, pos, k)
+    freqs, pos = _read_freq_field(payload, pos, k, precision)
+    return alphabet, freqs, pos
 
 
 def _rans_decode(payload: bytes, n: int) -> bytes:
@@ -718,6 +735,179 @@ def _rans16_decode(payload: bytes, n: int) -> bytes:
 CODERS.add("rans16", Coder("rans16", 5, _rans16_encode, _rans16_decode, speed=0))
 
 
+# ------------------------------------------------------------------------------------ rans16ch (per-channel models)
+MAX_TABLES = 16
+
+
+def _runs(segments: Any, n: int) -> list[tuple[int, int]]:
+    """Validated ``(count, length)`` runs covering ``n`` symbols, or one segment of all of them."""
+    try:
+        runs = [(int(c), int(m)) for c, m in segments] if segments is not None else []
+    except (TypeError, ValueError):
+        runs = []
+    if not runs or any(c < 1 or m < 1 for c, m in runs) or sum(c * m for c, m in runs) != n:
+        return [(1, n)]
+    merged: list[tuple[int, int]] = []
+    for c, m in runs:  # adjacent runs of equal length are one run
+        if merged and merged[-1][1] == m:
+            merged[-1] = (merged[-1][0] + c, m)
+        else:
+            merged.append((c, m))
+    return merged
+
+
+def _fit_tables(ranks: np.ndarray, k: int, seg_len: np.ndarray, precision: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-segment table choice: (assignment per segment, frequencies (K, k)) with the smallest estimated size.
+
+    For K = 1, 2, 4, 8, 16 tables: segments are split into K groups by their order-0 entropy, then refined by
+    Lloyd iterations (each segment moves to the table that codes it in the fewest bits; each table becomes its
+    segments' pooled histogram). The estimate is exact for the data (ideal code length under the quantized tables)
+    plus the tables' and the per-segment indices' bytes. Deterministic for given input on a given platform.
+    """
+    nseg = len(seg_len)
+    seg_id = np.repeat(np.arange(nseg), seg_len)
+    hist = np.bincount(seg_id * k + ranks, minlength=nseg * k).reshape(nseg, k).astype(np.float64)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for tables in (1, 2, 4, 8, MAX_TABLES):
+        if tables > nseg:
+            break
+        if tables == 1:
+            assign = np.zeros(nseg, dtype=np.int64)
+        else:
+            tot = hist.sum(1, keepdims=True)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ent = -np.where(hist > 0, hist / tot * np.log2(hist / tot), 0.0).sum(1)
+            assign = np.empty(nseg, dtype=np.int64)
+            assign[np.argsort(ent, kind="stable")] = (np.arange(nseg) * tables) // nseg
+            for _ in range(8):
+                pooled = np.zeros((tables, k))
+                np.add.at(pooled, assign, hist)
+                q = pooled + 0.5
+                logq = np.log2(q / q.sum(1, keepdims=True))
+                new = np.argmin(-(hist @ logq.T), axis=1)
+                if (new == assign).all():
+                    break
+                assign = new
+            used, assign = np.unique(assign, return_inverse=True)
+            tables = len(used)
+        pooled = np.zeros((tables, k), dtype=np.int64)
+        np.add.at(pooled, assign, hist.astype(np.int64))
+        freqs = np.stack([quantize_frequencies(np.maximum(row, 1), precision) for row in pooled])
+        bits = float((hist * (precision - np.log2(freqs[assign]))).sum())
+        bits += 8 * sum(len(_freq_field(f)) for f in freqs) + nseg * (tables - 1).bit_length()
+        if best is None or bits < best[0]:
+            best = (bits, assign, freqs)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _rans16ch_encode(symbols: bytes, segments: Any = None, **_: Any) -> bytes:
+    from pipeline.entropy import rans_kernels
+
+    x = np.frombuffer(bytes(symbols), dtype=np.uint8)
+    if x.size == 0:
+        return b""
+    counts = np.bincount(x, minlength=256)
+    alphabet = np.flatnonzero(counts).astype(np.uint8)
+    k = len(alphabet)
+    p = rans_precision(x.size)
+    head = bytes([p, k - 1]) + _uleb(x.size) + _alphabet_bytes(alphabet)
+    if k == 1:
+        return head
+    runs = _runs(segments, x.size)
+    seg_len = np.repeat([m for _, m in runs], [c for c, _ in runs])
+    lut = np.zeros(256, dtype=np.int64)
+    lut[alphabet] = np.arange(k)
+    ranks = lut[x]
+    assign, freqs = _fit_tables(ranks, k, seg_len, p)
+    tables = len(freqs)
+    b = (tables - 1).bit_length()
+    head += bytes([tables]) + b"".join(_freq_field(f) for f in freqs)
+    head += _uleb(len(runs)) + b"".join(_uleb(c) + _uleb(m) for c, m in runs)
+    if b:
+        head += pack_bits(assign, np.full(len(assign), b))
+    cums = np.concatenate([np.zeros((tables, 1), np.int64), np.cumsum(freqs, 1)[:, :-1]], 1).astype(np.uint32)
+    words = np.empty(x.size + 1, dtype=np.uint16)
+    s0, s1, first = rans_kernels.encode_words_tables(ranks.astype(np.uint8), np.repeat(assign, seg_len).astype(np.uint8),
+                                                     freqs.astype(np.uint32), cums, p, words)
+    return head + struct.pack("<II", int(s0), int(s1)) + words[first:].astype("<u2").tobytes()
+
+
+def _rans16ch_decode(payload: bytes, n: int) -> bytes:
+    from pipeline.entropy import rans_kernels
+
+    if n == 0:
+        if payload:
+            raise ContainerError(f"rans16ch payload for 0 symbols must be empty, has {len(payload)} bytes")
+        return b""
+    if len(payload) < 3:
+        raise ContainerError(f"rans16ch payload too short for its head ({len(payload)} bytes)")
+    precision, k = payload[0], payload[1] + 1
+    if not 8 <= precision <= RANS_PRECISION:
+        raise ContainerError(f"rans16ch precision {precision} outside 8..{RANS_PRECISION}")
+    count, pos = _read_uleb(payload, 2, "rans16ch payload")
+    if count != n:
+        raise ContainerError(f"rans16ch payload holds {count} symbols, container record says {n}")
+    alphabet, pos = _read_alphabet(payload, pos, k)
+    if k == 1:
+        if pos != len(payload):
+            raise ContainerError(f"rans16ch one-symbol payload has {len(payload) - pos} unexpected trailing bytes")
+        return bytes(alphabet) * n
+    if pos >= len(payload) or not 1 <= payload[pos] <= MAX_TABLES:
+        raise ContainerError(f"rans16ch table count must be 1..{MAX_TABLES}")
+    tables = payload[pos]
+    pos += 1
+    freqs = []
+    for _ in range(tables):
+        f, pos = _read_freq_field(payload, pos, k, precision)
+        freqs.append(f)
+    nruns, pos = _read_uleb(payload, pos, "rans16ch runs")
+    if nruns < 1 or 2 * nruns > len(payload) - pos:
+        raise ContainerError(f"rans16ch: {nruns} segment runs do not fit the payload")
+    counts, lengths, covered = [], [], 0
+    for _ in range(nruns):
+        c, pos = _read_uleb(payload, pos, "rans16ch run count")
+        m, pos = _read_uleb(payload, pos, "rans16ch run length")
+        covered += c * m
+        if c < 1 or m < 1 or covered > n:
+            raise ContainerError("rans16ch segment runs must be positive and cover exactly the symbols")
+        counts.append(c)
+        lengths.append(m)
+    if covered != n:
+        raise ContainerError(f"rans16ch segment runs cover {covered} symbols, not {n}")
+    b = (tables - 1).bit_length()
+    nseg = sum(counts)
+    index_len = (nseg * b + 7) >> 3
+    if len(payload) - pos < index_len:
+        raise ContainerError("rans16ch payload is shorter than its table indices")
+    index = np.frombuffer(payload, dtype=np.uint8, count=index_len, offset=pos)
+    if b and index_len and int(index[-1]) >> ((nseg * b) & 7 or 8):
+        raise ContainerError("rans16ch table indices have non-zero padding bits")
+    pos += index_len
+    rest = len(payload) - pos
+    if rest < 8 or rest % 2:
+        raise ContainerError(f"rans16ch stream of {rest} bytes is not two 4-byte states plus 16-bit words")
+    s0, s1 = struct.unpack_from("<II", payload, pos)
+    words = np.frombuffer(payload, dtype="<u2", offset=pos + 8).astype(np.uint16)
+    f2 = np.stack(freqs)
+    luts = np.stack([np.repeat(np.arange(k, dtype=np.uint8), f) for f in freqs])
+    cums = np.concatenate([np.zeros((tables, 1), np.int64), np.cumsum(f2, 1)[:, :-1]], 1).astype(np.uint32)
+    out = np.empty(n, dtype=np.uint8)
+    f0, f1, used, status = rans_kernels.decode_words_tables(
+        s0, s1, words, luts, f2.astype(np.uint32), cums, np.ascontiguousarray(alphabet), precision,
+        np.array(counts, dtype=np.int64), np.array(lengths, dtype=np.int64), index, b, out)
+    if status == 2:
+        raise ContainerError(f"rans16ch: a segment names a table beyond its {tables}")
+    if status == 1:
+        raise ContainerError("rans16ch stream ends before its symbols do (truncated or corrupt)")
+    if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
+        raise ContainerError(f"rans16ch stream not fully consumed after {n} symbols (corrupt or wrong length)")
+    return out.tobytes()
+
+
+CODERS.add("rans16ch", Coder("rans16ch", 6, _rans16ch_encode, _rans16ch_decode, speed=0))
+
+
 # --------------------------------------------------------------------------------------------------------- planes
 def _planes_encode(symbols: bytes, itemsize: int = 1, level: int = 19, **_: Any) -> bytes:
     data = bytes(symbols)
@@ -767,7 +957,7 @@ def order0_entropy(symbols: bytes | np.ndarray) -> float:
 
 def encode_auto(symbols: bytes, zstd_level: int = 19, itemsize: int = 1,
                 tolerance: tuple[int, int] = AUTO_TOLERANCE, min_saving: int = AUTO_MIN_SAVING,
-                candidates: tuple[str, ...] | None = None) -> tuple[Coder, bytes]:
+                candidates: tuple[str, ...] | None = None, segments: Any = None) -> tuple[Coder, bytes]:
     """Encode with every coder and keep the smallest payload, unless a fast coder is nearly as small.
 
     The smallest payload wins, except that when it is a slow one (constriction's rANS: ~45 MB/s against 200+ MB/s for
@@ -776,7 +966,8 @@ def encode_auto(symbols: bytes, zstd_level: int = 19, itemsize: int = 1,
     ``min_saving`` bytes larger. So the result is never more than max(``tolerance``, ``min_saving`` bytes) above the
     smallest, and rANS is kept only where it saves more. Ties go to the smaller payload, then the lower id. Sizes only,
     never timings: the choice is deterministic. ``planes`` is tried when ``itemsize`` > 1. ``candidates`` limits the
-    coders tried (default: every registered coder).
+    coders tried (default: every registered coder). ``segments``, ``(count, length)`` runs of consecutive segments
+    (e.g. the output channels of each tensor in a stream), lets ``rans16ch`` give segments tables of their own.
     """
     num, den = tolerance
     results = []
@@ -784,7 +975,7 @@ def encode_auto(symbols: bytes, zstd_level: int = 19, itemsize: int = 1,
         c = CODERS.get(name)
         if c.id == PLANES_ID and itemsize <= 1:
             continue
-        results.append((c, c.encode(symbols, level=zstd_level, itemsize=itemsize)))
+        results.append((c, c.encode(symbols, level=zstd_level, itemsize=itemsize, segments=segments)))
     smallest = min(len(p) for _, p in results)
     near = [(c, p) for c, p in results if len(p) * den <= smallest * (den + num) or len(p) <= smallest + min_saving]
     return min(near, key=lambda cp: (cp[0].speed, len(cp[1]), cp[0].id))

@@ -29,7 +29,7 @@ Header (exact field sets; unknown or missing fields are rejected)::
               "nbytes": int, "crc32": int}
 
 A stream is one coded payload: ``coder`` is an on-disk coder id (:mod:`pipeline.entropy.coders`: 0 raw, 1 zstd,
-2 rans, 3 huffman, 4 planes, 5 rans16), ``offset``/``length`` locate the payload relative to the start of the
+2 rans, 3 huffman, 4 planes, 5 rans16, 6 rans16ch), ``offset``/``length`` locate the payload relative to the start of the
 payload area (sorted, contiguous, covering the area exactly), and it decodes to exactly ``nbytes`` bytes: the stored
 bytes of the records that name it, back to back in header order (graph first). So each record's ``start`` is the
 sum of the ``nbytes`` of the earlier records of its stream, every stream is used, and the records of a stream fill
@@ -151,14 +151,26 @@ class _Stream:
         self.members, self.coder, self.payload, self.nbytes = members, coder, payload, nbytes
 
 
+def _channel_runs(items: list[_Item], members: list[int]) -> list[tuple[int, int]]:
+    """``(count, length)`` segment runs of a byte stream: each member's output channels (axis 0), or all of it."""
+    runs = []
+    for i in members:
+        a = items[i].arr
+        if a.size == 0:
+            continue
+        runs.append((a.shape[0], a.size // a.shape[0]) if a.ndim >= 2 else (1, a.size))
+    return runs
+
+
 def _encode_stream(items: list[_Item], members: list[int], coder: str | int, zstd_level: int) -> _Stream:
     raw = b"".join(items[i].raw for i in members)
     itemsize = items[members[0]].itemsize if len({items[i].itemsize for i in members}) == 1 else 1
+    segments = _channel_runs(items, members) if itemsize == 1 else None
     if coder == "auto":
-        c, payload = encode_auto(raw, zstd_level=zstd_level, itemsize=itemsize)
+        c, payload = encode_auto(raw, zstd_level=zstd_level, itemsize=itemsize, segments=segments)
     else:
         c = coder_by_id(coder) if isinstance(coder, int) else CODERS.get(coder)
-        payload = c.encode(raw, level=zstd_level, itemsize=itemsize)
+        payload = c.encode(raw, level=zstd_level, itemsize=itemsize, segments=segments)
     return _Stream(members, c, payload, len(raw))
 
 

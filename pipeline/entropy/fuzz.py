@@ -74,7 +74,7 @@ def seed_containers() -> list[bytes]:
     with tempfile.TemporaryDirectory() as d:
         m = seed_model(Path(d) / "seed.onnx")
         out = []
-        for coder in ("raw", "zstd", "huffman", "rans", "rans16", "planes", "auto"):
+        for coder in ("raw", "zstd", "huffman", "rans", "rans16", "rans16ch", "planes", "auto"):
             pack_onnx(m, Path(d) / f"{coder}.lrdc", coder=coder, zstd_level=3)
             out.append((Path(d) / f"{coder}.lrdc").read_bytes())
     return out
@@ -146,7 +146,7 @@ def mutate(seed: bytes, r: random.Random) -> bytes:
         elif field == 1:
             struct.pack_into("<I", body, 6, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
         elif field == 2:
-            body[10] = r.choice([0, 1, 2, 3, 4, 5, 255])
+            body[10] = r.choice([0, 1, 2, 3, 4, 5, 6, 255])
         else:
             struct.pack_into("<I", body, 11, r.choice([0, 1, len(body), 2**24, 2**32 - 1]))
     elif op == 6:  # trailing garbage after the trailer
@@ -169,7 +169,10 @@ def _coder_case(seed: bytes, r: random.Random) -> Callable[[], Any]:
         src = bytes(r.choice(alphabet) for _ in range(r.randint(0, 600)))
     else:
         src = seed[15:400]
-    payload = bytearray(coder.encode(src, level=3, itemsize=r.choice([1, 2, 4])))
+    # Segment hints (rans16ch): k equal segments when they cover the input, else ignored (one segment).
+    segs = r.randint(1, 12)
+    hint = [(segs, len(src) // segs)] if src and len(src) % segs == 0 else None
+    payload = bytearray(coder.encode(src, level=3, itemsize=r.choice([1, 2, 4]), segments=hint))
     for _ in range(r.randint(0, 3)):
         if payload:
             payload[r.randrange(len(payload))] ^= 1 << r.randrange(8)

@@ -103,3 +103,80 @@ def decode_words(state0: int, state1: int, words: np.ndarray, lut: np.ndarray, f
             x0 = (x0 << sixteen) | np.uint64(words[pos])
             pos += 1
     return x0, x1, pos
+
+
+# ------------------------------------------------------------------------------ several tables (rans16ch)
+@njit(cache=True, nogil=True)
+def encode_words_tables(ranks: np.ndarray, tables: np.ndarray, freqs: np.ndarray, cums: np.ndarray, precision: int,
+                        words: np.ndarray) -> tuple[int, int, int]:  # pragma: no cover - compiled
+    """:func:`encode_words` where symbol i is coded with table ``tables[i]`` (rows of ``freqs``/``cums``)."""
+    x0 = np.uint64(RANS_L)
+    x1 = np.uint64(RANS_L)
+    pos = words.shape[0]
+    p = np.uint64(precision)
+    for i in range(ranks.shape[0] - 1, -1, -1):
+        s = ranks[i]
+        t = tables[i]
+        f = np.uint64(freqs[t, s])
+        x = x1 if i & 1 else x0
+        if x >= (f << (np.uint64(32) - p)):
+            pos -= 1
+            words[pos] = np.uint16(x & np.uint64(0xFFFF))
+            x >>= np.uint64(16)
+        x = ((x // f) << p) + (x % f) + np.uint64(cums[t, s])
+        if i & 1:
+            x1 = x
+        else:
+            x0 = x
+    return x0, x1, pos
+
+
+@njit(cache=True, nogil=True)
+def decode_words_tables(state0: int, state1: int, words: np.ndarray, luts: np.ndarray, freqs: np.ndarray,
+                        cums: np.ndarray, alphabet: np.ndarray, precision: int, run_count: np.ndarray,
+                        run_length: np.ndarray, index_bytes: np.ndarray, index_bits: int,
+                        out: np.ndarray) -> tuple[int, int, int, int]:  # pragma: no cover - compiled
+    """Decode segments: ``run_count[r]`` segments of ``run_length[r]`` symbols each, in order; segment j is coded
+    with table ``index_bytes``' j-th ``index_bits``-bit field (LSB-first). Symbol i uses state i % 2.
+
+    The caller checks that the runs add up to ``out.shape[0]`` and that ``index_bytes`` holds every field. Returns
+    ``(state0, state1, words_read, status)``: status 0 = fine, 1 = a read past the words, 2 = a table index out of
+    range (the caller rejects the stream either way); nothing is ever read out of bounds.
+    """
+    x0 = np.uint64(state0)
+    x1 = np.uint64(state1)
+    mask = np.uint64((1 << precision) - 1)
+    p = np.uint64(precision)
+    low = np.uint64(RANS_L)
+    nwords = words.shape[0]
+    ntables = luts.shape[0]
+    pos = 0
+    i = 0
+    seg = 0
+    for r in range(run_count.shape[0]):
+        for _ in range(run_count[r]):
+            t = 0
+            if index_bits > 0:
+                bit = seg * index_bits
+                for b in range(index_bits):
+                    t |= ((index_bytes[(bit + b) >> 3] >> ((bit + b) & 7)) & 1) << b
+            seg += 1
+            if t >= ntables:
+                return x0, x1, pos, 2
+            for _ in range(run_length[r]):
+                x = x1 if i & 1 else x0
+                slot = x & mask
+                s = luts[t, slot]
+                out[i] = alphabet[s]
+                x = np.uint64(freqs[t, s]) * (x >> p) + slot - np.uint64(cums[t, s])
+                if x < low:
+                    if pos >= nwords:
+                        return x0, x1, pos, 1
+                    x = (x << np.uint64(16)) | np.uint64(words[pos])
+                    pos += 1
+                if i & 1:
+                    x1 = x
+                else:
+                    x0 = x
+                i += 1
+    return x0, x1, pos, 0

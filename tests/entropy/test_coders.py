@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pipeline.entropy.coders import CODERS, coder_by_id, encode_auto, order0_entropy, quantize_frequencies
 from pipeline.errors import ConfigError, ContainerError
 
-NAMES = ["raw", "zstd", "rans", "huffman", "planes", "rans16"]
+NAMES = ["raw", "zstd", "rans", "huffman", "planes", "rans16", "rans16ch"]
 rng = np.random.default_rng(0)
 ADVERSARIAL = {
     "empty": b"",
@@ -140,7 +140,7 @@ def test_auto_and_registry() -> None:
     assert c.name == "huffman" and payload == b"\x00\x88\x27\x80"  # mode 0, uleb 5000, the symbol
     c, _ = encode_auto(b"")
     assert c.name == "raw"  # ties go to the lowest id
-    assert [coder_by_id(i).name for i in (0, 1, 2, 3, 4, 5)] == ["raw", "zstd", "rans", "huffman", "planes", "rans16"]
+    assert [coder_by_id(i).name for i in range(7)] == ["raw", "zstd", "rans", "huffman", "planes", "rans16", "rans16ch"]
     with pytest.raises(ContainerError, match="unknown coder id"):
         coder_by_id(9)
     with pytest.raises(ConfigError, match="known coders"):
@@ -369,3 +369,112 @@ def test_rans16_layout_and_strict_framing() -> None:
         with pytest.raises(ContainerError):
             dec(payload[:-cut], len(long))
     assert len(CODERS.get("rans16").encode(b"\x05" * 10**5)) == 2 + 3 + 1  # head, uleb, the symbol: zero data bits
+
+
+# ----------------------------------------------------------------------------------------------------- rans16ch
+def _reference_rans16ch_decode(payload: bytes, n: int) -> bytes:
+    """rans16ch decoded from its documentation in plain Python: segments, one table index per segment."""
+    from pipeline.entropy.coders import _read_alphabet, _read_freq_field, _read_uleb
+
+    p, k = payload[0], payload[1] + 1
+    count, pos = _read_uleb(payload, 2, "ref")
+    assert count == n
+    alphabet, pos = _read_alphabet(payload, pos, k)
+    if k == 1:
+        return bytes(alphabet) * n
+    tables, pos = payload[pos], pos + 1
+    freqs = []
+    for _ in range(tables):
+        f, pos = _read_freq_field(payload, pos, k, p)
+        freqs.append([int(v) for v in f])
+    nruns, pos = _read_uleb(payload, pos, "ref")
+    seg_len = []
+    for _ in range(nruns):
+        c, pos = _read_uleb(payload, pos, "ref")
+        m, pos = _read_uleb(payload, pos, "ref")
+        seg_len += [m] * c
+    b = (tables - 1).bit_length()
+    field = int.from_bytes(payload[pos:pos + (len(seg_len) * b + 7) // 8], "little")
+    pos += (len(seg_len) * b + 7) // 8
+    table_of = [(field >> (j * b)) & ((1 << b) - 1) for j in range(len(seg_len))]
+    state = [int.from_bytes(payload[pos:pos + 4], "little"), int.from_bytes(payload[pos + 4:pos + 8], "little")]
+    words = [int.from_bytes(payload[i:i + 2], "little") for i in range(pos + 8, len(payload), 2)]
+    out, w, i = [], 0, 0
+    for j, m in enumerate(seg_len):
+        f = freqs[table_of[j]]
+        cum = [sum(f[:q]) for q in range(k)]
+        for _ in range(m):
+            x = state[i % 2]
+            slot = x & ((1 << p) - 1)
+            s = max(q for q in range(k) if cum[q] <= slot)
+            out.append(int(alphabet[s]))
+            x = f[s] * (x >> p) + slot - cum[s]
+            if x < 1 << 16:
+                x = (x << 16) | words[w]
+                w += 1
+            state[i % 2] = x
+            i += 1
+    assert w == len(words) and state == [1 << 16, 1 << 16]
+    return bytes(out)
+
+
+def two_kinds_of_channels(channels: int = 64, per: int = 144, seed: int = 0) -> bytes:
+    """4-bit grid channels of two spreads (as per-channel quantization leaves them): narrow and wide ones."""
+    r = np.random.default_rng(seed)
+    spread = np.where(np.arange(channels) % 2, 0.8, 4.0)[:, None]
+    return np.clip(np.round(r.laplace(0, 1, (channels, per)) * spread), -7, 7).astype(np.int8).tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), channels=st.integers(1, 40), per=st.integers(1, 60))
+def test_rans16ch_matches_a_plain_python_reference_decoder(seed: int, channels: int, per: int) -> None:
+    data = two_kinds_of_channels(channels, per, seed)
+    c = CODERS.get("rans16ch")
+    payload = c.encode(data, segments=[(channels, per)])
+    assert _reference_rans16ch_decode(payload, len(data)) == data == c.decode(payload, len(data))
+    assert c.encode(data, segments=[(channels, per)]) == payload  # deterministic
+
+
+def test_rans16ch_gives_channels_their_own_tables() -> None:
+    data = two_kinds_of_channels(64, 576)
+    runs = [(64, 576)]
+    one = len(CODERS.get("rans16").encode(data))
+    per = CODERS.get("rans16ch").encode(data, segments=runs)
+    assert per[5 + 15] >= 2  # head (p, k-1, uleb 36864 in 3 bytes), 15-symbol alphabet, then the table count
+    assert len(per) < 0.93 * one  # two spreads mixed in one table cost ~10 %; a table each recovers it
+    assert CODERS.get("rans16ch").decode(per, len(data)) == data
+    c, payload = encode_auto(data, segments=runs)
+    assert c.name == "rans16ch" and payload == per
+    # Without segment hints (or with hints that do not add up) it is one segment with one table.
+    assert CODERS.get("rans16ch").encode(data)[20] == 1
+    assert CODERS.get("rans16ch").encode(data, segments=[(64, 575)])[20] == 1
+
+
+def test_rans16ch_strict_framing() -> None:
+    data = two_kinds_of_channels(8, 50)
+    c = CODERS.get("rans16ch")
+    good = c.encode(data, segments=[(8, 50)])
+    n = len(data)
+    at = 4 + 15  # the table count byte: p, k-1, uleb 400 (2 bytes), 15 alphabet bytes
+    assert good[at] == 2 and c.decode(good, n) == data
+    bads = {
+        "no tables": good[:at] + b"\x00" + good[at + 1:],
+        "17 tables": good[:at] + b"\x11" + good[at + 1:],
+        "truncated": good[:len(good) // 2],
+        "trailing word": good + b"\x00\x00",
+        "odd": good[:-1],
+    }
+    for what, bad in bads.items():
+        with pytest.raises(ContainerError):
+            c.decode(bad, n)
+            pytest.fail(what)
+    with pytest.raises(ContainerError):
+        c.decode(good, n + 1)
+    # Every single-bit flip is either rejected or decodes to exactly n bytes (the container CRC catches the rest).
+    for pos in range(len(good)):
+        bad = bytearray(good)
+        bad[pos] ^= 1 << (pos % 8)
+        try:
+            assert len(c.decode(bytes(bad), n)) == n
+        except ContainerError:
+            pass

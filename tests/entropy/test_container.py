@@ -67,7 +67,7 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-@pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "huffman", "planes", "rans16", "auto"])
+@pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "huffman", "planes", "rans16", "rans16ch", "auto"])
 def test_pack_unpack_parity(int8_model: Path, tmp_path: Path, coder: str) -> None:
     out = tmp_path / "w.lrdc"
     stats = pack_onnx(int8_model, out, coder=coder, zstd_level=3)
@@ -282,12 +282,13 @@ def test_realistic_laplacian_weights_within_one_percent_of_order0(tmp_path: Path
     stats = pack_onnx(path, tmp_path / "m.lrdc", zstd_level=3)
     assert stats["total_bits_per_weight"] < 1.005 * stats["order0_bits_per_weight"]
     by_name = {t["name"]: t for t in stats["tensors"]}
-    assert by_name["w_q"]["coder"] == "rans16" and by_name["w_q"]["is_weight"]
+    # Compiled rANS; channels of different spread (random per-channel scale) may earn tables of their own.
+    assert by_name["w_q"]["coder"] in ("rans16", "rans16ch") and by_name["w_q"]["is_weight"]
     # fp32 scales are not fp16-exact: stored fp32 (bit-exact dequantization), byte planes coded on their own.
     assert by_name["w_s"]["stored_dtype"] == "float32" and by_name["w_s"]["coder"] == "planes"
     assert by_name["w_s"]["bytes"] < 0.85 * s.nbytes
     assert stats["decode_mb_s"] > 0 and stats["read_mb_s"] > 0
-    assert set(stats["decode_mb_s_by_coder"]) == {"rans16", "planes"}  # the graph's zstd stream is not a tensor's
+    assert set(stats["decode_mb_s_by_coder"]) == {by_name["w_q"]["coder"], "planes"}  # not the graph's zstd stream
     _, arrays = read_container(tmp_path / "m.lrdc")
     assert arrays["w_q"].tobytes() == q.tobytes() and arrays["w_s"].tobytes() == s.tobytes()
 
@@ -301,7 +302,7 @@ def test_low_bit_grids_and_every_coder_bit_exact(tmp_path: Path) -> None:
         inits[f"g{bits}"] = (np.clip(np.round(rng.laplace(0, lvl / 2, n)), -lvl, lvl) * (127 // lvl)).astype(np.int8)
     inits["bias"] = rng.integers(-2**20, 2**20, 333).astype(np.int32)
     path = _save(inits, tmp_path / "m.onnx")
-    for coder in ("auto", "huffman", "rans", "rans16", "planes"):
+    for coder in ("auto", "huffman", "rans", "rans16", "rans16ch", "planes"):
         pack_onnx(path, tmp_path / f"{coder}.lrdc", coder=coder, zstd_level=3)  # verifies decode + re-encode itself
         _, arrays = read_container(tmp_path / f"{coder}.lrdc")
         for k, v in inits.items():
@@ -333,7 +334,7 @@ def _tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(inits=_tensors(), coder=st.sampled_from(["auto", "huffman", "rans", "rans16", "planes", "zstd"]),
+@given(inits=_tensors(), coder=st.sampled_from(["auto", "huffman", "rans", "rans16", "rans16ch", "planes", "zstd"]),
        pool=st.booleans())
 def test_random_tensors_round_trip_bit_exact(tmp_path: Path, inits: dict[str, np.ndarray], coder: str,
                                              pool: bool) -> None:
