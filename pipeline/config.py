@@ -134,7 +134,7 @@ class QuantizeConfig:
 class EntropyConfig:
     """Stage 04: pack quantized weights into the coded container."""
 
-    coder: str = "auto"             # raw | zstd | huffman | rans | rans16 | planes | auto (pipeline/entropy/coders.py)
+    coder: str = "auto"             # raw|zstd|huffman|rans|rans16|rans16ch|planes|auto (pipeline/entropy/coders.py)
     zstd_level: int = 9      # zstd-19 encodes at only 2-4 MB/s; huffman or rANS usually wins under coder=auto anyway
 
 

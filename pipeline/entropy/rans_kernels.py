@@ -131,6 +131,21 @@ def encode_words_tables(ranks: np.ndarray, tables: np.ndarray, freqs: np.ndarray
     return x0, x1, pos
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _step(x, lut, freq, cum, alphabet, mask, p, out, i, words, pos):  # pragma: no cover - compiled
+    """Decode symbol ``i`` from state ``x`` with one table; returns (state, pos), pos = -1 on a read past the end."""
+    slot = x & mask
+    s = lut[slot]
+    out[i] = alphabet[s]
+    x = np.uint64(freq[s]) * (x >> p) + slot - np.uint64(cum[s])
+    if x < np.uint64(RANS_L):
+        if pos >= words.shape[0]:
+            return x, -1
+        x = (x << np.uint64(16)) | np.uint64(words[pos])
+        pos += 1
+    return x, pos
+
+
 @njit(cache=True, nogil=True)
 def decode_words_tables(state0: int, state1: int, words: np.ndarray, luts: np.ndarray, freqs: np.ndarray,
                         cums: np.ndarray, alphabet: np.ndarray, precision: int, run_count: np.ndarray,
@@ -141,13 +156,15 @@ def decode_words_tables(state0: int, state1: int, words: np.ndarray, luts: np.nd
 
     The caller checks that the runs add up to ``out.shape[0]`` and that ``index_bytes`` holds every field. Returns
     ``(state0, state1, words_read, status)``: status 0 = fine, 1 = a read past the words, 2 = a table index out of
-    range (the caller rejects the stream either way); nothing is ever read out of bounds.
+    range (the caller rejects the stream either way); nothing is ever read out of bounds. Inside a segment symbols
+    go in pairs (state 0, state 1) as in :func:`decode_words`, so the two dependency chains overlap.
     """
     x0 = np.uint64(state0)
     x1 = np.uint64(state1)
     mask = np.uint64((1 << precision) - 1)
     p = np.uint64(precision)
     low = np.uint64(RANS_L)
+    sixteen = np.uint64(16)
     nwords = words.shape[0]
     ntables = luts.shape[0]
     pos = 0
@@ -163,20 +180,36 @@ def decode_words_tables(state0: int, state1: int, words: np.ndarray, luts: np.nd
             seg += 1
             if t >= ntables:
                 return x0, x1, pos, 2
-            for _ in range(run_length[r]):
-                x = x1 if i & 1 else x0
-                slot = x & mask
-                s = luts[t, slot]
-                out[i] = alphabet[s]
-                x = np.uint64(freqs[t, s]) * (x >> p) + slot - np.uint64(cums[t, s])
-                if x < low:
+            lut, freq, cum = luts[t], freqs[t], cums[t]  # 1-D views: cheaper indexing in the inner loop
+            end = i + run_length[r]
+            if i & 1 and i < end:
+                x1, pos = _step(x1, lut, freq, cum, alphabet, mask, p, out, i, words, pos)
+                if pos < 0:
+                    return x0, x1, 0, 1
+                i += 1
+            while i + 1 < end:  # the pair written out (as in decode_words): both decodes before either refill
+                slot0 = x0 & mask
+                slot1 = x1 & mask
+                s0 = lut[slot0]
+                s1 = lut[slot1]
+                out[i] = alphabet[s0]
+                out[i + 1] = alphabet[s1]
+                x0 = np.uint64(freq[s0]) * (x0 >> p) + slot0 - np.uint64(cum[s0])
+                x1 = np.uint64(freq[s1]) * (x1 >> p) + slot1 - np.uint64(cum[s1])
+                if x0 < low:
                     if pos >= nwords:
-                        return x0, x1, pos, 1
-                    x = (x << np.uint64(16)) | np.uint64(words[pos])
+                        return x0, x1, 0, 1
+                    x0 = (x0 << sixteen) | np.uint64(words[pos])
                     pos += 1
-                if i & 1:
-                    x1 = x
-                else:
-                    x0 = x
+                if x1 < low:
+                    if pos >= nwords:
+                        return x0, x1, 0, 1
+                    x1 = (x1 << sixteen) | np.uint64(words[pos])
+                    pos += 1
+                i += 2
+            if i < end:
+                x0, pos = _step(x0, lut, freq, cum, alphabet, mask, p, out, i, words, pos)
+                if pos < 0:
+                    return x0, x1, 0, 1
                 i += 1
     return x0, x1, pos, 0
