@@ -326,14 +326,8 @@ def _rle_lengths(lens: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def deflate_literals(tokens: np.ndarray) -> bytes:
-    """One final dynamic-Huffman DEFLATE block holding ``tokens`` (uint8) as literals, then end-of-block."""
-    tokens = np.asarray(tokens, dtype=np.uint8)
-    counts = np.bincount(tokens, minlength=257).astype(np.int64)
-    counts[256] = 1  # end-of-block
-    lens = code_lengths(counts, HUFFMAN_MAX_BITS)
-    assert int((np.int64(1) << (HUFFMAN_MAX_BITS - lens[lens > 0])).sum()) == 1 << HUFFMAN_MAX_BITS  # complete
-    codes = canonical_codes(lens)
+def _deflate_header(lens: np.ndarray) -> tuple[list[int], list[int]]:
+    """(values, widths) of the dynamic block header that describes literal code lengths ``lens`` (257 entries)."""
     # 257 literal/length code lengths (no length codes used) and a single distance code of length 0 ("no distances").
     seq = _rle_lengths([int(x) for x in lens[:257]] + [0])
     cl_lens = code_lengths(np.bincount([s for s, _, _ in seq], minlength=19), 7)
@@ -349,6 +343,23 @@ def deflate_literals(tokens: np.ndarray) -> bytes:
     for s, extra, extra_bits in seq:
         head_v += [int(cl_codes[s]), extra]
         head_w += [int(cl_lens[s]), extra_bits]
+    return head_v, head_w
+
+
+def _literal_lengths(tokens: np.ndarray) -> np.ndarray:
+    counts = np.bincount(tokens, minlength=257).astype(np.int64)
+    counts[256] = 1  # end-of-block
+    return code_lengths(counts, HUFFMAN_MAX_BITS)
+
+
+def deflate_literals(tokens: np.ndarray) -> bytes:
+    """One final dynamic-Huffman DEFLATE block holding ``tokens`` (uint8) as literals, then end-of-block."""
+    tokens = np.asarray(tokens, dtype=np.uint8)
+    lens = _literal_lengths(tokens)
+    assert int((np.int64(1) << (HUFFMAN_MAX_BITS - lens[lens > 0])).sum()) == 1 << HUFFMAN_MAX_BITS  # complete
+    codes = canonical_codes(lens)
+    # 257 literal/length code lengths (no length codes used) and a single distance code of length 0 ("no distances").
+    head_v, head_w = _deflate_header(lens)
     bw = BitWriter()
     bw.write(head_v, head_w)
     for i in range(0, len(tokens), _ENCODE_CHUNK):
@@ -415,6 +426,19 @@ def _pack_table(alphabet: np.ndarray, m: int) -> np.ndarray:
     return alphabet[(t // (k ** np.arange(m, dtype=np.int64))) % k]
 
 
+def _pack_tokens(x: np.ndarray, alphabet: np.ndarray, m: int) -> np.ndarray:
+    """uint8 literals of m symbols each (ranks in ``alphabet``, base k, first symbol lowest), tail padded with rank 0."""
+    k = len(alphabet)
+    rank = np.zeros(256, dtype=np.uint8)
+    rank[alphabet] = np.arange(k)
+    r = np.zeros((-(-x.size // m), m), dtype=np.uint8)  # last literal padded with rank 0
+    r.reshape(-1)[:x.size] = rank[x]
+    tokens = np.zeros(len(r), dtype=np.uint16)
+    for i in range(m):
+        tokens += r[:, i].astype(np.uint16) * np.uint16(k ** i)  # < k**m <= 256
+    return tokens.astype(np.uint8)
+
+
 def _huffman_encode(symbols: bytes, **_: Any) -> bytes:
     x = np.frombuffer(bytes(symbols), dtype=np.uint8)
     if x.size == 0:
@@ -428,14 +452,7 @@ def _huffman_encode(symbols: bytes, **_: Any) -> bytes:
     if k <= 16:
         alphabet = np.flatnonzero(present).astype(np.uint8)
         m = _pack_width(k)
-        rank = np.zeros(256, dtype=np.uint8)
-        rank[alphabet] = np.arange(k)
-        r = np.zeros((-(-x.size // m), m), dtype=np.uint8)  # last literal padded with rank 0
-        r.reshape(-1)[:x.size] = rank[x]
-        tokens = np.zeros(len(r), dtype=np.uint16)
-        for i in range(m):
-            tokens += r[:, i].astype(np.uint16) * np.uint16(k ** i)  # < k**m <= 256
-        packed = bytes([m]) + count + bytes([k]) + alphabet.tobytes() + deflate_literals(tokens.astype(np.uint8))
+        packed = bytes([m]) + count + bytes([k]) + alphabet.tobytes() + deflate_literals(_pack_tokens(x, alphabet, m))
         if len(packed) < len(best):
             best = packed
     return best
@@ -979,3 +996,50 @@ def encode_auto(symbols: bytes, zstd_level: int = 19, itemsize: int = 1,
     smallest = min(len(p) for _, p in results)
     near = [(c, p) for c, p in results if len(p) * den <= smallest * (den + num) or len(p) <= smallest + min_saving]
     return min(near, key=lambda cp: (cp[0].speed, len(cp[1]), cp[0].id))
+
+
+def model_bytes(coder: Coder, payload: bytes, symbols: bytes) -> int:
+    """Bytes of ``payload`` that describe the model (heads, alphabets, frequency tables, Huffman code lengths, segment
+    runs and table indices) rather than the data; ``symbols`` is what the payload decodes to.
+
+    For statistics only (the "plus tables" part of the order-0 comparison): exact for ``rans``, ``rans16``,
+    ``rans16ch`` and ``huffman`` (its DEFLATE header recomputed from the symbols, the encoder being deterministic);
+    0 for coders without a separate model (``raw``, ``zstd``, ``planes``).
+    """
+    try:
+        if coder.name == "rans":
+            _, k1, _ = _RANS_HEAD.unpack_from(payload, 0)
+            return _rans_read_table(payload, _RANS_HEAD.size, k1 + 1, payload[0])[2]
+        if coder.name in ("rans16", "rans16ch"):
+            k = payload[1] + 1
+            _, pos = _read_uleb(payload, 2, "")
+            if coder.name == "rans16":
+                return _rans_read_table(payload, pos, k, payload[0])[2]
+            _, pos = _read_alphabet(payload, pos, k)
+            if k == 1:
+                return pos
+            tables, pos = payload[pos], pos + 1
+            for _ in range(tables):
+                pos = _read_freq_field(payload, pos, k, payload[0])[1]
+            nruns, pos = _read_uleb(payload, pos, "")
+            nseg = 0
+            for _ in range(nruns):
+                c, pos = _read_uleb(payload, pos, "")
+                pos = _read_uleb(payload, pos, "")[1]
+                nseg += c
+            return pos + ((nseg * (tables - 1).bit_length() + 7) >> 3)
+        if coder.name == "huffman":
+            m = payload[0]
+            _, pos = _read_uleb(payload, 1, "")
+            if m == 0:
+                return len(payload)
+            x = np.frombuffer(bytes(symbols), dtype=np.uint8)
+            tokens = x
+            if m >= 2:
+                alphabet = np.flatnonzero(np.bincount(x, minlength=256)).astype(np.uint8)
+                tokens = _pack_tokens(x, alphabet, m)
+                pos += 1 + len(alphabet)
+            return pos + (sum(_deflate_header(_literal_lengths(tokens))[1]) + 7) // 8
+    except (ContainerError, IndexError, struct.error, ValueError):
+        return 0
+    return 0

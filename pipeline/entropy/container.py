@@ -64,7 +64,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline.artifacts import atomic_write_bytes
-from pipeline.entropy.coders import CODERS, Coder, coder_by_id, encode_auto, order0_entropy
+from pipeline.entropy.coders import CODERS, Coder, coder_by_id, encode_auto, model_bytes, order0_entropy
 from pipeline.entropy.grouping import STREAM_RECORD_BYTES, plan_streams, plane_histograms
 from pipeline.errors import ContainerError, InputError, ValidationError
 
@@ -554,7 +554,8 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
     Returns:
         ``{"file", "size_bytes", "onnx_bytes", "tensors": [{"name", "dtype", "stored_dtype", "numel", "stream", "coder",
         "bytes", "bits_per_weight", "entropy_bits_per_symbol", "is_weight"}], "streams": [{"coder", "records", "nbytes",
-        "bytes"}], "total_bits_per_weight", "order0_bits_per_weight", "weight_numel", "decode_mb_s", "read_mb_s",
+        "bytes", "table_bytes"}], "total_bits_per_weight", "order0_bits_per_weight", "table_bits_per_weight",
+        "weight_numel", "decode_mb_s", "read_mb_s",
         "decode_mb_s_by_coder", "coders_used", "kept_inline"}``. A tensor's ``bytes`` is its share of its stream (see
         ``_apportion``; exact for a stream of one). Bits per weight are over the 8-bit weight tensors (NaN when the
         model has none); the order-0 bound is each weight tensor's own empirical entropy, so pooled streams are held
@@ -626,11 +627,13 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
     tensor_bytes = sum(st.nbytes for st in tensor_streams)
 
     share: dict[int, tuple[int, float]] = {}
+    table_bytes = []
     for j, st in enumerate(streams):
+        table_bytes.append(model_bytes(st.coder, st.payload, b"".join(items[i].raw for i in st.members)))
         for i, b in zip(st.members, _apportion(items, st)):
             share[i] = (j, b)
     tensors = []
-    w_bits = w_h = 0.0
+    w_bits = w_h = w_table = 0.0
     w_numel = 0
     for i, it in enumerate(items[1:], start=1):
         numel = int(it.arr.size)
@@ -645,6 +648,9 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
             w_bits += bits
             w_numel += numel
             w_h += h * numel
+            # The stream's model bytes, split like its payload (a tensor alone in its stream pays its whole table).
+            st_bits = 8.0 * len(streams[j].payload)
+            w_table += 8.0 * table_bytes[j] * (bits / st_bits if st_bits else 0.0)
     total_raw = sum(st.nbytes for st in streams)
     return {
         "file": str(out_path),
@@ -652,10 +658,11 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
         "onnx_bytes": onnx_path.stat().st_size,
         "tensors": tensors,
         "streams": [{"coder": st.coder.name, "records": len(st.members), "nbytes": st.nbytes,
-                     "bytes": len(st.payload)} for st in streams],
+                     "bytes": len(st.payload), "table_bytes": tb} for st, tb in zip(streams, table_bytes)],
         "weight_numel": w_numel,
         "total_bits_per_weight": w_bits / w_numel if w_numel else float("nan"),
         "order0_bits_per_weight": w_h / w_numel if w_numel else float("nan"),
+        "table_bits_per_weight": w_table / w_numel if w_numel else float("nan"),
         "decode_mb_s": tensor_bytes / 1e6 / decode_s if decode_s > 0 else float("inf"),
         "read_mb_s": total_raw / 1e6 / read_s if read_s > 0 else float("inf"),
         "decode_mb_s_by_coder": {k: (v[0] / 1e6 / v[1] if v[1] > 0 else float("inf")) for k, v in by_coder_s.items()},

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper, numpy_helper
 
 from pipeline.entropy.container import pack_onnx, read_container, unpack_to_onnx
-from pipeline.entropy.grouping import plan_streams, plane_histograms, stream_cost_bits
+from pipeline.entropy.coders import CODERS, model_bytes
+from pipeline.entropy.grouping import plan_streams, plane_histograms, stream_cost_bits, table_bytes
 
 
 def grid4(n: int, seed: int, spread: float = 2.5) -> np.ndarray:
@@ -47,10 +49,22 @@ def test_different_statistics_and_item_sizes_stay_apart() -> None:
 
 def test_cost_model_counts_entropy_and_tables() -> None:
     a = plane_histograms(bytes([1, 2] * 500), 1)
+    # 1 bit per symbol + one 2-symbol table (precision 8: a 4-bit length and ~6 mantissa bits per frequency)
     assert np.isclose(stream_cost_bits(a[None])[0] - stream_cost_bits(np.zeros_like(a)[None])[0],
-                      1000 + 8 * (12 + 2.2 * 2))  # 1 bit per symbol + one 2-symbol table
+                      1000 + 8 * (12 + 2 + 2 * 10 / 8))
     b = plane_histograms(np.arange(300, dtype=np.uint16).tobytes(), 2)
     assert b.shape == (2, 256) and b[1, 0] == 256 and b[1, 1] == 44  # high byte plane of 0..299
+
+
+@pytest.mark.parametrize("bits,n", [(4, 512), (4, 2304), (8, 144), (8, 2304), (8, 20000)])
+def test_table_estimate_tracks_the_real_rans16_tables(bits: int, n: int) -> None:
+    lvl = 2 ** (bits - 1) - 1
+    r = np.random.default_rng(n)
+    x = np.clip(np.round(r.laplace(0, lvl / 4, n)), -lvl, lvl).astype(np.int8).tobytes()
+    c = CODERS.get("rans16")
+    real = model_bytes(c, c.encode(x), x)
+    est = float(table_bytes(len(set(x)), n)) - 8  # the estimate also counts the two final 4-byte states
+    assert 0.8 * real < est < 1.2 * real
 
 
 def test_pooling_brings_small_models_to_the_order0_bound(tmp_path: Path) -> None:
