@@ -336,6 +336,7 @@ def bench_storage(quick: bool = False, root: Path = Path("artifacts")) -> Table:
             "acc original": acc0, "acc unpacked": acc1,
             "drop (points)": round(100 * (acc0 - acc1), 2) if acc0 is not None and acc1 is not None else None,
             "bits/weight": c.get("total_bits_per_weight"), "order-0 bound": c.get("order0_bits_per_weight"),
+            "of which tables": c.get("table_bits_per_weight"),
             "decode MB/s": c.get("decode_mb_s"), "read MB/s": c.get("read_mb_s"), "streams": c.get("streams"),
         })
     return {
@@ -346,12 +347,14 @@ def bench_storage(quick: bool = False, root: Path = Path("artifacts")) -> Table:
                     "after a quantization-aware finetune (qat_epochs: vgg11 2 on digits, 4 on shapes; resnets 3); "
                     "'fp32 ONNX' is the original model",
         "columns": ["model", "data", "config", "fp32 ONNX KB", "int8 ONNX KB", "container KB", "ratio vs fp32",
-                    "acc original", "acc unpacked", "drop (points)", "bits/weight", "order-0 bound", "decode MB/s",
+                    "acc original", "acc unpacked", "drop (points)", "bits/weight", "order-0 bound", "of which tables",
+                    "decode MB/s",
                     "read MB/s", "streams"],
         "rows": rows,
         "notes": ["accuracy of 'unpacked' is the model `lowrank-deploy unpack` rebuilds from the container",
                   "bits/weight = coded weight bits per weight (tables included; a tensor in a pooled stream counts its "
-                  "share of the stream), next to the sum of each weight tensor's own empirical order-0 entropy; "
+                  "share of the stream), next to the sum of each weight tensor's own empirical order-0 entropy; 'of "
+                  "which tables' = the part of bits/weight spent on frequency tables / code lengths; "
                   "'container KB' counts every byte (graph, scales, biases, headers)",
                   "decode MB/s = decoded tensor bytes per second of decoding their streams (tables included); read "
                   "MB/s = all decoded bytes (graph too) per second of whole-file reads (sha256, header checks, CRC32 "

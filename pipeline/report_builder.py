@@ -150,8 +150,8 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         "headline": headline,
         "variants": variants,
         "container": {"file": "weights.lrdc", "size_bytes": int(container.stat().st_size), **{
-            k: v for k, v in ent.items() if k in ("coder", "total_bits_per_weight", "order0_bits_per_weight", "decode_mb_s",
-                                                  "read_mb_s")}, "streams": len(ent.get("streams", []))},
+            k: v for k, v in ent.items() if k in ("coder", "total_bits_per_weight", "order0_bits_per_weight",
+                                                  "table_bits_per_weight", "decode_mb_s", "read_mb_s")}, "streams": len(ent.get("streams", []))},
         "layers": json.loads((ctx.inputs["factorize"].dir / "layers.json").read_text()),
         "node_profile": node_profile,
         "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images")},

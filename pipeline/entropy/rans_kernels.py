@@ -19,10 +19,26 @@ All arithmetic is on unsigned integers, so the coded bytes are the same on every
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
-from numba import njit
+from numba import njit as _njit
 
 RANS_L = 1 << 16  # lower bound of the normalised state interval
+
+
+def njit(**opts: Any) -> Callable[[Callable[..., Any]], Any]:
+    """numba.njit that caches compiled code when it can, and still compiles when it cannot.
+
+    numba refuses ``cache=True`` outright (RuntimeError at decoration) when neither this package's folder nor a user
+    cache folder is writable, e.g. a read-only install without a home directory; then each process compiles once.
+    """
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return _njit(**opts)(fn)
+        except RuntimeError:
+            return _njit(**{**opts, "cache": False})(fn)
+    return wrap
 
 
 @njit(cache=True, nogil=True)
