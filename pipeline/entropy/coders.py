@@ -77,6 +77,7 @@ specified bit-exactly by RFC 1951.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -420,10 +421,19 @@ def _pack_width(k: int) -> int:
 
 
 def _pack_table(alphabet: np.ndarray, m: int) -> np.ndarray:
-    """(k**m, m) uint8: literal -> its m symbols."""
-    k = len(alphabet)
+    """(k**m, m) uint8: literal -> its m symbols (read-only; cached, since a small stream would spend most of its
+    decoding time building it)."""
+    return _pack_table_cached(bytes(alphabet), m)
+
+
+@functools.lru_cache(maxsize=256)
+def _pack_table_cached(alphabet: bytes, m: int) -> np.ndarray:
+    a = np.frombuffer(alphabet, dtype=np.uint8)
+    k = len(a)
     t = np.arange(k ** m, dtype=np.int64)[:, None]
-    return alphabet[(t // (k ** np.arange(m, dtype=np.int64))) % k]
+    table = a[(t // (k ** np.arange(m, dtype=np.int64))) % k]
+    table.flags.writeable = False
+    return table
 
 
 def _pack_tokens(x: np.ndarray, alphabet: np.ndarray, m: int) -> np.ndarray:
@@ -484,9 +494,10 @@ def _huffman_decode(payload: bytes, n: int) -> bytes:
         raise ContainerError(f"huffman packed payload: alphabet size {k} does not pack {m} symbols per literal")
     if len(payload) < pos + 1 + k:
         raise ContainerError("huffman packed payload is shorter than its alphabet")
-    alphabet = np.frombuffer(payload, dtype=np.uint8, count=k, offset=pos + 1)
-    if not (np.diff(alphabet.astype(np.int16)) > 0).all():
+    raw = payload[pos + 1:pos + 1 + k]
+    if any(a >= b for a, b in zip(raw, raw[1:])):
         raise ContainerError("huffman alphabet is not strictly increasing")
+    alphabet = np.frombuffer(raw, dtype=np.uint8)
     count = -(-n // m)
     tokens = np.frombuffer(inflate_exact(payload[pos + 1 + k:], count), dtype=np.uint8)
     if int(tokens.max()) >= k ** m:
@@ -594,10 +605,10 @@ def _read_alphabet(payload: bytes, pos: int, k: int) -> tuple[np.ndarray, int]:
     if k <= 32:
         if len(payload) < pos + k:
             raise ContainerError(f"rANS payload ({len(payload)} bytes) shorter than its {k}-symbol alphabet")
-        alphabet = np.frombuffer(payload, dtype=np.uint8, count=k, offset=pos)
-        if k > 1 and not (np.diff(alphabet.astype(np.int16)) > 0).all():
+        raw = payload[pos:pos + k]
+        if any(a >= b for a, b in zip(raw, raw[1:])):  # plain bytes: cheaper than numpy for <= 32 values
             raise ContainerError("rANS symbols are not strictly increasing")
-        return alphabet, pos + k
+        return np.frombuffer(raw, dtype=np.uint8), pos + k
     if len(payload) < pos + 32:
         raise ContainerError("rANS payload is shorter than its alphabet bitmap")
     present = np.unpackbits(np.frombuffer(payload, dtype=np.uint8, count=32, offset=pos), bitorder="little")
@@ -609,36 +620,20 @@ def _read_alphabet(payload: bytes, pos: int, k: int) -> tuple[np.ndarray, int]:
 
 def _read_freq_field(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.ndarray, int]:
     """Parse k frequencies summing to 2**precision at ``pos``; return (frequencies, end position), validated."""
-    total = 1 << precision
+    from pipeline.entropy import rans_kernels
+
     if k == 1:
-        return np.array([total], dtype=np.int64), pos
-    nib_bytes = (4 * (k - 1) + 7) >> 3
-    if len(payload) < pos + nib_bytes:
+        return np.array([1 << precision], dtype=np.int64), pos
+    # Compiled: a Python loop over the fields costs ~20 us for an 8-bit alphabet, which dominated small streams.
+    out = np.empty(k, dtype=np.int64)
+    end = rans_kernels.read_freq_field(np.frombuffer(payload, dtype=np.uint8), pos, k, precision, out)
+    if end == -1:
         raise ContainerError("rANS payload is shorter than its frequency table")
-    # Python integers, not numpy: a table is at most a few hundred short fields, and per-call numpy overhead
-    # (~100 us for the bit-array route) would dominate decoding the small streams of a small model.
-    nibbles = int.from_bytes(payload[pos:pos + nib_bytes], "little")
-    lengths = [(nibbles >> (4 * i)) & 15 for i in range(k - 1)]
-    nbits = 4 * (k - 1) + sum(max(L - 1, 0) for L in lengths)
-    nbytes = (nbits + 7) >> 3
-    if len(payload) < pos + nbytes:
-        raise ContainerError("rANS payload is shorter than its frequency table")
-    field = int.from_bytes(payload[pos:pos + nbytes], "little")
-    if field >> nbits:
+    if end == -2:
         raise ContainerError("rANS frequency table has non-zero padding bits")
-    f = []
-    at = 4 * (k - 1)
-    for L in lengths:
-        if L == 0:
-            f.append(1)
-            continue
-        w = L - 1
-        f.append((1 << w) + ((field >> at) & ((1 << w) - 1)) + 1)
-        at += w
-    last = total - sum(f)
-    if last < 1:
+    if end == -3:
         raise ContainerError(f"rANS frequencies must be >= 1 and sum to 2**{precision}")
-    return np.array([*f, last], dtype=np.int64), pos + nbytes
+    return out, end
 
 
 def _rans_read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -736,12 +731,13 @@ def _rans16_decode(payload: bytes, n: int) -> bytes:
     if rest < 8 or rest % 2:
         raise ContainerError(f"rans16 stream of {rest} bytes is not two 4-byte states plus 16-bit words")
     s0, s1 = struct.unpack_from("<II", payload, table_end)
-    words = np.frombuffer(payload, dtype="<u2", offset=table_end + 8).astype(np.uint16)
-    lut = np.repeat(np.arange(k, dtype=np.uint8), freqs)
-    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]]).astype(np.uint32)
+    words = np.frombuffer(payload, dtype="<u2", offset=table_end + 8)
+    lut = np.empty(1 << precision, dtype=np.uint8)
+    cums = np.empty(k, dtype=np.int64)
+    rans_kernels.build_tables(freqs, precision, lut, cums)
     out = np.empty(n, dtype=np.uint8)
-    f0, f1, used = rans_kernels.decode_words(s0, s1, words, lut, freqs.astype(np.uint32), cums,
-                                             np.ascontiguousarray(alphabet), precision, out)
+    f0, f1, used = rans_kernels.decode_words(s0, s1, words, lut, freqs, cums, np.ascontiguousarray(alphabet),
+                                             precision, out)
     if used > len(words):
         raise ContainerError("rans16 stream ends before its symbols do (truncated or corrupt)")
     if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
@@ -905,13 +901,15 @@ def _rans16ch_decode(payload: bytes, n: int) -> bytes:
     if rest < 8 or rest % 2:
         raise ContainerError(f"rans16ch stream of {rest} bytes is not two 4-byte states plus 16-bit words")
     s0, s1 = struct.unpack_from("<II", payload, pos)
-    words = np.frombuffer(payload, dtype="<u2", offset=pos + 8).astype(np.uint16)
+    words = np.frombuffer(payload, dtype="<u2", offset=pos + 8)
     f2 = np.stack(freqs)
-    luts = np.stack([np.repeat(np.arange(k, dtype=np.uint8), f) for f in freqs])
-    cums = np.concatenate([np.zeros((tables, 1), np.int64), np.cumsum(f2, 1)[:, :-1]], 1).astype(np.uint32)
+    luts = np.empty((tables, 1 << precision), dtype=np.uint8)
+    cums = np.empty((tables, k), dtype=np.int64)
+    for t in range(tables):
+        rans_kernels.build_tables(f2[t], precision, luts[t], cums[t])
     out = np.empty(n, dtype=np.uint8)
     f0, f1, used, status = rans_kernels.decode_words_tables(
-        s0, s1, words, luts, f2.astype(np.uint32), cums, np.ascontiguousarray(alphabet), precision,
+        s0, s1, words, luts, f2, cums, np.ascontiguousarray(alphabet), precision,
         np.array(counts, dtype=np.int64), np.array(lengths, dtype=np.int64), index, b, out)
     if status == 2:
         raise ContainerError(f"rans16ch: a segment names a table beyond its {tables}")

@@ -229,3 +229,63 @@ def decode_words_tables(state0: int, state1: int, words: np.ndarray, luts: np.nd
                     return x0, x1, 0, 1
                 i += 1
     return x0, x1, pos, 0
+
+
+# ------------------------------------------------------------------------------------------ table parsing
+@njit(cache=True, nogil=True)
+def read_freq_field(buf: np.ndarray, pos: int, k: int, precision: int, out: np.ndarray) -> int:  # pragma: no cover
+    """Parse the frequency field of k symbols at byte ``pos`` of ``buf`` into ``out`` (int64, length k).
+
+    The layout (coders module): k - 1 4-bit lengths L, then for each symbol the L - 1 low bits of f - 1 (none when
+    L <= 1; L = 0 means f = 1), zero-padded to a byte; the last frequency is 2**precision minus the others. Returns the
+    end position, or -1 (truncated), -2 (non-zero padding), -3 (frequencies do not leave the last one >= 1).
+    """
+    n = buf.shape[0]
+    nib_bytes = (4 * (k - 1) + 7) >> 3
+    if pos + nib_bytes > n:
+        return -1
+    nbits = 4 * (k - 1)
+    for i in range(k - 1):
+        b = np.int64(buf[pos + (i >> 1)])
+        L = (b >> 4) if i & 1 else (b & 15)
+        if L > 1:
+            nbits += L - 1
+    nbytes = (nbits + 7) >> 3
+    if pos + nbytes > n:
+        return -1
+    if nbits & 7 and np.int64(buf[pos + nbytes - 1]) >> (nbits & 7):
+        return -2
+    at = 4 * (k - 1)
+    total = 0
+    for i in range(k - 1):
+        b = np.int64(buf[pos + (i >> 1)])
+        L = (b >> 4) if i & 1 else (b & 15)
+        if L == 0:
+            f = 1
+        else:
+            w = L - 1
+            mant = 0
+            for j in range(w):
+                bit = at + j
+                mant |= ((np.int64(buf[pos + (bit >> 3)]) >> (bit & 7)) & 1) << j
+            f = (1 << w) + mant + 1
+            at += w
+        out[i] = f
+        total += f
+    last = (1 << precision) - total
+    if last < 1:
+        return -3
+    out[k - 1] = last
+    return pos + nbytes
+
+
+@njit(cache=True, nogil=True)
+def build_tables(freqs: np.ndarray, precision: int, lut: np.ndarray, cums: np.ndarray) -> None:  # pragma: no cover
+    """Fill the slot -> symbol lookup table (2**precision entries) and the cumulative frequencies."""
+    c = 0
+    for s in range(freqs.shape[0]):
+        cums[s] = c
+        f = np.int64(freqs[s])
+        for j in range(f):
+            lut[c + j] = s
+        c += f
