@@ -686,9 +686,60 @@ CODERS.add("rans", Coder("rans", 2, _rans_encode, _rans_decode, speed=1))
 
 
 # --------------------------------------------------------------------------------------------- rans16 (compiled)
-def _rans16_encode(symbols: bytes, **_: Any) -> bytes:
+def _rans16_head(payload: bytes, n: int, name: str) -> tuple[int, int, np.ndarray, int]:
+    """Validate the head shared by ``rans16`` and ``rans16ch``: (precision, k, alphabet, position after it)."""
+    if len(payload) < 3:
+        raise ContainerError(f"{name} payload too short for its head ({len(payload)} bytes)")
+    precision, k = payload[0], payload[1] + 1
+    if not 8 <= precision <= RANS_PRECISION:
+        raise ContainerError(f"{name} precision {precision} outside 8..{RANS_PRECISION}")
+    count, pos = _read_uleb(payload, 2, f"{name} payload")
+    if count != n:
+        raise ContainerError(f"{name} payload holds {count} symbols, container record says {n}")
+    alphabet, pos = _read_alphabet(payload, pos, k)
+    return precision, k, alphabet, pos
+
+
+def _rans16_words(freqs: np.ndarray, ranks: np.ndarray, tables: np.ndarray, precision: int) -> bytes:
+    """The coded part shared by ``rans16`` and ``rans16ch``: two final states, then the words in decode order."""
     from pipeline.entropy import rans_kernels
 
+    cums = np.concatenate([np.zeros((len(freqs), 1), np.int64), np.cumsum(freqs, 1)[:, :-1]], 1)
+    words = np.empty(ranks.size + 1, dtype=np.uint16)  # at most one word per symbol
+    s0, s1, first = rans_kernels.encode_words(ranks.astype(np.uint8), tables.astype(np.uint8), freqs, cums,
+                                              precision, words)
+    return struct.pack("<II", int(s0), int(s1)) + words[first:].astype("<u2").tobytes()
+
+
+def _rans16_decode_words(payload: bytes, pos: int, n: int, name: str, alphabet: np.ndarray, freqs: list[np.ndarray],
+                         precision: int, counts: list[int], lengths: list[int], index: np.ndarray, bits: int) -> bytes:
+    """Decode the coded part at ``pos`` with tables ``freqs`` and segments (runs, packed table indices); validated."""
+    from pipeline.entropy import rans_kernels
+
+    rest = len(payload) - pos
+    if rest < 8 or rest % 2:
+        raise ContainerError(f"{name} stream of {rest} bytes is not two 4-byte states plus 16-bit words")
+    s0, s1 = struct.unpack_from("<II", payload, pos)
+    words = np.frombuffer(payload, dtype="<u2", offset=pos + 8)
+    f2 = np.stack(freqs)
+    luts = np.empty((len(freqs), 1 << precision), dtype=np.uint8)
+    cums = np.empty(f2.shape, dtype=np.int64)
+    for t in range(len(freqs)):
+        rans_kernels.build_tables(f2[t], precision, luts[t], cums[t])
+    out = np.empty(n, dtype=np.uint8)
+    f0, f1, used, status = rans_kernels.decode_words(
+        s0, s1, words, luts, f2, cums, np.ascontiguousarray(alphabet), precision,
+        np.array(counts, dtype=np.int64), np.array(lengths, dtype=np.int64), index, bits, out)
+    if status == 2:
+        raise ContainerError(f"{name}: a segment names a table beyond its {len(freqs)}")
+    if status == 1:
+        raise ContainerError(f"{name} stream ends before its symbols do (truncated or corrupt)")
+    if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
+        raise ContainerError(f"{name} stream not fully consumed after {n} symbols (corrupt or wrong length)")
+    return out.tobytes()
+
+
+def _rans16_encode(symbols: bytes, **_: Any) -> bytes:
     x = np.frombuffer(bytes(symbols), dtype=np.uint8)
     if x.size == 0:
         return b""
@@ -701,48 +752,23 @@ def _rans16_encode(symbols: bytes, **_: Any) -> bytes:
         return head
     lut = np.zeros(256, dtype=np.int64)
     lut[alphabet] = np.arange(len(alphabet))
-    cums = np.concatenate([[0], np.cumsum(freqs)[:-1]]).astype(np.uint32)
-    words = np.empty(x.size + 1, dtype=np.uint16)  # at most one word per symbol
-    s0, s1, first = rans_kernels.encode_words(lut[x].astype(np.uint8), freqs.astype(np.uint32), cums, p, words)
-    return head + struct.pack("<II", int(s0), int(s1)) + words[first:].astype("<u2").tobytes()
+    return head + _rans16_words(freqs[None], lut[x], np.zeros(x.size, np.uint8), p)
 
 
 def _rans16_decode(payload: bytes, n: int) -> bytes:
-    from pipeline.entropy import rans_kernels
-
     if n == 0:
         if payload:
             raise ContainerError(f"rans16 payload for 0 symbols must be empty, has {len(payload)} bytes")
         return b""
-    if len(payload) < 3:
-        raise ContainerError(f"rans16 payload too short for its table header ({len(payload)} bytes)")
-    precision, k = payload[0], payload[1] + 1
-    if not 8 <= precision <= RANS_PRECISION:
-        raise ContainerError(f"rans16 precision {precision} outside 8..{RANS_PRECISION}")
-    count, pos = _read_uleb(payload, 2, "rans16 payload")
-    if count != n:
-        raise ContainerError(f"rans16 payload holds {count} symbols, container record says {n}")
-    alphabet, freqs, table_end = _rans_read_table(payload, pos, k, precision)
-    rest = len(payload) - table_end
+    precision, k, alphabet, pos = _rans16_head(payload, n, "rans16")
+    freqs, pos = _read_freq_field(payload, pos, k, precision)
     if k == 1:
-        if rest:
-            raise ContainerError(f"rans16 one-symbol payload has {rest} unexpected trailing bytes")
+        if pos != len(payload):
+            raise ContainerError(f"rans16 one-symbol payload has {len(payload) - pos} unexpected trailing bytes")
         return bytes(alphabet) * n
-    if rest < 8 or rest % 2:
-        raise ContainerError(f"rans16 stream of {rest} bytes is not two 4-byte states plus 16-bit words")
-    s0, s1 = struct.unpack_from("<II", payload, table_end)
-    words = np.frombuffer(payload, dtype="<u2", offset=table_end + 8)
-    lut = np.empty(1 << precision, dtype=np.uint8)
-    cums = np.empty(k, dtype=np.int64)
-    rans_kernels.build_tables(freqs, precision, lut, cums)
-    out = np.empty(n, dtype=np.uint8)
-    f0, f1, used = rans_kernels.decode_words(s0, s1, words, lut, freqs, cums, np.ascontiguousarray(alphabet),
-                                             precision, out)
-    if used > len(words):
-        raise ContainerError("rans16 stream ends before its symbols do (truncated or corrupt)")
-    if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
-        raise ContainerError(f"rans16 stream not fully consumed after {n} symbols (corrupt or wrong length)")
-    return out.tobytes()
+    # One table, one segment of all n symbols.
+    return _rans16_decode_words(payload, pos, n, "rans16", alphabet, [freqs], precision, [1], [n],
+                                np.zeros(0, np.uint8), 0)
 
 
 CODERS.add("rans16", Coder("rans16", 5, _rans16_encode, _rans16_decode, speed=0))
@@ -815,8 +841,6 @@ def _fit_tables(ranks: np.ndarray, k: int, seg_len: np.ndarray, precision: int) 
 
 
 def _rans16ch_encode(symbols: bytes, segments: Any = None, **_: Any) -> bytes:
-    from pipeline.entropy import rans_kernels
-
     x = np.frombuffer(bytes(symbols), dtype=np.uint8)
     if x.size == 0:
         return b""
@@ -839,29 +863,15 @@ def _rans16ch_encode(symbols: bytes, segments: Any = None, **_: Any) -> bytes:
     head += _uleb(len(runs)) + b"".join(_uleb(c) + _uleb(m) for c, m in runs)
     if b:
         head += pack_bits(assign, np.full(len(assign), b))
-    cums = np.concatenate([np.zeros((tables, 1), np.int64), np.cumsum(freqs, 1)[:, :-1]], 1).astype(np.uint32)
-    words = np.empty(x.size + 1, dtype=np.uint16)
-    s0, s1, first = rans_kernels.encode_words_tables(ranks.astype(np.uint8), np.repeat(assign, seg_len).astype(np.uint8),
-                                                     freqs.astype(np.uint32), cums, p, words)
-    return head + struct.pack("<II", int(s0), int(s1)) + words[first:].astype("<u2").tobytes()
+    return head + _rans16_words(freqs, ranks, np.repeat(assign, seg_len), p)
 
 
 def _rans16ch_decode(payload: bytes, n: int) -> bytes:
-    from pipeline.entropy import rans_kernels
-
     if n == 0:
         if payload:
             raise ContainerError(f"rans16ch payload for 0 symbols must be empty, has {len(payload)} bytes")
         return b""
-    if len(payload) < 3:
-        raise ContainerError(f"rans16ch payload too short for its head ({len(payload)} bytes)")
-    precision, k = payload[0], payload[1] + 1
-    if not 8 <= precision <= RANS_PRECISION:
-        raise ContainerError(f"rans16ch precision {precision} outside 8..{RANS_PRECISION}")
-    count, pos = _read_uleb(payload, 2, "rans16ch payload")
-    if count != n:
-        raise ContainerError(f"rans16ch payload holds {count} symbols, container record says {n}")
-    alphabet, pos = _read_alphabet(payload, pos, k)
+    precision, k, alphabet, pos = _rans16_head(payload, n, "rans16ch")
     if k == 1:
         if pos != len(payload):
             raise ContainerError(f"rans16ch one-symbol payload has {len(payload) - pos} unexpected trailing bytes")
@@ -897,27 +907,7 @@ def _rans16ch_decode(payload: bytes, n: int) -> bytes:
     if b and index_len and int(index[-1]) >> ((nseg * b) & 7 or 8):
         raise ContainerError("rans16ch table indices have non-zero padding bits")
     pos += index_len
-    rest = len(payload) - pos
-    if rest < 8 or rest % 2:
-        raise ContainerError(f"rans16ch stream of {rest} bytes is not two 4-byte states plus 16-bit words")
-    s0, s1 = struct.unpack_from("<II", payload, pos)
-    words = np.frombuffer(payload, dtype="<u2", offset=pos + 8)
-    f2 = np.stack(freqs)
-    luts = np.empty((tables, 1 << precision), dtype=np.uint8)
-    cums = np.empty((tables, k), dtype=np.int64)
-    for t in range(tables):
-        rans_kernels.build_tables(f2[t], precision, luts[t], cums[t])
-    out = np.empty(n, dtype=np.uint8)
-    f0, f1, used, status = rans_kernels.decode_words_tables(
-        s0, s1, words, luts, f2, cums, np.ascontiguousarray(alphabet), precision,
-        np.array(counts, dtype=np.int64), np.array(lengths, dtype=np.int64), index, b, out)
-    if status == 2:
-        raise ContainerError(f"rans16ch: a segment names a table beyond its {tables}")
-    if status == 1:
-        raise ContainerError("rans16ch stream ends before its symbols do (truncated or corrupt)")
-    if used != len(words) or f0 != rans_kernels.RANS_L or f1 != rans_kernels.RANS_L:
-        raise ContainerError(f"rans16ch stream not fully consumed after {n} symbols (corrupt or wrong length)")
-    return out.tobytes()
+    return _rans16_decode_words(payload, pos, n, "rans16ch", alphabet, freqs, precision, counts, lengths, index, b)
 
 
 CODERS.add("rans16ch", Coder("rans16ch", 6, _rans16ch_encode, _rans16ch_decode, speed=0))
