@@ -419,7 +419,7 @@ def quantize(ctx: StageContext) -> StageOutput:
 
 
 # ---------------------------------------------------------------------------------------------------------------- 04
-@stage("entropy-code", section="entropy", version=8, deliverables={"weights.lrdc": "weights.lrdc"})
+@stage("entropy-code", section="entropy", version=9, deliverables={"weights.lrdc": "weights.lrdc"})
 def entropy_code(ctx: StageContext) -> StageOutput:
     """Pack the int8 model (graph + every tensor) into the coded container; verify it decodes to identical outputs."""
     from benchmarks.accuracy import onnx_predict

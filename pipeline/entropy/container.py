@@ -18,15 +18,17 @@ Version 1 stored the header uncoded, had no huffman / planes coders and a 3-byte
 coded every record as a payload of its own (one frequency table per tensor). This reader rejects both with a message
 to re-pack.
 
-Header (exact field sets; unknown or missing fields are rejected)::
+Header (exact field sets; unknown or missing fields are rejected). Streams and records are stored as columns, one
+list per field, all of one length (half the JSON of a list of objects, and ~3x faster to parse and re-serialise on
+every read); ``read_container`` hands them back as rows::
 
     {"format": "LRDC", "version": 3, "producer": str, "zstd_level": int,
-     "streams": [stream, ...],              # at least one (the graph's)
-     "graph":   record,                     # the ONNX ModelProto with moved initializers' data stripped
-     "tensors": [record, ...]}
-    stream = {"coder": int, "offset": int, "length": int, "nbytes": int}
-    record = {"name": str, "dtype": str, "stored_dtype": str, "shape": [int, ...], "stream": int, "start": int,
-              "nbytes": int, "crc32": int}
+     "streams": {"coder": [int], "offset": [int], "length": [int], "nbytes": [int]},      # at least one
+     "records": {"name": [str], "dtype": [str], "stored_dtype": [str], "shape": [[int]], "stream": [int],
+                 "start": [int], "nbytes": [int], "crc32": [int]}}                      # record 0: the graph
+    stream i = {"coder", "offset", "length", "nbytes"} at index i of each stream column; record i likewise.
+
+Record 0 is the graph (named ``__lrdc_graph__``): the ONNX ModelProto with moved initializers' data stripped.
 
 A stream is one coded payload: ``coder`` is an on-disk coder id (:mod:`pipeline.entropy.coders`: 0 raw, 1 zstd,
 2 rans, 3 huffman, 4 planes, 5 rans16, 6 rans16ch), ``offset``/``length`` locate the payload relative to the start of the
@@ -82,7 +84,7 @@ _HEADER_CODERS = (0, 1)  # raw, zstd
 _HEADER_ZSTD_LEVEL = 19
 _TRAILER = 32
 
-_HEADER_FIELDS = {"format", "version", "producer", "zstd_level", "streams", "graph", "tensors"}
+_HEADER_FIELDS = {"format", "version", "producer", "zstd_level", "streams", "records"}
 _STREAM_FIELDS = {"coder", "offset", "length", "nbytes"}
 _RECORD_FIELDS = {"name", "dtype", "stored_dtype", "shape", "stream", "start", "nbytes", "crc32"}
 # dtype name -> ONNX TensorProto data type. Types outside this table (strings, bfloat16, 4-bit...) stay in the graph.
@@ -174,6 +176,23 @@ def _encode_stream(items: list[_Item], members: list[int], coder: str | int, zst
     return _Stream(members, c, payload, len(raw))
 
 
+def _columns(rows: list[dict[str, Any]], fields: set[str]) -> dict[str, list[Any]]:
+    """Rows -> the header's column form: one list per field (half the JSON of rows, ~3x faster to parse)."""
+    return {f: [r[f] for r in rows] for f in sorted(fields)}
+
+
+def _rows(columns: Any, fields: set[str], what: str, at_least: int) -> list[dict[str, Any]]:
+    """The header's column form -> rows, after checking its shape: exactly ``fields``, lists of one length."""
+    if not isinstance(columns, dict) or columns.keys() != fields:
+        got = sorted(columns) if isinstance(columns, dict) else type(columns).__name__
+        raise ContainerError(f"LRDC header {what} must be an object with the columns {sorted(fields)}, got {got}")
+    cols = [columns[f] for f in sorted(fields)]
+    if not all(type(c) is list for c in cols) or len({len(c) for c in cols}) != 1 or len(cols[0]) < at_least:
+        raise ContainerError(f"LRDC header {what} columns must be lists of one length (at least {at_least})")
+    keys = sorted(fields)
+    return [dict(zip(keys, vals)) for vals in zip(*cols)]
+
+
 def _assemble(items: list[_Item], streams: list[_Stream], zstd_level: int, producer: str) -> bytes:
     """Header + payloads + trailer for ``items`` (item 0 = the graph) coded as ``streams`` (in payload order)."""
     where: dict[int, tuple[int, int]] = {}
@@ -192,7 +211,7 @@ def _assemble(items: list[_Item], streams: list[_Stream], zstd_level: int, produ
                      "shape": [int(d) for d in it.arr.shape], "stream": j, "start": start, "nbytes": len(it.raw),
                      "crc32": zlib.crc32(it.raw) & 0xFFFFFFFF})
     header = _canonical({"format": "LRDC", "version": VERSION, "producer": producer, "zstd_level": int(zstd_level),
-                         "streams": heads, "graph": recs[0], "tensors": recs[1:]})
+                         "streams": _columns(heads, _STREAM_FIELDS), "records": _columns(recs, _RECORD_FIELDS)})
     if len(header) > MAX_HEADER_BYTES:
         raise ValidationError(f"container header would be {len(header)} bytes, over the {MAX_HEADER_BYTES} cap")
     return _seal(header, b"".join(st.payload for st in streams))
@@ -263,8 +282,22 @@ def _check_record(r: Any, where: str) -> dict[str, Any]:
     return r
 
 
+def _records_look_valid(c: dict[str, list[Any]]) -> bool:
+    """Every check of :func:`_check_record`, column by column (the fast path of every read; on False the per-record
+    checks run to name the culprit)."""
+    names, dtypes, stored, shapes = c["name"], c["dtype"], c["stored_dtype"], c["shape"]
+    return (all(type(x) is str and 0 < len(x) <= MAX_NAME_CHARS for x in names)
+            and all(type(d) is str and d in _ONNX_TYPES for d in dtypes)
+            and all(type(t) is str and (t == d or t in _NARROWINGS.get(d, ())) for d, t in zip(dtypes, stored))
+            and all(type(sh) is list and len(sh) <= MAX_NDIM
+                    and all(type(x) is int and 0 <= x <= MAX_TOTAL_BYTES for x in sh) for sh in shapes)
+            and all(type(v) is int and v >= 0 for k in ("stream", "start", "nbytes", "crc32") for v in c[k])
+            and all(v <= 0xFFFFFFFF for v in c["crc32"])
+            and all(nb == math.prod(sh) * _ITEMSIZE[t] for nb, sh, t in zip(c["nbytes"], shapes, stored)))
+
+
 def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
-    """Validate magic/version/lengths/sha256 and the header; return (header, payload area start)."""
+    """Validate magic/version/lengths/sha256 and the header; return (header as rows, payload area start)."""
     n = len(data)
     if n < _PREFIX.size + _TRAILER:
         raise ContainerError(f"container is {n} bytes, shorter than the minimal {_PREFIX.size + _TRAILER}; truncated?")
@@ -307,11 +340,15 @@ def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
     if not isinstance(header["producer"], str) or len(header["producer"]) > 1024:
         raise ContainerError("LRDC header producer must be a string of <= 1024 chars")
     _int(header["zstd_level"], "zstd_level", -131072, 22)
-    if not isinstance(header["tensors"], list) or not isinstance(header["streams"], list) or not header["streams"]:
-        raise ContainerError("LRDC header tensors must be a list and streams a non-empty list")
-    streams = [_check_stream(s, f"streams[{j}]") for j, s in enumerate(header["streams"])]
-    records = [_check_record(header["graph"], "graph")]
-    records += [_check_record(r, f"tensors[{i}]") for i, r in enumerate(header["tensors"])]
+    streams = [_check_stream(r, f"streams[{j}]")
+               for j, r in enumerate(_rows(header["streams"], _STREAM_FIELDS, "streams", 1))]
+    records = _rows(header["records"], _RECORD_FIELDS, "records", 1)
+    if not _records_look_valid(header["records"]):
+        for i, r in enumerate(records):  # the slow path names the first bad record
+            _check_record(r, f"records[{i}]")
+        raise ContainerError("LRDC header records are invalid")  # not reached: the loop above raises
+    if records[0]["name"] != GRAPH_KEY:
+        raise ContainerError(f"LRDC record 0 must be the graph, named {GRAPH_KEY!r}")
     if records[0]["dtype"] != "uint8" or records[0]["stored_dtype"] != "uint8" or len(records[0]["shape"]) != 1:
         raise ContainerError("LRDC graph record must be a 1-D uint8 byte string")
     names = [r["name"] for r in records[1:]]
@@ -346,7 +383,9 @@ def _parse_prefix(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
         if filled[j] != s["nbytes"] or not used[j]:
             raise ContainerError(f"LRDC stream {j}: its records cover {filled[j]} bytes, the stream holds "
                                  f"{s['nbytes']} (or no record uses it)")
-    return header, start
+    # Callers get the rows: {"streams": [stream, ...], "graph": record, "tensors": [record, ...]}.
+    rows = {k: header[k] for k in ("format", "version", "producer", "zstd_level")}
+    return {**rows, "streams": streams, "graph": records[0], "tensors": records[1:]}, start
 
 
 def read_container(path_or_bytes: str | Path | bytes | bytearray | memoryview,
@@ -358,8 +397,9 @@ def read_container(path_or_bytes: str | Path | bytes | bytearray | memoryview,
         max_total_bytes: cap on the sum of decoded tensor sizes (checked before any decoding).
 
     Returns:
-        ``(header, arrays)``: the validated header, and every tensor by name in its logical dtype and shape, plus the
-        graph bytes as a uint8 array under ``GRAPH_KEY``.
+        ``(header, arrays)``: the validated header as rows (``{"format", "version", "producer", "zstd_level",
+        "streams": [stream], "graph": record, "tensors": [record]}``), and every tensor by name in its logical dtype
+        and shape, plus the graph bytes as a uint8 array under ``GRAPH_KEY``.
 
     Raises:
         ContainerError: on any problem (corrupt, truncated, modified, unknown version, oversized, bad payload).

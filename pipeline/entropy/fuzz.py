@@ -93,18 +93,27 @@ def split_container(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _edit_header(data: bytes, r: random.Random) -> bytes:
-    """Replace one header value (top level or inside a record) by a hostile one; keep the JSON canonical."""
+    """Replace one header value (top level, a column, or one entry of a column) by a hostile one; keep the JSON
+    canonical so the strict schema checks behind it are reached."""
     raw0, payloads = split_container(data)
     header = json.loads(raw0)
-    recs = [header["graph"], *header["tensors"], *header["streams"]]
-    target = r.choice([header, *recs])
+    target = r.choice([header, header["streams"], header["records"]])
     key = r.choice(sorted(target))
     op = r.random()
     if op < 0.1:
         target.pop(key)
     elif op < 0.2:
         target[f"extra{r.randrange(9)}"] = 1
-    elif op < 0.6 and isinstance(target.get(key), int) and not isinstance(target.get(key), bool):
+    elif op < 0.7 and isinstance(target.get(key), list) and target[key]:
+        col = target[key]  # one entry of a column: the common corruption
+        i = r.randrange(len(col))
+        if isinstance(col[i], int) and not isinstance(col[i], bool) and r.random() < 0.6:
+            col[i] = col[i] + r.choice([-2**40, -1, 1, 7, 2**40])
+        elif r.random() < 0.3:
+            del col[i]
+        else:
+            col[i] = r.choice(_HOSTILE)
+    elif isinstance(target.get(key), int) and not isinstance(target.get(key), bool):
         target[key] = target[key] + r.choice([-2**40, -1, 1, 7, 2**40])
     else:
         target[key] = r.choice(_HOSTILE)

@@ -184,7 +184,7 @@ def test_prefix_errors_have_clear_messages(packed: bytes) -> None:
     with pytest.raises(ContainerError, match="coded header length"):
         read_container(bytes(bad))
     raw_json = C._canonical(header)
-    assert read_container(_build(header, payload, header_coder=0))[0] == header  # an uncoded header is valid too
+    assert read_container(_build(header, payload, header_coder=0))[0] == read_container(packed)[0]  # raw header: valid
     assert packed[10] == 1 and struct.unpack_from("<I", packed, 11)[0] < len(raw_json)  # the packer chose zstd
     lying = bytearray(_build(header, payload, header_coder=1))
     struct.pack_into("<I", lying, 6, len(raw_json) + 1)  # declared size != the zstd frame's
@@ -196,6 +196,7 @@ def test_prefix_errors_have_clear_messages(packed: bytes) -> None:
 
 
 def _mutations(header: dict) -> dict[str, dict]:
+    """Hostile edits of the on-disk (column form) header."""
     import copy
 
     def m(f):  # noqa: ANN001, ANN202
@@ -203,30 +204,35 @@ def _mutations(header: dict) -> dict[str, dict]:
         f(h)
         return h
 
-    t0 = header["tensors"][0]["name"]
+    rec, st = "records", "streams"
+    t1 = header[rec]["name"][1]
+    last = max(range(len(header[rec]["start"])), key=lambda i: header[rec]["start"][i])
     return {
         "unknown header field": m(lambda h: h.update(extra=1)),
         "missing header field": m(lambda h: h.pop("producer")),
-        "unknown record field": m(lambda h: h["tensors"][0].update(bits=4)),
-        "unknown stream field": m(lambda h: h["streams"][0].update(bits=4)),
-        "offsets not contiguous": m(lambda h: h["streams"][1].update(offset=h["streams"][1]["offset"] + 1)),
-        "record start not contiguous": m(lambda h: h["tensors"][1].update(start=h["tensors"][1]["start"] + 1)),
-        "record in a missing stream": m(lambda h: h["tensors"][0].update(stream=len(h["streams"]))),
-        "stream nbytes != its records": m(lambda h: h["streams"][1].update(nbytes=h["streams"][1]["nbytes"] + 1)),
-        "unused stream": m(lambda h: h["streams"].append({"coder": 0, "offset": 0, "length": 0, "nbytes": 0})),
-        "no streams": m(lambda h: h.update(streams=[])),
-        "nbytes != prod(shape)": m(lambda h: h["tensors"][2].update(shape=[3, 99])),
-        "duplicate names": m(lambda h: h["tensors"][1].update(name=t0)),
-        "unknown coder": m(lambda h: [r.update(coder=7) for r in h["streams"]]),
-        "crc mismatch": m(lambda h: h["tensors"][3].update(crc32=(h["tensors"][3]["crc32"] + 1) % 2**32)),
-        "bool as int": m(lambda h: h["tensors"][0].update(start=False)),
-        "bad dtype": m(lambda h: h["tensors"][0].update(dtype="object")),
-        "bad narrowing": m(lambda h: h["tensors"][0].update(stored_dtype="int64")),
-        "graph not uint8": m(lambda h: h["graph"].update(dtype="float32")),
-        "reserved name": m(lambda h: h["tensors"][0].update(name=GRAPH_KEY)),
-        "negative length": m(lambda h: h["streams"][0].update(length=-1)),
-        "too many dims": m(lambda h: h["tensors"][0].update(shape=[1] * 40)),
-        "tensors not a list": m(lambda h: h.update(tensors={})),
+        "unknown record column": m(lambda h: h[rec].update(bits=[4] * len(h[rec]["name"]))),
+        "missing record column": m(lambda h: h[rec].pop("crc32")),
+        "unknown stream column": m(lambda h: h[st].update(bits=[4] * len(h[st]["coder"]))),
+        "ragged columns": m(lambda h: h[rec]["crc32"].pop()),
+        "records not columns": m(lambda h: h.update(records=[{"name": "x"}])),
+        "offsets not contiguous": m(lambda h: h[st]["offset"].__setitem__(1, h[st]["offset"][1] + 1)),
+        "record start not contiguous": m(lambda h: h[rec]["start"].__setitem__(last, h[rec]["start"][last] + 1)),
+        "record in a missing stream": m(lambda h: h[rec]["stream"].__setitem__(1, len(h[st]["coder"]))),
+        "stream nbytes != its records": m(lambda h: h[st]["nbytes"].__setitem__(1, h[st]["nbytes"][1] + 1)),
+        "unused stream": m(lambda h: [h[st][k].append(0) for k in h[st]]),
+        "no streams": m(lambda h: [h[st][k].clear() for k in h[st]]),
+        "graph not first": m(lambda h: h[rec]["name"].__setitem__(0, "g")),
+        "nbytes != prod(shape)": m(lambda h: h[rec]["shape"].__setitem__(2, [3, 99])),
+        "duplicate names": m(lambda h: h[rec]["name"].__setitem__(2, t1)),
+        "unknown coder": m(lambda h: h[st].update(coder=[7] * len(h[st]["coder"]))),
+        "crc mismatch": m(lambda h: h[rec]["crc32"].__setitem__(3, (h[rec]["crc32"][3] + 1) % 2**32)),
+        "bool as int": m(lambda h: h[rec]["start"].__setitem__(1, False)),
+        "bad dtype": m(lambda h: h[rec]["dtype"].__setitem__(1, "object")),
+        "bad narrowing": m(lambda h: h[rec]["stored_dtype"].__setitem__(1, "int64")),
+        "graph not uint8": m(lambda h: h[rec]["dtype"].__setitem__(0, "float32")),
+        "reserved name": m(lambda h: h[rec]["name"].__setitem__(1, GRAPH_KEY)),
+        "negative length": m(lambda h: h[st]["length"].__setitem__(0, -1)),
+        "too many dims": m(lambda h: h[rec]["shape"].__setitem__(1, [1] * 40)),
     }
 
 
@@ -254,10 +260,11 @@ def test_header_validation_behind_a_valid_hash(packed: bytes) -> None:
 def test_huge_declared_sizes_do_not_allocate(packed: bytes) -> None:
     # A forged record claims a 1 TiB tensor: rejected by the size cap before any decoder runs.
     header, payload = _split(packed)
-    last = max(range(len(header["tensors"])), key=lambda i: header["tensors"][i]["start"])  # ends its stream
-    r = header["tensors"][last]
-    header["streams"][r["stream"]]["nbytes"] += 2**40 - r["nbytes"]
-    r.update(shape=[2**20, 2**20], dtype="uint8", stored_dtype="uint8", nbytes=2**40)
+    rec = header["records"]
+    last = max(range(len(rec["start"])), key=lambda i: rec["start"][i])  # it ends its stream
+    header["streams"]["nbytes"][rec["stream"][last]] += 2**40 - rec["nbytes"][last]
+    rec["shape"][last], rec["dtype"][last], rec["stored_dtype"][last] = [2**20, 2**20], "uint8", "uint8"
+    rec["nbytes"][last] = 2**40
     with pytest.raises(ContainerError, match="cap"):
         read_container(_build(header, payload))
 
@@ -265,11 +272,22 @@ def test_huge_declared_sizes_do_not_allocate(packed: bytes) -> None:
 def test_unpack_rejects_graph_tensor_disagreement(packed: bytes, tmp_path: Path) -> None:
     header, payload = _split(packed)
     # Rename a record: the CRC still matches, but the graph has no initializer of that name.
-    header["tensors"][0]["name"] = "ghost"
+    header["records"]["name"][1] = "ghost"
     (tmp_path / "x.lrdc").write_bytes(_build(header, payload))
     with pytest.raises(ContainerError, match="ghost"):
         unpack_to_onnx(tmp_path / "x.lrdc", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_header_is_stored_as_columns_and_read_as_rows(packed: bytes) -> None:
+    header, _ = _split(packed)
+    assert sorted(header) == ["format", "producer", "records", "streams", "version", "zstd_level"]
+    rows, _ = read_container(packed)
+    names = header["records"]["name"]
+    assert names[0] == GRAPH_KEY and rows["graph"]["name"] == GRAPH_KEY
+    assert [r["name"] for r in rows["tensors"]] == names[1:]
+    assert [s["nbytes"] for s in rows["streams"]] == header["streams"]["nbytes"]
+    assert all(r["crc32"] == c for r, c in zip([rows["graph"], *rows["tensors"]], header["records"]["crc32"]))
 
 
 def test_realistic_laplacian_weights_within_one_percent_of_order0(tmp_path: Path) -> None:
