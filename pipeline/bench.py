@@ -17,7 +17,6 @@ always come from trained models.
 """
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time

@@ -185,16 +185,6 @@ def pack_bits(values: np.ndarray | list[int], widths: np.ndarray | list[int]) ->
     return bw.getvalue()
 
 
-def _bit_values(bits: np.ndarray, starts: np.ndarray, widths: np.ndarray, max_width: int) -> np.ndarray:
-    """Unsigned integers read LSB-first from a 0/1 array at ``starts`` with ``widths`` (all in range)."""
-    if starts.size == 0 or max_width == 0:
-        return np.zeros(starts.size, dtype=np.int64)
-    j = np.arange(max_width, dtype=np.int64)
-    idx = np.minimum(starts[:, None] + j, max(bits.size - 1, 0))
-    take = (j < widths[:, None]) & (bits.size > 0)
-    return ((bits[idx].astype(np.int64) * take) << j).sum(1)
-
-
 # ------------------------------------------------------------------------------------------------------------ raw
 def _raw_encode(symbols: bytes, **_: Any) -> bytes:
     return bytes(symbols)
