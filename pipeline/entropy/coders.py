@@ -570,23 +570,28 @@ def _rans_table(alphabet: np.ndarray, freqs: np.ndarray) -> bytes:
     return _alphabet_bytes(alphabet) + _freq_field(freqs)
 
 
+def _static_model(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """The one-table model both rANS encoders use: (alphabet, each symbol's rank in it, precision, frequencies)."""
+    counts = np.bincount(x, minlength=256)
+    alphabet = np.flatnonzero(counts).astype(np.uint8)
+    p = rans_precision(x.size)
+    rank = np.zeros(256, dtype=np.int64)
+    rank[alphabet] = np.arange(len(alphabet))
+    return alphabet, rank[x], p, quantize_frequencies(counts[alphabet], p)
+
+
 def _rans_encode(symbols: bytes, **_: Any) -> bytes:
     import constriction
 
     x = np.frombuffer(bytes(symbols), dtype=np.uint8)
     if x.size == 0:
         return b""
-    counts = np.bincount(x, minlength=256)
-    alphabet = np.flatnonzero(counts).astype(np.uint8)
-    p = rans_precision(x.size)
-    freqs = quantize_frequencies(counts[alphabet], p)
+    alphabet, ranks, p, freqs = _static_model(x)
     head = _RANS_HEAD.pack(p, len(alphabet) - 1, x.size) + _rans_table(alphabet, freqs)
     if len(alphabet) == 1:
         return head
-    lut = np.zeros(256, dtype=np.int32)
-    lut[alphabet] = np.arange(len(alphabet), dtype=np.int32)
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(lut[x], _rans_model(freqs, p))
+    coder.encode_reverse(ranks.astype(np.int32), _rans_model(freqs, p))
     return head + coder.get_compressed().astype("<u4").tobytes()
 
 
@@ -733,16 +738,11 @@ def _rans16_encode(symbols: bytes, **_: Any) -> bytes:
     x = np.frombuffer(bytes(symbols), dtype=np.uint8)
     if x.size == 0:
         return b""
-    counts = np.bincount(x, minlength=256)
-    alphabet = np.flatnonzero(counts).astype(np.uint8)
-    p = rans_precision(x.size)
-    freqs = quantize_frequencies(counts[alphabet], p)
+    alphabet, ranks, p, freqs = _static_model(x)
     head = bytes([p, len(alphabet) - 1]) + _uleb(x.size) + _rans_table(alphabet, freqs)
     if len(alphabet) == 1:
         return head
-    lut = np.zeros(256, dtype=np.int64)
-    lut[alphabet] = np.arange(len(alphabet))
-    return head + _rans16_words(freqs[None], lut[x], np.zeros(x.size, np.uint8), p)
+    return head + _rans16_words(freqs[None], ranks, np.zeros(x.size, np.uint8), p)
 
 
 def _rans16_decode(payload: bytes, n: int) -> bytes:
