@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from benchmarks.energy import module_path
 from benchmarks.targets import Target, target_session
 from exporters.ort_mobile import convert_to_ort
 from pipeline.errors import ConfigError
@@ -175,28 +176,15 @@ _SUFFIXES = ("_kernel_time", "_fence_before", "_fence_after")
 
 
 def _module_name(node_name: str) -> str:
-    """Dotted module path from a TorchScript-exported node name (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``).
-
-    Each ``/``-component is either already fully qualified (``layer1.0`` under ``layer1``, as for Sequential children)
-    or a bare attribute name (``conv1``): join accordingly. Names without scopes (ORT-generated nodes such as
-    ``ReorderInput``) map to ``(runtime)``.
-    """
+    """Module path of a profiler event's node (:func:`benchmarks.energy.module_path` after the event suffix);
+    ORT-generated nodes without scopes (``ReorderInput``) map to ``(runtime)``."""
     name = node_name
     for s in _SUFFIXES:
         if name.endswith(s):
             name = name[: -len(s)]
     if "/" not in name:
         return "(runtime)"
-    parts = [p for p in name.split("/")[:-1] if p]
-    dotted = ""
-    for p in parts:
-        if not dotted:
-            dotted = p
-        elif p.startswith(dotted + "."):
-            dotted = p
-        else:
-            dotted = f"{dotted}.{p}"
-    return dotted or "(graph)"
+    return module_path(name) or "(graph)"
 
 
 def _match_layer(module: str, layers: list[str]) -> str:

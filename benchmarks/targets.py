@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.ort_session import EXEC_MODES, OPT_LEVELS, make_session
 from pipeline.registry import Registry
 
-# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm / 0.9 V (METHODS.md).
+# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm / 0.9 V (docs/methods.md).
 # Absolute values are dated; the proxy relies on their ratios.
 HOROWITZ_45NM_PJ: Mapping[str, float] = {
     "int8_add": 0.03,
@@ -95,7 +95,7 @@ class DeviceProfile:
 PROFILES: Registry[DeviceProfile] = Registry("device profile")
 
 # AMD EPYC (Zen 2/3), one core, AVX2 + FMA, no AVX-512/VNNI: 2 x 256-bit FMA pipes = 16 fp32 MAC/cycle at ~2.5 GHz.
-# int8 without VNNI goes through vpmaddubsw + vpmaddwd: about 2x the fp32 rate in the best case (PERFORMANCE.md
+# int8 without VNNI goes through vpmaddubsw + vpmaddwd: about 2x the fp32 rate in the best case (docs/benchmarking.md
 # measures 0.7-1.07x in practice, the peak is what a roofline wants). One core sustains ~20 GB/s; on-chip = 512 KiB
 # L2 plus a fair share of a shared L3 on a multi-tenant host.
 PROFILES.add("epyc-avx2-core", DeviceProfile(
@@ -219,7 +219,7 @@ class Target:
             raise ConfigError(f"target {self.name}: thread counts must be >= 1")
 
     def settings(self, threads: int | None = None) -> dict[str, Any]:
-        """Session settings to state in a report (PERFORMANCE.md: threads, execution mode, optimization level)."""
+        """Session settings to state in a report (docs/benchmarking.md: threads, execution mode, optimization level)."""
         return {
             "target": self.name,
             "providers": list(self.providers),

@@ -17,11 +17,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ValidationError
+from pipeline.models.ort_graph import OrtGraphModel
 from pipeline.ort_session import make_session
 from pipeline.torch_eval import eval_mode
 
@@ -36,7 +38,6 @@ def _flatten_to_reshape(model: Any) -> int:
     ``Flatten(axis=0)`` == ``Reshape([1, -1])``. Other axes need the product of leading dims, which a constant shape
     cannot express with a dynamic batch: those are left as Flatten.
     """
-    import numpy as np
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -120,8 +121,6 @@ def export_onnx(
     """
     import onnx
 
-    from pipeline.models.ort_graph import OrtGraphModel
-
     if isinstance(model, OrtGraphModel):  # a graph-only model (ONNX fallback): write its graph, nothing to trace
         return export_graph(model.proto, input_shape, path, opset=opset, simplify=simplify, dynamic_batch=dynamic_batch)
     path = Path(path)
@@ -199,8 +198,6 @@ def make_batch_dynamic(proto: Any, input_shape: tuple[int, int, int]) -> bool:
     Graphs exported with a fixed batch often bake it into Reshape shapes; so the change is kept only when ORT then
     runs a batch of 2 and gives each sample the output it gives that sample alone. Returns whether axis 0 is dynamic.
     """
-    import numpy as np
-
     inp = proto.graph.input[0]
     dims = [inp.type.tensor_type.shape.dim[0]] + [o.type.tensor_type.shape.dim[0] for o in proto.graph.output
                                                    if len(o.type.tensor_type.shape.dim)]
