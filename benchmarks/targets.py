@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError
 from pipeline.ort_session import EXEC_MODES, OPT_LEVELS, make_session
 from pipeline.registry import Registry
 
@@ -297,11 +297,8 @@ def target_session(path: str | Path, target: Target, threads: int | None = None,
         InputError: the model file does not exist.
         ConfigError: a provider of the target is not available in this onnxruntime build.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"model file {p} does not exist")
     try:
-        return make_session(p, threads=threads if threads is not None else target.intra_threads,
+        return make_session(Path(path), threads=threads if threads is not None else target.intra_threads,
                             providers=target.providers, opt_level=target.graph_opt_level, profile=profile_dir,
                             inter_threads=target.inter_threads, execution_mode=target.execution_mode,
                             session_config=target.session_config)
