@@ -29,6 +29,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/lowrank-deploy bench all $(ARGS)
 
+# Smoke run of every suite on tiny inputs (tests/pipeline/test_bench.py runs the same inside `make test`).
+bench-quick: $(STAMP)
+	$(BIN)/lowrank-deploy bench all --quick $(ARGS)
+
 fuzz: $(STAMP)
 	$(BIN)/python -m pipeline.entropy.fuzz $(ARGS)
 

@@ -6,20 +6,18 @@ from typing import Any
 
 import numpy as np
 
+import torch
+
 from pipeline.errors import ConfigError, InputError
+from pipeline.ort_session import make_session
+from pipeline.torch_eval import eval_mode
 
 
 def _session(path: str | Path) -> Any:
-    import onnxruntime as ort
-
     p = Path(path)
     if not p.is_file():
         raise InputError(f"accuracy: model {p} does not exist")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # shared 2-core machines
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
+    return make_session(p, threads=1)  # one thread: shared 2-core machines
 
 
 def onnx_predict(path: str | Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -68,20 +66,12 @@ def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch: int = 2
 
 def torch_accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
     """Top-1 accuracy in [0, 1] of a PyTorch model in eval mode (training flags restored afterwards)."""
-    import torch
-
     if batch < 1:
         raise ConfigError(f"torch_accuracy: batch must be >= 1 (got {batch})")
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     outs = []
-    try:
-        with torch.no_grad():
-            xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
-            for i in range(0, len(xt), batch):
-                outs.append(model(xt[i:i + batch]).float().cpu().numpy())
-    finally:
-        for m, t in flags:
-            m.training = t
+    with eval_mode(model), torch.no_grad():
+        xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
+        for i in range(0, len(xt), batch):
+            outs.append(model(xt[i:i + batch]).float().cpu().numpy())
     logits = np.concatenate(outs, axis=0) if outs else np.zeros((0, 1), np.float32)
     return _accuracy(logits, y)

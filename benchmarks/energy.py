@@ -45,14 +45,18 @@ def _dtype_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type).lower()
 
 
-def _module_name(node_name: str) -> str:
-    """Dotted PyTorch module path from a TorchScript-exported node name (``/layer1/layer1.0/conv1/Conv``)."""
+def module_path(node_name: str) -> str:
+    """Dotted PyTorch module path from a TorchScript-exported node name (``/layer1/layer1.0/conv1/Conv`` ->
+    ``layer1.0.conv1``); ``""`` when the name carries no scope.
+
+    Each ``/``-component is either already fully qualified (``layer1.0`` under ``layer1``, as for Sequential
+    children) or a bare attribute name (``conv1``): join accordingly.
+    """
     parts = [p for p in node_name.split("/")[:-1] if p]
     dotted = ""
     for p in parts:
-        # Sequential children carry their full dotted name ("layer1.0"), attributes only theirs ("conv1").
         dotted = p if (not dotted or p.startswith(dotted + ".")) else f"{dotted}.{p}"
-    return dotted or node_name
+    return dotted
 
 
 def _pin_input(model: Any, input_shape: tuple[int, int, int], name: str) -> None:
@@ -193,7 +197,7 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
             precision = "fp32"
         layers.append({
             "name": label,
-            "module": _module_name(n.name) if n.name else label,
+            "module": (module_path(n.name) or n.name) if n.name else label,
             "op": n.op_type,
             "precision": precision,
             "macs": int(macs),
@@ -242,7 +246,7 @@ def energy_proxy(stats: dict, profile: DeviceProfile, precision: str = "fp32") -
     """Energy and roofline latency estimate of one inference (batch 1) on ``profile``.
 
     Energy per layer = MACs x (mult + add energy at the layer's precision) + on-chip bytes x SRAM energy/byte +
-    off-chip bytes x DRAM energy/byte (Horowitz 45 nm table, METHODS.md). Memory model: if all weights of the model
+    off-chip bytes x DRAM energy/byte (Horowitz 45 nm table, docs/methods.md). Memory model: if all weights of the model
     fit on-chip they stay resident (no DRAM traffic for weights), otherwise every layer streams its weights from DRAM;
     activations go to DRAM only for the part of a layer's input + output that does not fit in the on-chip memory left.
     Roofline latency per layer = ``max(MACs / peak MAC/s, DRAM bytes / bandwidth)``, summed over layers. Only

@@ -1,16 +1,22 @@
-"""Honest latency: all sessions created and warmed first, then variants timed interleaved in random order in small
-chunks (PERFORMANCE.md), so slow drift of a shared machine hits every variant alike; plus ORT per-node profiles."""
+"""Measuring latency (the measurement library's timing half; the factorizer's cached per-layer latency model in
+:mod:`pipeline.factorize.latency` times through :func:`time_interleaved` here).
+
+Honest latency: all sessions created and warmed first, then variants timed interleaved in random order in small
+chunks (docs/benchmarking.md), so slow drift of a shared machine hits every variant alike; plus ORT per-node
+profiles."""
 from __future__ import annotations
 
 import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from benchmarks.targets import Target, make_session
+from benchmarks.energy import module_path
+from benchmarks.targets import Target, target_session
+from exporters.ort_mobile import convert_to_ort
 from pipeline.errors import ConfigError
 
 
@@ -27,8 +33,6 @@ def _prepare(models: dict[str, str | Path], target: Target, workdir: Path) -> di
     for name, path in models.items():
         p = Path(path)
         if target.model_format == "ort" and p.suffix.lower() == ".onnx":
-            from exporters.ort_mobile import convert_to_ort
-
             d = workdir / f"v{len(out)}"
             out[name] = Path(convert_to_ort(p, d)["ort_path"])
         else:
@@ -52,6 +56,54 @@ def _stats(wall_s: list[float], cpu_s: list[float]) -> dict[str, Any]:
         "cpu_p50": float(np.percentile(c, 50)),
         "samples": int(w.size),
     }
+
+
+def time_interleaved(
+    runs: Mapping[str, Callable[[], Any]],
+    samples: int,
+    warmup: int,
+    chunk: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The one timing loop: warm every variant up, then time them interleaved until each has ``samples`` runs.
+
+    Round after round, the variants with samples still to take are visited in a random order (from ``rng``) and
+    each takes up to ``chunk`` consecutive timed runs. Wall time comes from ``perf_counter``; CPU time from
+    ``thread_time``, which at one intra-op thread is the compute time of the call, free of preemption by other
+    tenants of a shared machine.
+
+    Args:
+        runs: ``{variant name: zero-argument callable running one inference}``.
+        samples: timed runs per variant.
+        warmup: untimed runs per variant first (buffers are allocated and kernels chosen on the first runs).
+        chunk: consecutive runs per visit.
+        rng: the visiting order's random source.
+
+    Returns:
+        ``(wall seconds, cpu seconds)``, each ``{name: [one value per run]}``.
+    """
+    names = list(runs)
+    for n in names:
+        for _ in range(warmup):
+            runs[n]()
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    while True:
+        pending = [n for n in names if len(wall[n]) < samples]
+        if not pending:
+            break
+        for i in rng.permutation(len(pending)):
+            n = pending[int(i)]
+            fn = runs[n]
+            for _ in range(min(chunk, samples - len(wall[n]))):
+                c0 = time.thread_time()
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                c1 = time.thread_time()
+                wall[n].append(t1 - t0)
+                cpu[n].append(c1 - c0)
+    return wall, cpu
 
 
 def measure_latency(
@@ -98,31 +150,13 @@ def measure_latency(
     names = list(models)
     with tempfile.TemporaryDirectory(prefix="lrd-latency-") as td:
         files = _prepare(models, target, Path(td))
-        sessions = {n: make_session(files[n], target, threads=threads) for n in names}
+        sessions = {n: target_session(files[n], target, threads=threads) for n in names}
         # The same input values for every variant: only the model differs between them.
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         feeds = {n: {_input_name(sessions[n]): x} for n in names}
-        for n in names:
-            for _ in range(warmup):
-                sessions[n].run(None, feeds[n])
-        wall: dict[str, list[float]] = {n: [] for n in names}
-        cpu: dict[str, list[float]] = {n: [] for n in names}
-        while True:
-            pending = [n for n in names if len(wall[n]) < samples]
-            if not pending:
-                break
-            for i in rng.permutation(len(pending)):
-                n = pending[int(i)]
-                sess, feed = sessions[n], feeds[n]
-                for _ in range(min(chunk, samples - len(wall[n]))):
-                    c0 = time.thread_time()
-                    t0 = time.perf_counter()
-                    sess.run(None, feed)
-                    t1 = time.perf_counter()
-                    c1 = time.thread_time()
-                    wall[n].append(t1 - t0)
-                    cpu[n].append(c1 - c0)
-        del sessions
+        runs = {n: (lambda s=sessions[n], f=feeds[n]: s.run(None, f)) for n in names}
+        wall, cpu = time_interleaved(runs, samples, warmup, chunk, rng)
+        del runs, sessions
     settings = {
         **target.settings(threads),
         "batch": batch,
@@ -142,28 +176,15 @@ _SUFFIXES = ("_kernel_time", "_fence_before", "_fence_after")
 
 
 def _module_name(node_name: str) -> str:
-    """Dotted module path from a TorchScript-exported node name (``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``).
-
-    Each ``/``-component is either already fully qualified (``layer1.0`` under ``layer1``, as for Sequential children)
-    or a bare attribute name (``conv1``): join accordingly. Names without scopes (ORT-generated nodes such as
-    ``ReorderInput``) map to ``(runtime)``.
-    """
+    """Module path of a profiler event's node (:func:`benchmarks.energy.module_path` after the event suffix);
+    ORT-generated nodes without scopes (``ReorderInput``) map to ``(runtime)``."""
     name = node_name
     for s in _SUFFIXES:
         if name.endswith(s):
             name = name[: -len(s)]
     if "/" not in name:
         return "(runtime)"
-    parts = [p for p in name.split("/")[:-1] if p]
-    dotted = ""
-    for p in parts:
-        if not dotted:
-            dotted = p
-        elif p.startswith(dotted + "."):
-            dotted = p
-        else:
-            dotted = f"{dotted}.{p}"
-    return dotted or "(graph)"
+    return module_path(name) or "(graph)"
 
 
 def _match_layer(module: str, layers: list[str]) -> str:
@@ -211,7 +232,7 @@ def profile_nodes(
     known = sorted(set(layers or []))
     with tempfile.TemporaryDirectory(prefix="lrd-profile-") as td:
         files = _prepare({"m": path}, target, Path(td))
-        sess = make_session(files["m"], target, profile_dir=td)
+        sess = target_session(files["m"], target, profile_dir=td)
         x = np.random.default_rng(0).standard_normal((1, *input_shape)).astype(np.float32)
         feed = {_input_name(sess): x}
         for _ in range(warmup + runs):

@@ -8,7 +8,7 @@ from pipeline.errors import InputError
 
 
 def external_data_files(path: str | Path) -> list[Path]:
-    """External-data files referenced by an ONNX model, validated (RELIABILITY.md).
+    """External-data files referenced by an ONNX model, validated.
 
     A location must be relative, stay inside the model's folder and not be a symlink: anything else could make the
     pipeline read (and ship) files it did not produce.

@@ -1,4 +1,6 @@
-"""Benchmark targets: ONNX Runtime session settings + a device profile (peak MAC/s, bandwidth, on-chip memory, energies).
+"""The one registry of benchmark targets (``TARGETS``, looked up by :func:`get_target`): ONNX Runtime session
+settings plus a device profile (peak MAC/s, bandwidth, on-chip memory, energies). The factorizer's per-layer latency
+model (:mod:`pipeline.factorize.latency`) reads the same registry.
 
 Only the CPU EP exists on the development machines. The ``mobile-*`` targets therefore time the ``.ort`` model with
 mobile session settings *on this CPU* as a proxy (labelled as such in ``note``); their device profiles feed the
@@ -10,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError
+from pipeline.ort_session import EXEC_MODES, OPT_LEVELS, make_session
 from pipeline.registry import Registry
 
-# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm / 0.9 V (METHODS.md).
+# Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014, 45 nm / 0.9 V (docs/methods.md).
 # Absolute values are dated; the proxy relies on their ratios.
 HOROWITZ_45NM_PJ: Mapping[str, float] = {
     "int8_add": 0.03,
@@ -92,7 +95,7 @@ class DeviceProfile:
 PROFILES: Registry[DeviceProfile] = Registry("device profile")
 
 # AMD EPYC (Zen 2/3), one core, AVX2 + FMA, no AVX-512/VNNI: 2 x 256-bit FMA pipes = 16 fp32 MAC/cycle at ~2.5 GHz.
-# int8 without VNNI goes through vpmaddubsw + vpmaddwd: about 2x the fp32 rate in the best case (PERFORMANCE.md
+# int8 without VNNI goes through vpmaddubsw + vpmaddwd: about 2x the fp32 rate in the best case (docs/benchmarking.md
 # measures 0.7-1.07x in practice, the peak is what a roofline wants). One core sustains ~20 GB/s; on-chip = 512 KiB
 # L2 plus a fair share of a shared L3 on a multi-tenant host.
 PROFILES.add("epyc-avx2-core", DeviceProfile(
@@ -167,8 +170,8 @@ PROFILES.add("apple-a14-core", DeviceProfile(
     source="public microbenchmarks of Apple Firestorm cores (4 FP/SIMD pipes); ~3.0 GHz; bandwidth/L2 share estimated",
 ))
 
-_OPT_LEVELS = ("disabled", "basic", "extended", "all")
-_EXEC_MODES = ("sequential", "parallel")
+_OPT_LEVELS = tuple(OPT_LEVELS)
+_EXEC_MODES = tuple(EXEC_MODES)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ class Target:
         note: what the numbers mean (proxy or real).
         device_providers: the EPs the model would use on the real device (informational).
         session_config: extra ``SessionOptions.add_session_config_entry`` pairs.
+        measured_here: timing on this machine's ORT CPU EP *is* this target's latency (only ``cpu``); the others
+            are proxies, so the per-layer latency model of the factorizer refuses them.
     """
 
     name: str
@@ -201,6 +206,7 @@ class Target:
     note: str
     device_providers: tuple[str, ...] = ()
     session_config: tuple[tuple[str, str], ...] = ()
+    measured_here: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_opt_level not in _OPT_LEVELS:
@@ -213,7 +219,7 @@ class Target:
             raise ConfigError(f"target {self.name}: thread counts must be >= 1")
 
     def settings(self, threads: int | None = None) -> dict[str, Any]:
-        """Session settings to state in a report (PERFORMANCE.md: threads, execution mode, optimization level)."""
+        """Session settings to state in a report (docs/benchmarking.md: threads, execution mode, optimization level)."""
         return {
             "target": self.name,
             "providers": list(self.providers),
@@ -236,6 +242,7 @@ TARGETS.add("cpu", Target(
     name="cpu", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="all", execution_mode="sequential",
     model_format="onnx", profile=host_profile(),
     note=f"this machine: ORT CPU EP, profile {host_profile().name} (from /proc/cpuinfo); measured",
+    measured_here=True,
 ))
 TARGETS.add("mobile-arm", Target(
     name="mobile-arm", providers=_CPU, intra_threads=1, inter_threads=1, graph_opt_level="all",
@@ -265,19 +272,20 @@ TARGETS.add("board-a53", Target(
 ))
 
 
-def _ort_level(level: str) -> Any:
-    import onnxruntime as ort
+def get_target(name: str) -> Target:
+    """The registered target ``name``; the one check every config value naming a target goes through.
 
-    return {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
+    Both ``benchmark.target`` and ``factorize.budget.target`` name entries of this registry, so config validation
+    calls this for each of them.
+
+    Raises:
+        ConfigError: an unknown name, listing the known ones.
+    """
+    return TARGETS.get(name)
 
 
-def make_session(path: str | Path, target: Target, threads: int | None = None, profile_dir: str | None = None) -> Any:
-    """Create an ``onnxruntime.InferenceSession`` with the target's settings and explicit providers.
+def target_session(path: str | Path, target: Target, threads: int | None = None, profile_dir: str | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` with ``target``'s settings (via :func:`pipeline.ort_session.make_session`).
 
     Args:
         path: ``.onnx`` or ``.ort`` model produced or checked by this pipeline (ORT has no sandbox).
@@ -285,35 +293,14 @@ def make_session(path: str | Path, target: Target, threads: int | None = None, p
         threads: overrides ``target.intra_threads``.
         profile_dir: when given, ORT profiling is enabled and its JSON is written there.
 
-    Returns:
-        The session.
-
     Raises:
         InputError: the model file does not exist.
         ConfigError: a provider of the target is not available in this onnxruntime build.
     """
-    import onnxruntime as ort
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"model file {p} does not exist")
-    available = set(ort.get_available_providers())
-    missing = [pr for pr in target.providers if pr not in available]
-    if missing:
-        raise ConfigError(f"target {target.name}: providers {missing} are not available here (available: {sorted(available)})")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads if threads is not None else target.intra_threads)
-    so.inter_op_num_threads = int(target.inter_threads)
-    so.graph_optimization_level = _ort_level(target.graph_opt_level)
-    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if target.execution_mode == "parallel"
-                         else ort.ExecutionMode.ORT_SEQUENTIAL)
-    so.log_severity_level = 3
-    if p.suffix.lower() == ".ort":
-        so.add_session_config_entry("session.load_model_format", "ORT")
-    for k, v in target.session_config:
-        so.add_session_config_entry(k, v)
-    if profile_dir is not None:
-        Path(profile_dir).mkdir(parents=True, exist_ok=True)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
-    return ort.InferenceSession(str(p), sess_options=so, providers=list(target.providers))
+    try:
+        return make_session(Path(path), threads=threads if threads is not None else target.intra_threads,
+                            providers=target.providers, opt_level=target.graph_opt_level, profile=profile_dir,
+                            inter_threads=target.inter_threads, execution_mode=target.execution_mode,
+                            session_config=target.session_config)
+    except ConfigError as e:
+        raise ConfigError(f"target {target.name}: {e}") from e

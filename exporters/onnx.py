@@ -1,10 +1,9 @@
 """torch -> ONNX export: opset 17, BatchNorm folded, dynamic batch, simplified, no Flatten, checked, written atomically.
 
 Why the TorchScript exporter (``dynamo=False``): in torch 2.13 the dynamo exporter emits opset 18 and its
-down-conversion to 17 fails (PERFORMANCE.md); the legacy exporter in EVAL mode with constant folding gives a clean
+down-conversion to 17 fails (docs/benchmarking.md); the legacy exporter in EVAL mode with constant folding gives a clean
 opset-17 graph with every Conv->BatchNorm pair folded, whatever the module structure (Sequential chains, ResNet
-blocks that keep ``conv``/``bn`` as attributes). ``fold_batchnorm`` is only a best-effort eager helper for code that
-wants folded weights in PyTorch itself.
+blocks that keep ``conv``/``bn`` as attributes).
 
 A graph-only model (``OrtGraphModel``: an ONNX file the torch importer cannot convert, factorized on the graph) has
 nothing to trace: :func:`export_graph` writes its graph through the same simplify / check / atomic-write tail.
@@ -12,83 +11,26 @@ nothing to trace: :func:`export_graph` writes its graph through the same simplif
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ValidationError
+from pipeline.models.ort_graph import OrtGraphModel
+from pipeline.ort_session import make_session
+from pipeline.torch_eval import eval_mode
 
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-# ----------------------------------------------------------------------------------------------- BN folding
-def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
-    """Fold ``bn`` into ``conv`` in place; returns False (and changes nothing) when the pair cannot be folded."""
-    if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
-        return False
-    with torch.no_grad():
-        scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-        gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(scale)
-        beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(scale)
-        factor = gamma * scale
-        w = conv.weight.double() * factor.reshape(-1, *([1] * (conv.weight.dim() - 1)))
-        b0 = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-        b = (b0 - bn.running_mean.double()) * factor + beta
-        conv.weight.copy_(w.to(conv.weight.dtype))
-        if conv.bias is None:
-            conv.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
-        else:
-            conv.bias.copy_(b.to(conv.bias.dtype))
-    return True
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Return a deep copy of ``model`` with every ``Conv2d -> BatchNorm2d`` pair inside a plain ``nn.Sequential`` folded.
-
-    Only Sequential containers are touched, because there the child order *is* the data flow; a BN held as an
-    attribute next to a conv (ResNet blocks) may be applied to anything in ``forward``, so folding it would be a
-    guess. ONNX export folds those anyway (``export_onnx`` runs the exporter in EVAL mode with constant folding).
-    The folded BN is replaced by ``nn.Identity`` so indices (and state-dict keys of the convs) stay the same.
-
-    Args:
-        model: any module; not modified.
-
-    Returns:
-        The folded copy, in eval mode.
-    """
-    folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
-        # A Sequential subclass with its own forward could reorder children: leave it alone.
-        if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
-            continue
-        names = list(module._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = module._modules[a], module._modules[b]
-            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and _fold_pair(conv, bn):
-                module._modules[b] = nn.Identity()
-    return folded
-
-
 # ----------------------------------------------------------------------------------------------- export
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore every submodule's training flag afterwards (never mutate inputs)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, t in flags:
-            m.training = t
-
-
 def _flatten_to_reshape(model: Any) -> int:
     """Replace ``Flatten`` nodes by ``Reshape`` (CoreML MLProgram rejects Flatten). Returns how many were replaced.
 
@@ -96,7 +38,6 @@ def _flatten_to_reshape(model: Any) -> int:
     ``Flatten(axis=0)`` == ``Reshape([1, -1])``. Other axes need the product of leading dims, which a constant shape
     cannot express with a dynamic batch: those are left as Flatten.
     """
-    import numpy as np
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -180,8 +121,6 @@ def export_onnx(
     """
     import onnx
 
-    from pipeline.models.ort_graph import OrtGraphModel
-
     if isinstance(model, OrtGraphModel):  # a graph-only model (ONNX fallback): write its graph, nothing to trace
         return export_graph(model.proto, input_shape, path, opset=opset, simplify=simplify, dynamic_batch=dynamic_batch)
     path = Path(path)
@@ -191,7 +130,7 @@ def export_onnx(
     dummy = torch.zeros(trace_batch, c, h, w, dtype=torch.float32)
     axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
     buf = io.BytesIO()
-    with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # The legacy-exporter deprecation warning is expected: we choose it on purpose (see module docstring).
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -249,12 +188,7 @@ def _opset(proto: Any) -> int:
 
 
 def _run(proto: Any, x: Any) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    sess = make_session(proto.SerializeToString(), threads=1)
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
@@ -264,8 +198,6 @@ def make_batch_dynamic(proto: Any, input_shape: tuple[int, int, int]) -> bool:
     Graphs exported with a fixed batch often bake it into Reshape shapes; so the change is kept only when ORT then
     runs a batch of 2 and gives each sample the output it gives that sample alone. Returns whether axis 0 is dynamic.
     """
-    import numpy as np
-
     inp = proto.graph.input[0]
     dims = [inp.type.tensor_type.shape.dim[0]] + [o.type.tensor_type.shape.dim[0] for o in proto.graph.output
                                                    if len(o.type.tensor_type.shape.dim)]

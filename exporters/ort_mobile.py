@@ -6,6 +6,7 @@ freely and may abort on odd graphs; none of that reaches the pipeline's process.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,8 +23,6 @@ _TOOL_TIMEOUT_S = 600
 
 def _run_tool(args: list[str], timeout: float = _TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run ``python -m <tool> ...`` with single-threaded ORT and captured output."""
-    import os
-
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env,

@@ -1,32 +1,22 @@
 """ONNX Runtime vs PyTorch parity: input/output names and count, shapes, finiteness, allclose; every failure collected."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.errors import ValidationError
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the check, then restore training flags (the caller's model is not ours to change)."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, t in flags:
-            m.training = t
+from pipeline.ort_session import make_session
+from pipeline.torch_eval import eval_mode
 
 
 def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     """Run the model in float32 and flatten tuple/list/dict outputs into ONNX output order."""
-    with _eval_mode(model), torch.no_grad():
+    # eval mode for the check, then the caller's training flags back: their model is not ours to change
+    with eval_mode(model), torch.no_grad():
         out: Any = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
     if isinstance(out, torch.Tensor):
         outs = [out]
@@ -63,14 +53,9 @@ def check_parity(
     Raises:
         ValidationError: listing every failure (name/count/shape mismatch, non-finite values, tolerance exceeded).
     """
-    import onnxruntime as ort
-
     if not inputs:
         raise ValidationError(f"parity check of {Path(onnx_path).name}: no input batches given")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # parity, not speed: stay polite on shared machines
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    sess = make_session(onnx_path, threads=1)  # parity, not speed: stay polite on shared machines
     sess_inputs = sess.get_inputs()
     out_names = [o.name for o in sess.get_outputs()]
     failures: list[str] = []

@@ -1,12 +1,14 @@
-"""Measured ONNX Runtime latency of single layers: dense vs factorized, for ``break_even`` and ``budget.latency``.
+"""The factorizer's per-layer latency model: measured, cached ORT latency of single layers, dense vs factorized,
+for ``break_even`` and ``budget.latency``. (Measuring whole models is :mod:`benchmarks.latency`'s job; this module
+times through its :func:`~benchmarks.latency.time_interleaved` loop and adds the layer export and the disk cache.)
 
-MACs are not latency (PERFORMANCE.md): narrow factorized layers at small spatial sizes are bound by per-node
+MACs are not latency (docs/benchmarking.md): narrow factorized layers at small spatial sizes are bound by per-node
 overhead, and unaligned ranks lose ORT's NCHWc blocking. So the factorizer can ask how long one layer actually takes.
 
-How a layer is timed (PERFORMANCE.md, "How to time"): every variant of the layer (dense and each requested
-factorized form) is exported alone to ONNX (opset 17, random weights: latency does not depend on values), one ORT
-CPU session each with 1 intra-op thread, batch 1; all sessions are created and warmed up first, then timed
-interleaved in random order in small chunks until each has ``repeats`` samples; the median is kept. With one
+How a layer is timed (docs/benchmarking.md): every variant of the layer (dense and each requested factorized form)
+is exported alone to ONNX (opset 17, random weights: latency does not depend on values), one ORT CPU session each
+with the target's settings (1 intra-op thread), batch 1; all sessions are created and warmed up first, then timed
+interleaved in random order in small chunks until each has ``repeats`` samples; the median CPU time is kept. With one
 intra-op thread the work runs in the calling thread, so ``time.thread_time`` measures compute and excludes
 preemption by the other tenants of a shared machine.
 
@@ -20,24 +22,26 @@ import io
 import json
 import logging
 import os
-import random
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
+from benchmarks.latency import time_interleaved
+from benchmarks.targets import TARGETS, Target, get_target
 from pipeline.errors import ConfigError
+from pipeline.factorize.formats import FORMATS
+from pipeline.ort_session import make_session
 
 log = logging.getLogger(__name__)
 
-# Targets this module can measure: all run on the local CPU execution provider. Other targets (mobile boards)
-# cannot be measured here, and silently timing them on this CPU would mislabel the numbers.
-TARGETS: dict[str, dict[str, Any]] = {"cpu": {"intra_threads": 1, "inter_threads": 1, "graph_opt": "all"}}
+WARMUP = 3  # untimed runs per variant: the first runs allocate buffers and pick kernels
 
 Variant = tuple[str | None, tuple[int, ...] | None]  # (format name or None for dense, ranks or None)
 
@@ -84,11 +88,29 @@ def _store_cache(path: Path, new: dict[str, float]) -> None:
 
 
 def _ort_version() -> str:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
-        raise ConfigError("measuring layer latency needs onnxruntime: pip install onnxruntime") from e
     return str(ort.__version__)
+
+
+def measurable_target(name: str) -> Target:
+    """The registered target ``name`` if timing on this machine measures it (only ``cpu``).
+
+    The other targets (mobile boards) are proxies here: timing them on this CPU and calling the result theirs would
+    mislabel the numbers the factorizer decides on.
+
+    Raises:
+        ConfigError: unknown, or not measurable here.
+    """
+    t = get_target(name)
+    if not t.measured_here:
+        here = [n for n in TARGETS.names() if TARGETS.get(n).measured_here]
+        raise ConfigError(f"latency target {name!r} cannot be measured here (measurable: {', '.join(here)}); "
+                          "set factorize.budget.target=cpu")
+    return t
+
+
+def _settings(t: Target) -> dict[str, Any]:
+    """The session settings that enter the cache key (same keys as before the registries were merged)."""
+    return {"intra_threads": t.intra_threads, "inter_threads": t.inter_threads, "graph_opt": t.graph_opt_level}
 
 
 def cache_key(layer: nn.Module, in_hw: tuple[int, int], variant: Variant, target: str) -> str:
@@ -102,12 +124,11 @@ def cache_key(layer: nn.Module, in_hw: tuple[int, int], variant: Variant, target
     else:
         geom = {"kind": "linear", "shape": list(layer.weight.shape), "bias": layer.bias is not None}
     return json.dumps({"layer": geom, "format": fmt or "dense", "ranks": list(ranks) if ranks else None,
-                       "ort": _ort_version(), "target": target, "settings": TARGETS[target]}, sort_keys=True)
+                       "ort": _ort_version(), "target": target, "settings": _settings(measurable_target(target))},
+                      sort_keys=True)
 
 
 def _module_for(layer: nn.Module, variant: Variant) -> nn.Module:
-    from pipeline.factorize.formats import FORMATS
-
     fmt, ranks = variant
     base = copy.deepcopy(layer).float().cpu()
     if fmt is None:
@@ -115,23 +136,16 @@ def _module_for(layer: nn.Module, variant: Variant) -> nn.Module:
     return FORMATS.get(fmt).build(base, tuple(ranks or ())).float().eval()
 
 
-def _session(module: nn.Module, example: torch.Tensor, target: str) -> Any:
-    import onnxruntime as ort
-
+def _session(module: nn.Module, example: torch.Tensor, target: Target) -> Any:
     buf = io.BytesIO()
-    # dynamo=False on purpose (PERFORMANCE.md: the dynamo exporter cannot emit opset 17 in torch 2.13); its
+    # dynamo=False on purpose (docs/benchmarking.md: the dynamo exporter cannot emit opset 17 in torch 2.13); its
     # deprecation warning is expected here and would only flood the log once per measured variant.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=17, input_names=["x"])
-    settings = TARGETS[target]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = settings["intra_threads"]
-    so.inter_op_num_threads = settings["inter_threads"]
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    return make_session(buf.getvalue(), threads=target.intra_threads, providers=target.providers,
+                        opt_level=target.graph_opt_level, inter_threads=target.inter_threads,
+                        execution_mode=target.execution_mode, session_config=target.session_config)
 
 
 def measure_variants(
@@ -151,7 +165,7 @@ def measure_variants(
         layer: the dense ``nn.Conv2d``/``nn.Linear`` (its geometry matters, not its values).
         in_hw: the layer's input spatial size (ignored for linear layers).
         variants: ``(None, None)`` for the dense layer, ``(format_name, ranks)`` for factorized forms.
-        target: a key of :data:`TARGETS` (the settings the sessions use).
+        target: a measurable target of :data:`benchmarks.targets.TARGETS` (the settings the sessions use).
         repeats: samples per variant (each a single ``run``).
         chunk: consecutive runs of one variant before switching (interleaving granularity).
         use_cache: read and write the on-disk cache.
@@ -161,9 +175,7 @@ def measure_variants(
         Medians in ms, in the order of ``variants``. If any variant is not cached, all of them are measured
         together, so the numbers being compared come from the same run (same-run ratios are the reliable ones).
     """
-    if target not in TARGETS:
-        raise ConfigError(f"latency target {target!r} cannot be measured here (known: {', '.join(TARGETS)}); "
-                          "set factorize.budget.target=cpu")
+    tgt = measurable_target(target)
     keys = [cache_key(layer, in_hw, v, target) for v in variants]
     path = cache_path()
     cached = _load_cache(path) if use_cache else {}
@@ -174,22 +186,13 @@ def measure_variants(
         example = torch.randn(1, layer.in_channels, *in_hw)
     else:
         example = torch.randn(1, layer.in_features)
-    sessions = [_session(_module_for(layer, v), example, target) for v in variants]
+    sessions = [_session(_module_for(layer, v), example, tgt) for v in variants]
     feed = {"x": example.numpy()}
-    for s in sessions:  # warm-up: first runs allocate buffers and pick kernels
-        for _ in range(3):
-            s.run(None, feed)
-    samples: list[list[float]] = [[] for _ in sessions]
-    rng = random.Random(seed)
-    order = list(range(len(sessions)))
-    while min(len(t) for t in samples) < repeats:
-        rng.shuffle(order)
-        for i in order:
-            for _ in range(chunk):
-                t0 = time.thread_time_ns()
-                sessions[i].run(None, feed)
-                samples[i].append((time.thread_time_ns() - t0) / 1e6)
-    medians = [float(statistics.median(t)) for t in samples]
+    runs = {str(i): (lambda s=s: s.run(None, feed)) for i, s in enumerate(sessions)}
+    # whole chunks: every variant gets the same number of samples, ``repeats`` rounded up to a multiple of ``chunk``
+    n = -(-repeats // chunk) * chunk
+    _, cpu = time_interleaved(runs, n, WARMUP, chunk, np.random.default_rng(seed))
+    medians = [float(statistics.median(cpu[str(i)])) * 1e3 for i in range(len(sessions))]
     if use_cache:
         _store_cache(path, dict(zip(keys, medians)))
     return medians

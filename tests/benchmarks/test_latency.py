@@ -65,3 +65,21 @@ def test_profile_nodes_sorted_per_node(models: dict[str, Path]) -> None:
     for r in rows:
         assert r["mean_us"] == pytest.approx(r["total_us"] / 5)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+
+
+def test_time_interleaved_takes_exactly_the_samples_after_warmup() -> None:
+    import numpy as np
+
+    from benchmarks.latency import time_interleaved
+
+    calls: list[str] = []
+    runs = {n: (lambda n=n: calls.append(n)) for n in ("a", "b", "c")}
+    wall, cpu = time_interleaved(runs, samples=7, warmup=2, chunk=3, rng=np.random.default_rng(0))
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up first, in order
+    assert all(len(wall[n]) == len(cpu[n]) == 7 for n in runs)
+    assert len(calls) == 6 + 21
+    # interleaved by rounds: each round visits every pending variant once, one chunk each (3 + 3 + 1 = 7 samples)
+    timed = calls[6:]
+    for start, size in ((0, 9), (9, 9), (18, 3)):
+        rnd = timed[start:start + size]
+        assert sorted(rnd) == sorted(["a", "b", "c"] * (size // 3)), rnd

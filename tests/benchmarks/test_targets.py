@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.targets import TARGETS, DeviceProfile, Target, make_session
+from benchmarks.targets import TARGETS, DeviceProfile, Target, get_target, target_session
 from exporters.onnx import export_onnx
 from pipeline.errors import ConfigError, InputError
 
@@ -37,14 +37,30 @@ def test_target_validates_settings() -> None:
         TARGETS.get("no-such-target")
 
 
-def test_make_session_applies_threads(tmp_path: Path) -> None:
+def test_target_session_applies_the_target_settings(tmp_path: Path) -> None:
     torch.manual_seed(0)
     export_onnx(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), (1, 5, 5), tmp_path / "m.onnx")
-    sess = make_session(tmp_path / "m.onnx", TARGETS.get("cpu"), threads=1)
+    sess = target_session(tmp_path / "m.onnx", TARGETS.get("cpu"), threads=1)
     assert sess.get_providers() == ["CPUExecutionProvider"]
     assert sess.get_session_options().intra_op_num_threads == 1
+    basic = target_session(tmp_path / "m.onnx", TARGETS.get("mobile-nnapi"))
+    assert str(basic.get_session_options().graph_optimization_level).endswith("ENABLE_BASIC")
     with pytest.raises(InputError):
-        make_session(tmp_path / "missing.onnx", TARGETS.get("cpu"))
+        target_session(tmp_path / "missing.onnx", TARGETS.get("cpu"))
+    gpu_only = replace(TARGETS.get("cpu"), name="gpu", providers=("NoSuchExecutionProvider",))
+    with pytest.raises(ConfigError, match="target gpu.*NoSuchExecutionProvider"):
+        target_session(tmp_path / "m.onnx", gpu_only)
+
+
+def test_get_target_names_the_known_targets() -> None:
+    assert get_target("cpu") is TARGETS.get("cpu")
+    with pytest.raises(ConfigError, match="unknown target 'tpu'.*board-a53.*cpu.*mobile-arm"):
+        get_target("tpu")
+
+
+def test_only_the_local_cpu_target_is_measured_here() -> None:
+    # the factorizer's latency model refuses the others (their timings here are proxies)
+    assert [n for n in TARGETS.names() if TARGETS.get(n).measured_here] == ["cpu"]
 
 
 def test_cpu_target_profile_follows_the_host_isa() -> None:

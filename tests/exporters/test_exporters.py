@@ -15,6 +15,7 @@ from exporters.onnx import export_onnx
 from exporters.ort_mobile import convert_to_ort, mobile_usability
 from exporters.validate import check_parity
 from pipeline.errors import InputError, ValidationError
+from pipeline.ort_session import make_session
 
 SHAPE = (3, 8, 8)
 
@@ -43,9 +44,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path,
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return make_session(path, threads=1)
 
 
 def test_export_folds_bn_removes_flatten_and_runs_dynamic_batch(exported: tuple[nn.Module, Path, dict]) -> None:
@@ -120,10 +119,7 @@ def test_convert_to_ort_produces_model_and_config(exported: tuple[nn.Module, Pat
     assert "Conv" in cfg_path.read_text()
     # The .ort file loads and computes what the .onnx computes.
     x = np.random.default_rng(2).standard_normal((2, *SHAPE)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.add_session_config_entry("session.load_model_format", "ORT")
-    a = ort.InferenceSession(str(ort_path), sess_options=so, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    a = make_session(ort_path).run(None, {"input": x})[0]  # a .ort path loads as ORT format
     b = _session(path).run(None, {"input": x})[0]
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
     # Nothing but the two deliverables is left behind.

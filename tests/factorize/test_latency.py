@@ -64,3 +64,17 @@ def test_damaged_cache_is_ignored_and_rewritten(cache_dir):
 def test_unknown_target_is_a_config_error(cache_dir):
     with pytest.raises(ConfigError, match="mobile-arm.*factorize.budget.target=cpu"):
         layer_latency(nn.Conv2d(8, 8, 3), (6, 6), target="mobile-arm")
+
+
+def test_cache_key_settings_come_from_the_target_registry():
+    from benchmarks.targets import TARGETS
+
+    cpu = TARGETS.get("cpu")
+    key = json.loads(cache_key(nn.Conv2d(8, 8, 3), (6, 6), (None, None), "cpu"))
+    assert key["settings"] == {"intra_threads": cpu.intra_threads, "inter_threads": cpu.inter_threads,
+                               "graph_opt": cpu.graph_opt_level}
+
+
+def test_unknown_target_lists_the_registered_ones(cache_dir):
+    with pytest.raises(ConfigError, match="unknown target 'tpu'.*cpu"):
+        layer_latency(nn.Conv2d(8, 8, 3), (6, 6), target="tpu")

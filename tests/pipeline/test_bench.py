@@ -1,20 +1,23 @@
-"""``lowrank-deploy bench``: suite names are validated before any work, tables render as Markdown."""
+"""``lowrank-deploy bench`` (:mod:`pipeline.suites`): suite names are validated before any work, tables render as
+Markdown, and every suite runs end to end in quick mode (what ``make bench-quick`` runs)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pipeline.bench import SUITES, _md_table
+import pytest
+
 from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.suites import SUITES, md_table, run_bench
 
 
-def test_unknown_suite_is_a_clear_error_and_writes_nothing(tmp_path: Path, capsys) -> None:
+def test_unknown_suite_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    code = main(["bench", "speed", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code != 0
-    assert "unknown bench suite 'speed'" in err
+    with pytest.raises(ConfigError, match="unknown bench suite 'speed'") as e:
+        run_bench("speed", out_dir=out, root=tmp_path / "artifacts")
     for name in SUITES:
-        assert name in err
+        assert name in str(e.value)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -24,7 +27,7 @@ def test_markdown_table_formats_numbers_and_notes() -> None:
         "rows": [{"a": "x", "b": 1.23456, "c": 123456}, {"a": "y", "b": 5000.4}],
         "notes": ["n1"],
     }
-    md = _md_table(table).splitlines()
+    md = md_table(table).splitlines()
     assert md[0] == "### T"
     assert "Settings: S" in md
     assert "| a | b | c |" in md
@@ -41,3 +44,26 @@ def test_every_suite_is_named_in_the_cli_help(capsys) -> None:
     help_text = capsys.readouterr().out
     for name in SUITES:
         assert name in help_text
+
+
+def test_every_suite_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
+    """``bench all --quick``: tiny network, 8x8 inputs, a 240-image data set, a few timing samples, real pipeline runs."""
+    out = tmp_path / "bench"
+    md = run_bench("all", out_dir=out, quick=True, root=tmp_path / "artifacts")
+    assert md == out / "bench.md"
+    text = md.read_text()
+    for name in SUITES:
+        table = json.loads((out / f"{name}.json").read_text())
+        assert table["rows"], f"suite {name} produced no rows"
+        for row in table["rows"]:
+            assert set(row) <= set(table["columns"]) | {"format", "ranks"}, name
+        assert table["title"] in text and (out / f"{name}.md").read_text() in text
+    factorize = json.loads((out / "factorize.json").read_text())
+    assert {r["variant"].split()[0] for r in factorize["rows"]} == {"tucker2", "channel_svd", "spatial_svd", "cp"}
+    assert all(r["p50 ms"] > 0 and r["MAC reduction"] > 1 for r in factorize["rows"])
+    finetune = json.loads((out / "finetune.json").read_text())
+    assert [r["method"] for r in finetune["rows"]] == ["none", "kd", "svd_training", "lra", "elrt"]
+    assert all(0 <= r["final acc"] <= 1 for r in finetune["rows"])
+    storage = json.loads((out / "storage.json").read_text())
+    assert [r["config"] for r in storage["rows"]] == ["default", "compact"]
+    assert all(r["container KB"] < r["fp32 ONNX KB"] for r in storage["rows"])

@@ -1,0 +1,59 @@
+"""``report.md``: the run's report as Markdown (headline first)."""
+from __future__ import annotations
+
+from benchmarks.report.tables import fmt, headline_text, layer_table, profile_rows, roofline_table, variant_rows
+
+
+def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    out = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]
+    return out
+
+
+def render_markdown(report: dict) -> str:
+    """Markdown report: headline first, then variants, container, mobile, layer table, node profile, settings."""
+    lines = [f"# {headline_text(report)}", ""]
+    lines.append(f"Model `{report['model']}` on `{report['dataset']}`.")
+    basis = report["headline"].get("basis")
+    if basis:
+        lines.append(f"Basis: {basis}.")
+    for note in report.get("notes") or []:
+        lines.append(f"\n**Note.** {note}")
+    lines += ["", "## Variants", ""]
+    lines += _md_table(*variant_rows(report))
+    lines.append("")
+    lines.append("Latency: ONNX Runtime, sessions created and warmed first, variants timed interleaved; "
+                 "energy is a proxy (see settings), not a measurement.")
+    roof = roofline_table(report)
+    if roof:
+        lines += ["", "## Roofline estimates (lower bounds from peak MAC/s and DRAM bandwidth)", ""]
+        lines += _md_table(*roof)
+    cont = report["container"]
+    lines += ["", "## Container", ""]
+    lines += _md_table(["key", "value"], [[k, fmt(v)] for k, v in cont.items() if not isinstance(v, (dict, list))])
+    mobile = report.get("mobile")
+    if isinstance(mobile, dict) and isinstance(mobile.get("summary"), dict) and mobile["summary"]:
+        lines += ["", "## Mobile (ONNX Runtime usability checker)", ""]
+        rows = []
+        for ep, s in mobile["summary"].items():
+            if isinstance(s, dict):
+                rows.append([ep, fmt(s.get("supported_pct_fixed_shapes")), fmt(s.get("unsupported_ops") or "-")])
+        lines += _md_table(["EP", "% nodes supported (fixed input shape)", "unsupported ops"], rows)
+    if mobile and isinstance(mobile, dict) and mobile.get("error"):
+        lines.append(f"\nMobile check error: {mobile['error']}")
+    layers = report.get("layers")
+    if layers:
+        lines += ["", "## Layers (factorization)", ""]
+        lines += _md_table(*layer_table(layers))
+    prof = profile_rows(report.get("node_profile"), report.get("layers"))
+    if prof:
+        lines += ["", "## Per-layer latency (ORT profiler, decomposed fp32 model)", ""]
+        lines += _md_table(["layer", "ms per run"], [[r["layer"], f"{r['ms']:.4f}"] for r in prof[:30]])
+    lines += ["", "## Settings", ""]
+    lines += _md_table(["setting", "value"], [[k, fmt(v)] for k, v in report["settings"].items()])
+    stages = report.get("stages")
+    if stages:
+        lines += ["", "## Stages", ""]
+        lines += _md_table(*layer_table(stages))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""The report's tables as rows of strings (shared by the Markdown and HTML renderings and the plots): value
+formatting, the variant / layer / roofline tables, per-layer profile times grouped by factorization layer."""
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.report.schema import is_num
+
+
+def _size(n: Any) -> str:
+    if not is_num(n):
+        return "-"
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= f:
+            return f"{n / f:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def _count(n: Any) -> str:
+    if not is_num(n):
+        return "-"
+    for unit, f in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= f:
+            return f"{n / f:.2f}{unit}"
+    return str(int(n))
+
+
+def _pct(a: Any) -> str:
+    return f"{100 * a:.2f}%" if is_num(a) else "n/a"
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.3f}" if is_num(v) else "-"
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "x".join(str(x) for x in v) if all(isinstance(x, int) for x in v) else ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt(x)}" for k, x in v.items())
+    return "" if v is None else str(v)
+
+
+def headline_text(report: dict) -> str:
+    """``"N x smaller, M x faster, accuracy a% -> b%"``: the first line of the Markdown report."""
+    h = report["headline"]
+    return (f"{h['smaller']:.1f}x smaller, {h['faster']:.2f}x faster, "
+            f"accuracy {_pct(h.get('acc_from'))} -> {_pct(h.get('acc_to'))}")
+
+
+def variant_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    cols = ["variant", "accuracy", "size", "p50 ms", "p90 ms", "p99 ms", "MACs", "params", "energy uJ (proxy)"]
+    rows = []
+    for v in report["variants"]:
+        lat = v.get("latency_ms", {})
+        e = v.get("energy") or {}
+        rows.append([v["name"], _pct(v.get("accuracy")), _size(v.get("size_bytes")), _ms(lat.get("p50")),
+                     _ms(lat.get("p90")), _ms(lat.get("p99")), _count(v.get("macs")), _count(v.get("params")),
+                     f"{e['energy_uj']:.3g}" if is_num(e.get("energy_uj")) else "-"])
+    return cols, rows
+
+
+_LAYER_COLS = ("name", "kind", "status", "format", "ranks", "shape", "stride", "macs_before", "macs_after",
+               "params_before", "params_after", "rel_error", "latency_ms", "reason")
+
+
+def layer_table(layers: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Columns: the usual factorization keys first (in a readable order), then any others in first-seen order."""
+    seen: list[str] = []
+    for row in layers:
+        for k, v in row.items():
+            if k not in seen and not isinstance(v, dict):
+                seen.append(k)
+    cols = [c for c in _LAYER_COLS if c in seen and c != "reason"] + [c for c in seen if c not in _LAYER_COLS]
+    if "reason" in seen:
+        cols.append("reason")  # long free text reads best as the last column
+    return cols, [[fmt(row.get(k)) for k in cols] for row in layers]
+
+
+def _attribute(module: str, known: list[str]) -> str:
+    """Map a profiled module path to a factorization layer name.
+
+    ``features.4.0.1`` (a node of the factorized Sequential that replaced ``features.4.0``) -> ``features.4.0``;
+    a fused Conv+BN+ReLU node that ORT names after the ReLU (``features.2.2``) -> the one conv layer of the same
+    block (``features.2.0``), but only when that sibling is unique: a ResNet block with two convs stays unmapped.
+    """
+    best = ""
+    for k in known:
+        if (module == k or module.startswith(k + ".")) and len(k) > len(best):
+            best = k
+    if best:
+        return best
+    parent = module.rsplit(".", 1)[0] if "." in module else None
+    siblings = [k for k in known if parent and k.rsplit(".", 1)[0] == parent and k.count(".") == module.count(".")]
+    return siblings[0] if len(siblings) == 1 else module
+
+
+def profile_rows(node_profile: Any, layers: Any = None) -> list[dict]:
+    """Per-layer times (ms per run) from ``profile_nodes`` rows, grouped by factorization layer names when known."""
+    if not isinstance(node_profile, list):
+        return []
+    known = [str(l["name"]) for l in layers or [] if isinstance(l, dict) and l.get("name")]
+    agg: dict[str, float] = {}
+    for r in node_profile:
+        if not isinstance(r, dict):
+            continue
+        layer = str(r.get("layer") or r.get("node") or "?")
+        if known:
+            layer = _attribute(layer, known)
+        if is_num(r.get("mean_ms")):
+            t = float(r["mean_ms"])
+        elif is_num(r.get("mean_us")):
+            t = float(r["mean_us"]) / 1e3
+        else:
+            continue
+        agg[layer] = agg.get(layer, 0.0) + t
+    return [{"layer": k, "ms": v} for k, v in sorted(agg.items(), key=lambda kv: -kv[1])]
+
+
+def roofline_table(report: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Measured p50 next to roofline lower bounds: the target profile's (from ``energy``) and, when a variant carries
+    ``roofline`` (``energy.roofline_all`` output), every device profile's."""
+    profiles: list[str] = []
+    for v in report["variants"]:
+        for name in (v.get("roofline") or {}):
+            if name not in profiles:
+                profiles.append(name)
+    have_energy = any(isinstance((v.get("energy") or {}).get("roofline"), dict) for v in report["variants"])
+    if not profiles and not have_energy:
+        return None
+    cols = ["variant", "measured p50 ms"] + (["roofline ms (target profile)"] if have_energy else [])
+    cols += [f"roofline ms {p}" for p in profiles]
+    rows = []
+    for v in report["variants"]:
+        roof = (v.get("energy") or {}).get("roofline") or {}
+        row = [v["name"], _ms(v.get("latency_ms", {}).get("p50"))]
+        if have_energy:
+            row.append(f"{roof['latency_ms']:.4g}" if is_num(roof.get("latency_ms")) else "-")
+        for p in profiles:
+            r = (v.get("roofline") or {}).get(p) or {}
+            row.append(f"{r['latency_ms']:.4g}" if is_num(r.get("latency_ms")) else "-")
+        rows.append(row)
+    return cols, rows
