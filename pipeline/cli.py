@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out}")
             return 0
         if args.command == "bench":
-            from pipeline.bench import run_bench
+            from pipeline.suites import run_bench
 
             out = run_bench(args.suite, out_dir=args.out, quick=args.quick)
             print(f"wrote {out}")
