@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.errors import InputError, NumericalError
 from pipeline.models import build_model
-from pipeline.models.onnx_import import (
+from pipeline.models.onnx import (
     OnnxGraphModule,
     check_onnx_file,
     onnx_model_info,

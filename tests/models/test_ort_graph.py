@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.errors import InputError
 from pipeline.models import load_onnx_model, onnx_model_info
-from pipeline.models.onnx_import import OnnxGraphModule
+from pipeline.models.onnx import OnnxGraphModule
 from pipeline.models.ort_graph import OrtGraphModel
 
 SHAPE = (3, 8, 8)
