@@ -124,3 +124,61 @@ class LayerOps(GraphBuilder):
                     self.runtime.add(n.output[0])
                     return
         self.generic(n, {})
+
+    def op_ConvTranspose(self, n: Any) -> None:
+        w = self.const(n, 1, "weight")
+        b = self.const(n, 2, "bias")
+        if w is None or w.dim() != 4 or n.input[0] not in self.runtime:
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} is not a 2-D transposed convolution "
+                             f"of a run-time input with a constant 4-D weight; only ConvTranspose2d is supported")
+        if self.attr(n, "output_shape", None) is not None:
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} sets output_shape, which the importer "
+                             f"does not read; re-export it with explicit pads (torch's ConvTranspose2d does)")
+        auto = self.attr(n, "auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto not in ("NOTSET", "VALID"):
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} uses auto_pad {auto}, which the "
+                             f"importer does not read; re-export it with explicit pads")
+        cin, cout_g, kh, kw = (int(v) for v in w.shape)
+        groups = int(self.attr(n, "group", 1))
+        pads = [0, 0, 0, 0] if auto == "VALID" else list(self.attr(n, "pads", [0, 0, 0, 0]))
+        top, left, bottom, right = (int(v) for v in pads)
+        strides = [int(v) for v in self.attr(n, "strides", [1, 1])]
+        dilations = [int(v) for v in self.attr(n, "dilations", [1, 1])]
+        out_pad = [int(v) for v in self.attr(n, "output_padding", [0, 0])]
+        # nn.ConvTranspose2d pads both sides alike: it takes the smaller pad of each axis and the rest is cropped
+        # after it (output_padding adds rows at the end in both definitions, so the crop stays exact).
+        ph, pw = min(top, bottom), min(left, right)
+        deconv = nn.ConvTranspose2d(cin, cout_g * groups, (kh, kw), stride=tuple(strides), padding=(ph, pw),
+                                    output_padding=tuple(out_pad), groups=groups, bias=b is not None,
+                                    dilation=tuple(dilations))
+        with torch.no_grad():
+            deconv.weight.copy_(w.float())
+            if b is not None:
+                deconv.bias.copy_(b.float().reshape(-1))
+        name = self.unique_name(n.name, f"convtranspose_{len(self.nodes)}")
+        self.layers[name] = deconv
+        crop = [left - pw, right - pw, top - ph, bottom - ph]
+        self.emit(n, [n.input[0]], {"crop": crop if any(crop) else None}, module=name)
+
+    def op_LayerNormalization(self, n: Any) -> None:
+        scale = self.const(n, 1, "scale")
+        bias = self.const(n, 2, "bias")
+        axis = int(self.attr(n, "axis", -1))
+        rank = self.ranks.get(n.input[0])
+        if axis >= 0 and rank is None:
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} normalises from axis {axis} of a "
+                             f"tensor of unknown rank; re-export it with axis=-1 or with shapes declared")
+        ndims = -axis if axis < 0 else rank - axis  # type: ignore[operator]
+        if scale is None or scale.dim() != ndims or (bias is not None and tuple(bias.shape) != tuple(scale.shape)):
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} has a scale/bias that is not exactly "
+                             f"the normalised shape ({ndims} trailing dims); only that form maps to nn.LayerNorm")
+        ln = nn.LayerNorm(tuple(int(v) for v in scale.shape), eps=float(self.attr(n, "epsilon", 1e-5)),
+                          bias=bias is not None)
+        with torch.no_grad():
+            ln.weight.copy_(scale.float())
+            if bias is not None:
+                ln.bias.copy_(bias.float())
+        name = self.unique_name(n.name, f"layernorm_{len(self.nodes)}")
+        self.layers[name] = ln
+        self.emit(n, [n.input[0]], {}, module=name)

@@ -12,8 +12,11 @@ import torch
 from pipeline.errors import InputError
 from pipeline.models.onnx.builder import GraphBuilder
 from pipeline.models.onnx.ops import ONNX_TO_TORCH_DTYPE
+from pipeline.models.onnx.resize import COORD_MODES, NEAREST_MODES
 
 __all__ = ["InterpretedOps"]
+
+_HALF = (10, 16)  # TensorProto.FLOAT16, BFLOAT16
 
 
 class InterpretedOps(GraphBuilder):
@@ -113,4 +116,60 @@ class InterpretedOps(GraphBuilder):
         to = int(self.attr(n, "to"))
         if to not in ONNX_TO_TORCH_DTYPE:
             raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} casts to unsupported type {to}")
-        self.generic(n, {"dtype": ONNX_TO_TORCH_DTYPE[to]})
+        # Half-precision weights are imported as float32 (see GraphBuilder.tensor), so a cast to half precision
+        # (how fp16 exports with float32 inputs begin) computes in float32 too.
+        dtype = torch.float32 if to in _HALF else ONNX_TO_TORCH_DTYPE[to]
+        self.generic(n, {"dtype": dtype})
+
+    def _str_attr(self, n: Any, key: str, default: str) -> str:
+        v = self.attr(n, key, default)
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    def op_Resize(self, n: Any) -> None:
+        mode = self._str_attr(n, "mode", "nearest")
+        if mode not in ("nearest", "linear"):
+            raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} uses Resize mode {mode!r}; the "
+                             f"importer runs 'nearest' and 'linear' (re-export with one of those)")
+        attrs: dict[str, Any] = {"mode": mode, "scales": None, "sizes": None, "sizes_input": None, "axes": None}
+        inputs = [n.input[0]]
+        if self.opset < 11 or n.op_type == "Upsample":  # Resize-10 / Upsample-9: (X, scales), asymmetric
+            attrs.update(coord="asymmetric", nearest_mode="simple")
+            attrs["scales"] = [float(v) for v in self.const(n, 1, "scales").reshape(-1).tolist()]  # type: ignore
+        else:
+            coord = self._str_attr(n, "coordinate_transformation_mode", "half_pixel")
+            if coord not in COORD_MODES:
+                raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} uses coordinate transformation "
+                                 f"{coord!r}; supported: {', '.join(COORD_MODES)}")
+            nearest = self._str_attr(n, "nearest_mode", "round_prefer_floor")
+            if nearest not in NEAREST_MODES:
+                raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} uses nearest_mode {nearest!r}")
+            if int(self.attr(n, "antialias", 0)) or self._str_attr(n, "keep_aspect_ratio_policy",
+                                                                     "stretch") != "stretch":
+                raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} uses antialias or a "
+                                 f"keep_aspect_ratio_policy; only plain ('stretch', no antialias) resizing is read")
+            axes = self.attr(n, "axes", None)
+            attrs.update(coord=coord, nearest_mode=nearest, axes=None if axes is None else [int(v) for v in axes])
+            scales = self.const(n, 2, "scales")
+            if scales is not None and scales.numel() > 0:
+                attrs["scales"] = [float(v) for v in scales.reshape(-1).tolist()]
+            elif len(n.input) > 3 and n.input[3]:
+                size_name = n.input[3]
+                if size_name in self.runtime:  # sizes computed from another tensor's shape at run time
+                    attrs["sizes_input"] = 1
+                    inputs.append(size_name)
+                else:
+                    attrs["sizes"] = self.ints(self.const(n, 3, "sizes"))
+            if attrs["scales"] is None and attrs["sizes"] is None and attrs["sizes_input"] is None:
+                raise InputError(f"ONNX model {self.path!r}: {self.node_label(n)} gives neither scales nor sizes")
+        self.generic(n, attrs, inputs)
+
+    op_Upsample = op_Resize
+
+    def op_Split(self, n: Any) -> None:
+        if self.opset < 13:
+            split = self.attr(n, "split", None)
+            split = None if split is None else [int(v) for v in split]
+        else:
+            split = self.ints(self.const(n, 1, "split"))
+        self.generic(n, {"axis": int(self.attr(n, "axis", 0)), "split": split or None,
+                         "num_outputs": len(n.output)}, [n.input[0]])
