@@ -190,3 +190,16 @@ def test_weight_ops_become_trainable_parameters(tmp_path: Path, name: str) -> No
     model(torch.randn(2, *IN_SHAPE, generator=torch.Generator().manual_seed(1))).square().mean().backward()
     for pname, p in params.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("opset, op, mode", [(9, "Upsample", "nearest"), (9, "Upsample", "linear"),
+                                             (10, "Resize", "nearest"), (10, "Resize", "linear")])
+def test_upsample_and_resize10_forms(tmp_path: Path, opset: int, op: str, mode: str) -> None:
+    """Opset 9 Upsample and opset 10 Resize: (X, scales), asymmetric coordinates, read natively."""
+    g = G(opset)
+    out = g.op(op, ["x", g.const([1.0, 1.0, 2.0, 1.5])], mode=mode)[0]
+    path = g.save(out, tmp_path / f"{op}{opset}.onnx")
+    model = onnx_to_torch(path)
+    x = torch.randn(2, *IN_SHAPE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).numpy(), _ort(path, x.numpy()), atol=1e-4, rtol=1e-4)

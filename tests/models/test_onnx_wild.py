@@ -123,6 +123,20 @@ def test_imported_dense_net_finetunes(dense_files: dict[int, Path]) -> None:
     assert losses[-1] < losses[0]
 
 
+def test_reexported_dense_net_stays_dynamic(dense_files: dict[int, Path], tmp_path: Path) -> None:
+    model = onnx_to_torch(dense_files[11])
+    out = tmp_path / "again.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(out), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}})
+    for batch, (h, w) in ((1, (16, 16)), (3, (24, 32))):
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            np.testing.assert_allclose(_ort(out, x.numpy()), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_fold_constant_nodes_keeps_onnxruntime_outputs(dense_files: dict[int, Path], tmp_path: Path) -> None:
     model = onnx.load(str(dense_files[11]))
     n_const = sum(n.op_type == "Constant" for n in model.graph.node)
