@@ -34,10 +34,11 @@ class Node:
 class OnnxGraphModule(nn.Module):
     """An imported ONNX graph: standard layers as root attributes plus an interpreted list of node specs.
 
-    Layers (``nn.Conv2d``, ``nn.BatchNorm1d/2d``, ``nn.Linear``) are direct children named after their ONNX nodes,
-    so the factorizer can replace one with ``setattr(model, name, new_module)``; :meth:`forward` fetches every
-    layer with ``getattr`` at call time. Constants the graph needs at run time are non-persistent buffers: they
-    are rebuilt from the ONNX file, so the state dict holds exactly the layers' parameters and BN statistics.
+    Layers (``nn.Conv2d``, ``nn.ConvTranspose2d``, ``nn.BatchNorm1d/2d``, ``nn.Linear``, ``nn.LayerNorm``) are direct
+    children named after their ONNX nodes, so the factorizer can replace one with ``setattr(model, name, new)``;
+    :meth:`forward` fetches every layer with ``getattr`` at call time. Constants the graph needs at run time are
+    non-persistent buffers: they are rebuilt from the ONNX file, so the state dict holds exactly the layers'
+    parameters and BN statistics.
     """
 
     def __init__(self, input_name: str, output_names: Sequence[str], nodes: Sequence[Node],

@@ -20,11 +20,13 @@ __all__ = ["onnx_model_info"]
 _PROBE_SIZE = 224
 
 
-def onnx_model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | None = None) -> dict[str, Any]:
     """Geometry of an ONNX classifier, to check a dataset against it before any work is done.
 
     Args:
         path: the ``.onnx`` file.
+        probe_hw: ``(H, W)`` to run the model at when the output does not declare the class count and the input's
+            spatial axes are dynamic (the data's real size); 224 x 224 when not given.
 
     Returns:
         ``{"num_classes": int, "in_channels": int, "input_size": int | None, "input_name": str}``; ``input_size`` is
@@ -56,7 +58,8 @@ def onnx_model_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if num_classes is None:
         # The class axis is not declared: run the model once on zeros to read it - the imported torch module when
         # the importer converts the file, else ONNX Runtime (the graph-level fallback runs such models in ORT too).
-        probe = torch.zeros(dims[0] or 1, int(dims[1]), h or _PROBE_SIZE, w or _PROBE_SIZE)
+        ph, pw = probe_hw or (_PROBE_SIZE, _PROBE_SIZE)
+        probe = torch.zeros(dims[0] or 1, int(dims[1]), h or int(ph), w or int(pw))
         try:
             if unsupported_ops(model):
                 fold_constant_nodes(model)
