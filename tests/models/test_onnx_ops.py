@@ -1,6 +1,6 @@
 """Importer op coverage: one small graph per operator form, built with ``onnx.helper`` the way converters write them
 (every weight and constant input a ``Constant`` node, dynamic batch), imported and checked against ONNX Runtime on
-seeded inputs at batch 1 and 2, at opset 11 and 18 (where the op exists at that opset)."""
+seeded inputs at batch 1 and 2, at opset 11, 18 and 21 (where the op exists at that opset)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -158,7 +158,7 @@ CASES: dict[str, tuple[int, Callable[[G, str], str]]] = {
     "pad_reflect": (11, lambda g, x: _pad(g, x, [0, 0, 2, 1, 0, 0, 1, 2], "reflect")),
     "clip": (11, lambda g, x: _clip(g, x, -0.5, 0.7)),
 }
-PARAMS = [(name, opset) for name, (first, _) in CASES.items() for opset in (11, 18) if opset >= first]
+PARAMS = [(name, opset) for name, (first, _) in CASES.items() for opset in (11, 18, 21) if opset >= first]
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
