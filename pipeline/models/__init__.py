@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.models.onnx_import import onnx_model_info, onnx_to_torch
+from pipeline.models.onnx import onnx_model_info, onnx_to_torch
 from pipeline.models.zoo import MODELS
 
 __all__ = ["MODELS", "build_model", "class_count_from_weights", "load_onnx_model", "load_weights", "model_names",
@@ -282,7 +282,7 @@ def load_onnx_model(path: str, input_shape: tuple[int, int, int]) -> tuple[nn.Mo
             unsupported operators and ORT's message are named).
         NumericalError: NaN/Inf weights.
     """
-    from pipeline.models.onnx_import import check_onnx_file, describe_ops, unsupported_ops
+    from pipeline.models.onnx import check_onnx_file, describe_ops, unsupported_ops
     from pipeline.models.ort_graph import load_graph_model
 
     proto = check_onnx_file(path)  # invalid files and custom domains stop here, never reaching a fallback

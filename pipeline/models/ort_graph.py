@@ -1,13 +1,14 @@
 """A model that exists only as an ONNX graph, run by ONNX Runtime: the fallback for files the torch importer cannot
-convert (``--model model.onnx`` with operators outside :data:`~pipeline.models.onnx_import.SUPPORTED_OPS`).
+convert (``--model model.onnx`` with operators outside :data:`~pipeline.models.onnx.ops.SUPPORTED_OPS`).
 
 Why a module at all: every stage already speaks ``nn.Module`` (accuracy, pseudo-labels, parity checks, checkpoints),
 so a thin wrapper whose ``forward`` runs ORT lets the graph flow through the same code. What it cannot do is learn:
 it has no parameters, so the finetune stage skips it (and says so), the factorize stage rewrites its graph
 (:mod:`pipeline.factorize.onnx_graph`) and the exporter writes its graph instead of tracing it.
 
-Only graphs the pipeline checked (:func:`~pipeline.models.onnx_import.check_onnx_file`) or produced itself are
-wrapped, and sessions use the CPU execution provider with no custom-op libraries (RELIABILITY.md).
+Only graphs the pipeline checked (:func:`~pipeline.models.onnx.validate.check_onnx_file`) or produced itself are
+wrapped, and sessions use the CPU execution provider with no custom-op libraries. Weights a converter stored as
+``Constant`` nodes are folded into initializers on load, so the graph factorizer sees them as constant weights.
 """
 from __future__ import annotations
 
@@ -16,22 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from pipeline.errors import InputError
+from pipeline.models.onnx.prepare import fold_constant_nodes
+from pipeline.models.onnx.session import cpu_session
+from pipeline.models.onnx.validate import MAX_PROTO_BYTES, check_finite_weights, check_onnx_file
 
 __all__ = ["OrtGraphModel", "load_graph_model"]
-
-
-def _session(data: bytes) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # shared 2-core machines; evaluation, not speed
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class OrtGraphModel(nn.Module):
@@ -55,14 +50,12 @@ class OrtGraphModel(nn.Module):
     @property
     def proto(self) -> Any:
         """A fresh ``onnx.ModelProto`` of the graph (callers may modify it)."""
-        import onnx
-
         return onnx.load_from_string(self.model_bytes)
 
     def session(self) -> Any:
         """The cached ONNX Runtime session."""
         if self._session is None:
-            self._session = _session(self.model_bytes)
+            self._session = cpu_session(self.model_bytes)
         return self._session
 
     def extra_repr(self) -> str:
@@ -107,17 +100,17 @@ def load_graph_model(path: str | os.PathLike[str], input_shape: tuple[int, int, 
         why: why the importer could not convert it (quoted in the error when ORT cannot run it either).
 
     Returns:
-        The wrapped graph (external data, if any, read into the single serialised proto).
+        The wrapped graph (external data, if any, read into the single serialised proto; Constant-node weights
+        folded into initializers).
 
     Raises:
         InputError: invalid file, custom-op domains (named by ``check_onnx_file``), NaN/Inf weights, a graph over the
             protobuf limit once external data is inlined, or a graph ONNX Runtime cannot run (its message quoted).
     """
-    from pipeline.models.onnx_import import MAX_PROTO_BYTES, check_onnx_file, check_finite_weights
-
     spath = str(path)
     proto = check_onnx_file(path)
     check_finite_weights(proto, spath)
+    fold_constant_nodes(proto)
     data = proto.SerializeToString()
     if len(data) > MAX_PROTO_BYTES:
         raise InputError(f"ONNX model {spath!r}: with its external data it is over the 2 GiB protobuf limit, which "

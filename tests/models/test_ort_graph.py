@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.errors import InputError
 from pipeline.models import load_onnx_model, onnx_model_info
-from pipeline.models.onnx_import import OnnxGraphModule
+from pipeline.models.onnx import OnnxGraphModule
 from pipeline.models.ort_graph import OrtGraphModel
 
 SHAPE = (3, 8, 8)
@@ -115,3 +115,30 @@ def test_export_of_a_graph_model(tmp_path: Path, batch: int | str, baked: list[i
                for b in ((1, 4) if dynamic else (1,))]
     parity = check_parity(model, tmp_path / "out.onnx", batches)
     assert all(b["max_abs"] < 1e-5 for b in parity["batches"])
+
+
+@pytest.mark.parametrize("act", ["Relu", "Elu"])  # the torch importer and the ONNX Runtime probe
+def test_model_info_probes_at_the_given_non_square_size(tmp_path: Path, act: str) -> None:
+    """A graph that only runs at 6x10 (the head's width is baked in) with dynamic spatial axes and no declared class
+    count: the 224x224 default probe fails with a message naming the shape; probing at the data's size works."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(
+                 rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")),
+             helper.make_node("Constant", [], ["fc"], value=numpy_helper.from_array(
+                 rng.standard_normal((7, 4 * 6 * 10)).astype(np.float32), "fc")),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([1, -1], np.int64),
+                                                                                        "shape")),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(act, ["c"], ["a"], name="act"),
+             helper.make_node("Reshape", ["a", "shape"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], name="head", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "wide.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(InputError, match=r"\(1, 3, 224, 224\)"):
+        onnx_model_info(path)
+    info = onnx_model_info(path, probe_hw=(6, 10))
+    assert info["num_classes"] == 7 and info["input_size"] is None

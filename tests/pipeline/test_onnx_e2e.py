@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models.onnx_import import SUPPORTED_OPS
+from pipeline.models.onnx import SUPPORTED_OPS
 from pipeline.pseudo_labels import PSEUDO
 from pipeline.runner import run, stage_names
 from tests.pipeline.conftest import fast_config
