@@ -53,7 +53,7 @@ static int push_pending(parser *s, size_t id) {
 static int close_container(parser *s, size_t id, size_t count) {
     json_doc *d = s->d;
     if (grow((void **)&d->kids, &d->kcap, d->nkids + count, sizeof(size_t), s->e)) return -1;
-    memcpy(d->kids + d->nkids, d->pend + d->npend - count, count * sizeof(size_t));
+    if (count) memcpy(d->kids + d->nkids, d->pend + d->npend - count, count * sizeof(size_t));
     d->nodes[id].off = d->nkids;
     d->nodes[id].len = count;
     d->nkids += count;
