@@ -107,3 +107,31 @@ def test_cli_exit_codes_and_no_partial_output(native_build: dict[str, Path], mod
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     with pytest.raises(ContainerError):
         unpack_to_onnx(models["int8"], tmp_path / "o.onnx")
+
+
+def test_unknown_protobuf_fields_keep_their_place(native_build: dict[str, Path], tmp_path: Path) -> None:
+    # Fields unknown to onnx.proto (from a newer onnx, say) are serialized after the known ones: raw_data must be
+    # inserted before them, and they must survive in the graph and the model.
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(64, dtype=np.int8).reshape(8, 8), "w")
+    s = numpy_helper.from_array(np.full(8, 0.1, np.float32), "s")
+    w.doc_string = "doc"  # field 12, after raw_data
+    tail = bytes([0xA2, 0x01, 0x01, 0x41]) + bytes([0xF8, 0x01, 0x05])  # unknown fields 20 (bytes), 31 (varint)
+    w2 = onnx.TensorProto()
+    w2.ParseFromString(w.SerializeToString() + tail)
+    node = helper.make_node("DequantizeLinear", ["w", "s"], ["y"], axis=0)
+    g = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [8, 8])],
+                          initializer=[w2, s])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m2 = onnx.ModelProto()
+    m2.ParseFromString(m.SerializeToString() + bytes([0xCA, 0x3E, 0x01, 0x42]))  # unknown field 1001 on the model
+    (tmp_path / "u.onnx").write_bytes(m2.SerializeToString())
+    for coder in ("raw", "rans16"):
+        pack_onnx(tmp_path / "u.onnx", tmp_path / "u.lrdc", coder=coder, zstd_level=3)
+        want = unpack_to_onnx(tmp_path / "u.lrdc", tmp_path / "u.py.onnx").read_bytes()
+        assert tail in want
+        r = c_decode(native_build["cli"], tmp_path / "u.lrdc", tmp_path / "u.c.onnx")
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "u.c.onnx").read_bytes() == want
