@@ -314,19 +314,24 @@ static int decode(const uint8_t *in, size_t n, uint8_t **out, size_t *out_n, lrd
     /* ---- tensors in their logical dtype, then the ONNX model */
     logical = (uint8_t *)malloc(logical_total ? (size_t)logical_total : 1);
     tens = (lrdc_tensor *)calloc(nr, sizeof *tens);
-    shapes = (int64_t *)calloc(nr * MAX_NDIM + 1, sizeof *shapes);
+    {
+        size_t dims = 0; /* at most one per header byte: no overflow */
+        for (r = 0; r < nr; r++) dims += rec[r].ndim;
+        shapes = (int64_t *)calloc(dims + 1, sizeof *shapes);
+    }
     if (!logical || !tens || !shapes) { lrdc_oom(e); goto done; }
     {
-        size_t at = 0;
+        size_t at = 0, dim_at = 0;
         for (r = 1; r < nr; r++) {
             const record_t *x = &rec[r];
             lrdc_tensor *t = &tens[r - 1];
             size_t count = (size_t)x->nbytes / DTYPES[x->stored].size, q;
-            for (q = 0; q < x->ndim; q++) shapes[r * MAX_NDIM + q] = node(&d, kid(&d, x->shape_node, q))->i;
+            for (q = 0; q < x->ndim; q++) shapes[dim_at + q] = node(&d, kid(&d, x->shape_node, q))->i;
             t->name = x->name;
             t->name_len = x->name_len;
             t->onnx_type = DTYPES[x->dtype].onnx;
-            t->shape = shapes + r * MAX_NDIM;
+            t->shape = shapes + dim_at;
+            dim_at += x->ndim;
             t->ndim = x->ndim;
             t->data = logical + at;
             t->nbytes = count * DTYPES[x->dtype].size;

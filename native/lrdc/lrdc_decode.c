@@ -27,9 +27,14 @@ int main(int argc, char **argv) {
     for (;;) { /* read the whole file, refusing anything over the decoder's input cap */
         size_t got;
         if (n == cap) {
-            size_t nc = cap ? cap * 2 : (size_t)1 << 16;
+            /* Grow to at most one byte past the cap (64-bit arithmetic: no overflow on 32-bit size_t). */
+            uint64_t want = cap ? (uint64_t)cap * 2 : (uint64_t)1 << 16;
+            size_t nc;
             uint8_t *nb;
-            if ((unsigned long long)cap > LRDC_MAX_INPUT_BYTES) { fclose(f); free(in); return die(1, argv[1], "larger than any container this decoder accepts"); }
+            if ((uint64_t)cap > LRDC_MAX_INPUT_BYTES) { fclose(f); free(in); return die(1, argv[1], "larger than any container this decoder accepts"); }
+            if (want > LRDC_MAX_INPUT_BYTES + 1) want = LRDC_MAX_INPUT_BYTES + 1;
+            if (want > (uint64_t)(size_t)-1) { fclose(f); free(in); return die(4, argv[1], "out of memory"); }
+            nc = (size_t)want;
             nb = (uint8_t *)realloc(in, nc);
             if (!nb) { fclose(f); free(in); return die(4, argv[1], "out of memory"); }
             in = nb;

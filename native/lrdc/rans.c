@@ -191,7 +191,7 @@ static int words16(const uint8_t *p, size_t len, size_t pos, uint8_t *out, size_
             size_t end = i + (size_t)rl[r];
             const table16 *tb;
             for (b = 0; b < bits; b++) {
-                size_t bit = seg * bits + b;
+                uint64_t bit = (uint64_t)seg * bits + b; /* 64-bit: seg * bits can pass 2**32 */
                 tix |= (unsigned)((idx[bit >> 3] >> (bit & 7)) & 1) << b;
             }
             seg++;
@@ -279,7 +279,10 @@ int lrdc_rans16ch(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err
     for (tt = 0; tt < ntab; tt++)
         if (read_freqs(p, len, &pos, k, precision, t[tt].f, e)) goto done;
     if (lrdc_uleb(p, len, &pos, &nruns, "rans16ch runs", e)) goto done;
-    if (nruns < 1 || nruns > (len - pos) / 2) { lrdc_fail(e, "rans16ch: segment runs do not fit the payload"); goto done; }
+    if (nruns < 1 || nruns > (len - pos) / 2 || nruns > ((size_t)-1) / sizeof(uint64_t)) {
+        lrdc_fail(e, "rans16ch: segment runs do not fit the payload");
+        goto done;
+    }
     cnt = (uint64_t *)malloc((size_t)nruns * sizeof(uint64_t));
     rl = (uint64_t *)malloc((size_t)nruns * sizeof(uint64_t));
     if (!cnt || !rl) { lrdc_oom(e); goto done; }
