@@ -36,18 +36,18 @@ clean:
 	rm -rf artifacts .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# Native reference decoder (native/lrdc, C99): needs a C compiler and the libzstd + zlib headers
-# (Debian: apt-get install -y libzstd-dev zlib1g-dev). Builds $(DECODER_BUILD)/lrdc-decode and liblrdc.a.
+# Native reference decoder (native/lrdc, C99): needs a C compiler, libc and libzstd with its headers
+# (Debian: apt-get install -y libzstd-dev). Builds $(DECODER_BUILD)/lrdc-decode and liblrdc.a.
 CC            ?= cc
 DECODER_BUILD ?= build/decoder
 DECODER_SRC   := $(filter-out native/lrdc/lrdc_decode.c,$(wildcard native/lrdc/*.c))
 DECODER_CFLAGS ?= -std=c99 -Wall -Wextra -Werror -O2
-DECODER_LIBS  := -lzstd -lz
+DECODER_LIBS  := -lzstd
 ASAN_FLAGS    := -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 decoder-deps:
-	@printf '#include <zstd.h>\n#include <zlib.h>\nint main(void){return 0;}\n' | $(CC) -x c - -o /dev/null $(DECODER_LIBS) 2>/dev/null \
-	  || { echo "make decoder needs a C compiler and the libzstd and zlib headers: apt-get install -y libzstd-dev zlib1g-dev" >&2; exit 1; }
+	@printf '#include <zstd.h>\nint main(void){return 0;}\n' | $(CC) -x c - -o /dev/null $(DECODER_LIBS) 2>/dev/null \
+	  || { echo "make decoder needs a C compiler and the libzstd headers: apt-get install -y libzstd-dev" >&2; exit 1; }
 
 decoder: decoder-deps
 	@mkdir -p $(DECODER_BUILD)

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <zlib.h>
 #include <zstd.h>
 
 #include "internal.h"
@@ -80,36 +79,6 @@ int lrdc_zstd(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err *e)
 }
 
 /* ------------------------------------------------------------------------------------------------- huffman */
-/* Inflate a raw DEFLATE stream that must give exactly n bytes, end there and leave no input (zlib's inflate). */
-static int inflate_exact(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err *e) {
-    z_stream z;
-    uint8_t extra;
-    int r, longer = 0;
-    size_t rest;
-    if (len > 0xFFFFFFFFu || n > 0xFFFFFFFFu) return lrdc_fail(e, "huffman stream too large for zlib's counters");
-    memset(&z, 0, sizeof z);
-    if (inflateInit2(&z, -15) != Z_OK) return lrdc_oom(e);
-    z.next_in = (Bytef *)(uintptr_t)p; /* zlib's API is not const-correct; it never writes the input */
-    z.avail_in = (uInt)len;
-    z.next_out = out;
-    z.avail_out = (uInt)n;
-    r = inflate(&z, Z_NO_FLUSH); /* runs until the input ends, the output is full, the stream ends or an error */
-    if ((r == Z_OK || r == Z_BUF_ERROR) && z.avail_out == 0) {
-        z.next_out = &extra; /* one byte past n: a stream that goes on is too long */
-        z.avail_out = 1;
-        r = inflate(&z, Z_NO_FLUSH);
-        longer = z.avail_out == 0;
-    }
-    rest = z.avail_in;
-    inflateEnd(&z);
-    if (longer) return lrdc_fail(e, "huffman stream inflates to more than the %lu bytes expected", (unsigned long)n);
-    if (r != Z_STREAM_END && r != Z_OK && r != Z_BUF_ERROR) return lrdc_fail(e, "huffman (DEFLATE) stream is corrupt");
-    if (r != Z_STREAM_END) return lrdc_fail(e, "huffman stream is truncated or inflates to fewer than %lu bytes", (unsigned long)n);
-    if (z.total_out != (uLong)n) return lrdc_fail(e, "huffman stream inflates to fewer than %lu bytes", (unsigned long)n);
-    if (rest) return lrdc_fail(e, "huffman stream has %lu trailing bytes after its final block", (unsigned long)rest);
-    return 0;
-}
-
 static unsigned pack_width(unsigned k) {
     unsigned m = 1, pw = k;
     while (pw * k <= 256) { pw *= k; m++; }
@@ -136,7 +105,7 @@ int lrdc_huffman(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err 
         memset(out, p[pos], n);
         return 0;
     }
-    if (m == 1) return inflate_exact(p + pos, len - pos, out, n, e);
+    if (m == 1) return lrdc_inflate_exact(p + pos, len - pos, out, n, e);
     if (len < pos + 1) return lrdc_fail(e, "huffman packed payload is truncated");
     k = p[pos];
     if (k < 2 || k > 16 || pack_width(k) != m) return lrdc_fail(e, "huffman packed payload: alphabet size %u does not pack %u symbols per literal", k, m);
@@ -147,7 +116,7 @@ int lrdc_huffman(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err 
     count = n / m + (n % m != 0);
     tokens = (uint8_t *)malloc(count);
     if (!tokens) return lrdc_oom(e);
-    if (inflate_exact(p + pos + 1 + k, len - pos - 1 - k, tokens, count, e)) { free(tokens); return -1; }
+    if (lrdc_inflate_exact(p + pos + 1 + k, len - pos - 1 - k, tokens, count, e)) { free(tokens); return -1; }
     for (km = 1, j = 0; j < m; j++) km *= k;
     pad = count * m - n;
     for (kpad = 1, j = 0; j < m - pad; j++) kpad *= k;

@@ -36,6 +36,11 @@ int lrdc_rans16ch(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err
 /* Minimal LEB128 of at most 10 bytes at p[*pos]; values >= 2**63 saturate to UINT64_MAX (never equal to a size). */
 int lrdc_uleb(const uint8_t *p, size_t len, size_t *pos, uint64_t *v, const char *what, lrdc_err *e);
 
+/* Raw DEFLATE stream p[0..len) that must inflate to exactly n bytes, end there and use every byte (inflate.c). */
+int lrdc_inflate_exact(const uint8_t *p, size_t len, uint8_t *out, size_t n, lrdc_err *e);
+/* CRC-32/IEEE of p[0..n) continuing from crc (0 to start), as zlib.crc32. */
+uint32_t lrdc_crc32(uint32_t crc, const uint8_t *p, size_t n);
+
 /* SHA-256 of p[0..n). */
 void lrdc_sha256(const uint8_t *p, size_t n, uint8_t digest[32]);
 

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <zlib.h>
-
 #include "internal.h"
 #include "lrdc.h"
 
@@ -296,14 +294,8 @@ static int decode(const uint8_t *in, size_t n, uint8_t **out, size_t *out_n, lrd
     for (r = 0; r < nr; r++) {
         const uint8_t *b = bufs[rec[r].stream] + rec[r].start;
         size_t nb = (size_t)rec[r].nbytes, q;
-        uLong c = crc32(0L, Z_NULL, 0);
-        size_t done_b = 0;
-        while (done_b < nb) { /* zlib's crc32 takes uInt lengths */
-            uInt chunk = (uInt)(nb - done_b > (1u << 30) ? (1u << 30) : nb - done_b);
-            c = crc32(c, b + done_b, chunk);
-            done_b += chunk;
-        }
-        if ((uint32_t)c != (uint32_t)rec[r].crc32) { lrdc_fail(e, "LRDC record '%.*s': CRC32 mismatch after decoding (corrupt payload)", (int)(rec[r].name_len > 200 ? 200 : rec[r].name_len), rec[r].name); goto done; }
+        uint32_t c = lrdc_crc32(0, b, nb);
+        if (c != (uint32_t)rec[r].crc32) { lrdc_fail(e, "LRDC record '%.*s': CRC32 mismatch after decoding (corrupt payload)", (int)(rec[r].name_len > 200 ? 200 : rec[r].name_len), rec[r].name); goto done; }
         if (!strcmp(DTYPES[rec[r].stored].name, "bool"))
             for (q = 0; q < nb; q++)
                 if (b[q] > 1) { lrdc_fail(e, "LRDC record '%.*s': bool tensor holds values other than 0/1", (int)(rec[r].name_len > 200 ? 200 : rec[r].name_len), rec[r].name); goto done; }

@@ -35,7 +35,7 @@ def native_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     asan = Path(f"{build}-asan")
     batch = asan / "lrdc-batch"
     r = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *ASAN, f"-I{ROOT / 'native/lrdc'}",
-                        str(ROOT / "tests/native/batch.c"), str(asan / "liblrdc.a"), "-lzstd", "-lz", "-o", str(batch)],
+                        str(ROOT / "tests/native/batch.c"), str(asan / "liblrdc.a"), "-lzstd", "-o", str(batch)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return {"cli": build / "lrdc-decode", "cli_asan": asan / "lrdc-decode", "batch": batch}

@@ -1,7 +1,8 @@
 """Bounded, deterministic fuzz of the native decoder built with -fsanitize=address,undefined
 -fno-sanitize-recover=all: container mutants (bit flips, truncation, insertions, overwrites, header edits behind a
-resealed hash, prefix edits, random files) and raw coder payloads (mutated, wrong lengths). No sanitizer report, no
-crash, and every case is either rejected by both decoders or decoded to the same bytes by both."""
+resealed hash, prefix edits, random files), raw coder payloads (mutated, wrong lengths) and DEFLATE streams of every
+block type against zlib. No sanitizer report, no crash, and every case is either rejected by both decoders or
+decoded to the same bytes by both."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from tests.native.lrdc_tools import canonical, reseal, seal, split
 
 CONTAINER_CASES = 2400
 CODER_CASES = 1200
+DEFLATE_CASES = 2000
 SEED = 20261202
 _HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, 3.0, "x", "", None, True, [], {}, [2**40],
                        [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
@@ -189,3 +191,68 @@ def test_fuzz_coder_payloads(batch: Batch, seeds: list[bytes], tmp_path: Path) -
         got = Path(f"{p}.out").read_bytes() if res == "ok" else None
         assert (got is None) == (want is None), f"case {i} ({name}): native {res!r}, python {'ok' if want is not None else 'rejected'}"
         assert got == want, f"case {i} ({name}): outputs differ"
+
+
+def _uleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_fuzz_inflate_against_zlib(batch: Batch, tmp_path: Path) -> None:
+    # The native decoder inflates huffman payloads itself (no zlib). Any RFC 1951 stream is valid there, so the
+    # packer's one dynamic block is not enough: stored, fixed and dynamic blocks with matches (zlib's own encoder),
+    # then mutated, must be accepted or rejected exactly as zlib does, with the same bytes.
+    import zlib
+
+    r = random.Random(SEED + 2)
+    huffman = CODERS.get("huffman")
+    jobs, expect = [], []
+    for i in range(DEFLATE_CASES):
+        kind = r.randrange(4)
+        n = r.choice([0, 1, 2, 100, 1000, 5000, r.randint(0, 70000)])
+        if kind == 0:
+            src = bytes(r.randrange(256) for _ in range(n))
+        elif kind == 1:
+            src = bytes(r.choice(b"abcab") for _ in range(n))
+        else:
+            unit = bytes(r.randrange(256) for _ in range(r.randint(1, 40)))
+            src = (unit * (n // len(unit) + 1))[:n]
+        level, strategy = r.choice([(0, zlib.Z_DEFAULT_STRATEGY), (1, zlib.Z_FIXED), (6, zlib.Z_DEFAULT_STRATEGY),
+                                    (9, zlib.Z_HUFFMAN_ONLY), (9, zlib.Z_RLE), (9, zlib.Z_FILTERED)])
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
+        stream = bytearray(c.compress(src) + c.flush())
+        if r.random() < 0.3:  # several blocks: a sync flush (an empty stored block) in the middle
+            c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
+            stream = bytearray(c.compress(src[:n // 2]) + c.flush(zlib.Z_SYNC_FLUSH) + c.compress(src[n // 2:])
+                               + c.flush())
+        op = r.random()
+        if op < 0.45 and stream:
+            for _ in range(r.randint(1, 3)):
+                stream[r.randrange(len(stream))] ^= 1 << r.randrange(8)
+        elif op < 0.55 and stream:
+            stream = stream[:r.randrange(len(stream))]
+        elif op < 0.6:
+            stream += bytes([r.randrange(256)])
+        want_n = n if r.random() < 0.8 else r.choice([max(0, n - 1), n + 1])
+        if want_n == 0:
+            continue
+        payload = bytes([1]) + _uleb(want_n) + bytes(stream)
+        try:
+            want = huffman.decode(payload, want_n)
+        except ContainerError:
+            want = None
+        p = tmp_path / f"d{i}.bin"
+        p.write_bytes(payload)
+        jobs.append(f"C {huffman.id} {want_n} {p} {p}.out")
+        expect.append((want, p))
+    accepted = 0
+    for i, (res, (want, p)) in enumerate(zip(batch.run(jobs), expect)):
+        got = Path(f"{p}.out").read_bytes() if res == "ok" else None
+        assert (got is None) == (want is None), f"case {i}: native {res!r}, zlib {'ok' if want is not None else 'rejected'}"
+        assert got == want, f"case {i}: outputs differ"
+        accepted += got is not None
+    assert 0 < accepted < len(jobs)
