@@ -1,8 +1,8 @@
 /* lrdc.h - native reference decoder for LRDC weight containers (format version 3).
  *
  * Decodes a complete `.lrdc` file held in memory into the ONNX model bytes that `lowrank-deploy unpack`
- * writes. Portable C99; depends on libc, libzstd (the zstd coder and the zstd-coded header) and zlib (inflate for
- * the huffman coder, crc32). See docs/lrdc-format.md for the format and for what this decoder checks. */
+ * writes. Portable C99; depends on libc and libzstd only (the zstd coder and the zstd-coded header); inflate,
+ * CRC-32 and SHA-256 are built in. See docs/lrdc-format.md for the format and for what this decoder checks. */
 #ifndef LRDC_H
 #define LRDC_H
 
