@@ -8,7 +8,7 @@ DATA   ?= digits
 CONFIG ?=
 ARGS   ?=
 
-.PHONY: deploy test bench bench-quick fuzz clean venv
+.PHONY: deploy test bench bench-quick fuzz clean venv decoder decoder-asan decoder-deps
 
 venv: $(STAMP)
 
@@ -39,3 +39,25 @@ fuzz: $(STAMP)
 clean:
 	rm -rf artifacts .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Native reference decoder (native/lrdc, C99): needs a C compiler, libc and libzstd with its headers
+# (Debian: apt-get install -y libzstd-dev). Builds $(DECODER_BUILD)/lrdc-decode and liblrdc.a.
+CC            ?= cc
+DECODER_BUILD ?= build/decoder
+DECODER_SRC   := $(filter-out native/lrdc/lrdc_decode.c,$(wildcard native/lrdc/*.c))
+DECODER_CFLAGS ?= -std=c99 -Wall -Wextra -Werror -O2
+DECODER_LIBS  := -lzstd
+ASAN_FLAGS    := -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+decoder-deps:
+	@printf '#include <zstd.h>\nint main(void){return 0;}\n' | $(CC) -x c - -o /dev/null $(DECODER_LIBS) 2>/dev/null \
+	  || { echo "make decoder needs a C compiler and the libzstd headers: apt-get install -y libzstd-dev" >&2; exit 1; }
+
+decoder: decoder-deps
+	@mkdir -p $(DECODER_BUILD)
+	for f in $(DECODER_SRC); do $(CC) $(DECODER_CFLAGS) -c $$f -o $(DECODER_BUILD)/$$(basename $$f .c).o || exit 1; done
+	rm -f $(DECODER_BUILD)/liblrdc.a && ar rcs $(DECODER_BUILD)/liblrdc.a $(addprefix $(DECODER_BUILD)/,$(notdir $(DECODER_SRC:.c=.o)))
+	$(CC) $(DECODER_CFLAGS) -Inative/lrdc native/lrdc/lrdc_decode.c $(DECODER_BUILD)/liblrdc.a $(DECODER_LIBS) -o $(DECODER_BUILD)/lrdc-decode
+
+decoder-asan:
+	$(MAKE) decoder DECODER_BUILD=$(DECODER_BUILD)-asan DECODER_CFLAGS="$(DECODER_CFLAGS) $(ASAN_FLAGS)"
