@@ -28,7 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.entropy.coders import CODERS, coder_by_id
-from pipeline.entropy.container import _PREFIX, _canonical, _seal, pack_onnx, read_container
+from pipeline.entropy.container import pack_onnx, read_container
+from pipeline.entropy.container.format import PREFIX, canonical, seal
 from pipeline.errors import ContainerError
 
 FUZZ_MAX_TOTAL = 64 << 20  # decoded-size cap used while fuzzing (the parser's own default is 2 GiB)
@@ -86,10 +87,10 @@ def _reseal(body: bytes) -> bytes:
 
 def split_container(data: bytes) -> tuple[bytes, bytes]:
     """(decoded header JSON bytes, payload area) of a well-formed container (no checks: for building mutants)."""
-    _, _, _, hcoder, clen = _PREFIX.unpack_from(data, 0)
+    _, _, _, hcoder, clen = PREFIX.unpack_from(data, 0)
     hlen = struct.unpack_from("<I", data, 6)[0]
-    raw = coder_by_id(hcoder).decode(bytes(data[_PREFIX.size:_PREFIX.size + clen]), hlen)
-    return raw, bytes(data[_PREFIX.size + clen:-32])
+    raw = coder_by_id(hcoder).decode(bytes(data[PREFIX.size:PREFIX.size + clen]), hlen)
+    return raw, bytes(data[PREFIX.size + clen:-32])
 
 
 def _edit_header(data: bytes, r: random.Random) -> bytes:
@@ -118,10 +119,10 @@ def _edit_header(data: bytes, r: random.Random) -> bytes:
     else:
         target[key] = r.choice(_HOSTILE)
     try:
-        raw = _canonical(header)
+        raw = canonical(header)
     except (ValueError, TypeError):
         raw = raw0
-    return _seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
+    return seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
 
 
 def mutate(seed: bytes, r: random.Random) -> bytes:
