@@ -146,11 +146,16 @@ def read_table(payload: bytes, pos: int, k: int, precision: int) -> tuple[np.nda
 def max_symbols(freqs: list[np.ndarray], precision: int, state_bits: int, margin: int = 2) -> float:
     """The most symbols a rANS stream with these tables can decode from ``state_bits`` bits of words and states.
 
-    Sound for every valid stream (module docstring), times ``margin`` for the decoder's rounding: a declared count
-    above it cannot be honest, so the reader rejects it before allocating the output.
+    Sound for every valid stream (module docstring), times ``margin``: a declared count above it cannot be honest,
+    so the reader rejects it before allocating the output. ``inf`` for a one-symbol table.
     """
     f_max = max(int(f.max()) for f in freqs)
-    d = ((1 << precision) - f_max) / float(1 << precision)
-    if d <= 0:  # one-symbol table: zero bits per symbol
+    return symbols_bound(((1 << precision) - f_max) / float(1 << precision), state_bits, margin)
+
+
+def symbols_bound(residual: float, state_bits: int, margin: int = 2) -> float:
+    """The most symbols a rANS decoder can produce from ``state_bits`` bits when the most likely symbol's probability
+    is at most ``1 - residual``: each symbol costs at least ``residual / 2 * log2(e)`` bits (module docstring)."""
+    if residual <= 0:  # one-symbol table: zero bits per symbol
         return math.inf
-    return float(int(margin * state_bits / (d / 2 * math.log2(math.e)))) + 2
+    return float(int(margin * state_bits / (residual / 2 * math.log2(math.e)))) + 2
