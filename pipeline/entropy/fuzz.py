@@ -214,7 +214,7 @@ def _coder_case(seed: bytes, r: random.Random) -> tuple[str, Callable[[], Any]]:
 
 
 def rejection_sites() -> list[str]:
-    """Every ``raise ContainerError(...)`` under pipeline/entropy, as ``"path:function:line"`` (what coverage counts)."""
+    """Every ``raise ContainerError(...)`` under pipeline/entropy as ``"path:function:line"`` (what coverage counts)."""
     sites = []
     for path in sorted(_PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())

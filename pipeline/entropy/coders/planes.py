@@ -20,15 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.entropy.coders import huffman, rans, rans16, rans16ch, raw, zstd
 from pipeline.entropy.coders.auto import encode_best
 from pipeline.entropy.coders.base import Coder
+from pipeline.entropy.coders.huffman import CODER as HUFFMAN
+from pipeline.entropy.coders.rans import CODER as RANS
+from pipeline.entropy.coders.rans16 import CODER as RANS16
+from pipeline.entropy.coders.rans16ch import CODER as RANS16CH
+from pipeline.entropy.coders.raw import CODER as RAW
+from pipeline.entropy.coders.zstd import CODER as ZSTD
 from pipeline.errors import ContainerError
 
 ID = 4
 _PLANE_ENTRY = struct.Struct("<BI")
 # The coders a plane may use, in registry order (the policy's choice does not depend on the order).
-PLANE_CODERS: tuple[Coder, ...] = tuple(m.CODER for m in (raw, zstd, huffman, rans, rans16, rans16ch))
+PLANE_CODERS: tuple[Coder, ...] = (RAW, ZSTD, HUFFMAN, RANS, RANS16, RANS16CH)
 _BY_ID = {c.id: c for c in PLANE_CODERS}
 
 

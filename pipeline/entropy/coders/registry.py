@@ -8,16 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.entropy.coders import huffman, planes, rans, rans16, rans16ch, raw, zstd
 from pipeline.entropy.coders.auto import AUTO_MIN_SAVING, AUTO_TOLERANCE, encode_best
 from pipeline.entropy.coders.base import Coder
+from pipeline.entropy.coders.huffman import CODER as HUFFMAN
+from pipeline.entropy.coders.planes import CODER as PLANES
+from pipeline.entropy.coders.rans import CODER as RANS
+from pipeline.entropy.coders.rans16 import CODER as RANS16
+from pipeline.entropy.coders.rans16ch import CODER as RANS16CH
+from pipeline.entropy.coders.raw import CODER as RAW
+from pipeline.entropy.coders.zstd import CODER as ZSTD
 from pipeline.errors import ContainerError
 from pipeline.registry import Registry
 
 CODERS: Registry[Coder] = Registry("coder")
-for _m in (raw, zstd, huffman, rans, rans16, rans16ch, planes):
-    CODERS.add(_m.CODER.name, _m.CODER)
-del _m
+for _c in (RAW, ZSTD, HUFFMAN, RANS, RANS16, RANS16CH, PLANES):
+    CODERS.add(_c.name, _c)
+del _c
 _BY_ID = {CODERS.get(n).id: CODERS.get(n) for n in CODERS.names()}
 assert len(_BY_ID) == len(CODERS.names()), "coder ids must be unique"
 

@@ -31,8 +31,8 @@ every read); ``read_container`` hands them back as rows::
 Record 0 is the graph (named ``__lrdc_graph__``): the ONNX ModelProto with moved initializers' data stripped.
 
 A stream is one coded payload: ``coder`` is an on-disk coder id (:mod:`pipeline.entropy.coders`: 0 raw, 1 zstd,
-2 rans, 3 huffman, 4 planes, 5 rans16, 6 rans16ch), ``offset``/``length`` locate the payload relative to the start of the
-payload area (sorted, contiguous, covering the area exactly), and it decodes to exactly ``nbytes`` bytes: the stored
+2 rans, 3 huffman, 4 planes, 5 rans16, 6 rans16ch), ``offset``/``length`` locate the payload relative to the start of
+the payload area (sorted, contiguous, covering the area exactly), and it decodes to exactly ``nbytes`` bytes: the stored
 bytes of the records that name it, back to back in header order (graph first). So each record's ``start`` is the
 sum of the ``nbytes`` of the earlier records of its stream, every stream is used, and the records of a stream fill
 it exactly. Pooling tensors into one stream shares one frequency table (:mod:`pipeline.entropy.grouping` plans it);
@@ -148,8 +148,8 @@ def seal(header: bytes, payloads: bytes, version: int = VERSION, header_coder: i
 def _int(v: Any, what: str, lo: int = 0, hi: int | None = None) -> int:
     # bool is an int subclass in Python; JSON true/false must not pass as sizes.
     if type(v) is not int or v < lo or (hi is not None and v > hi):
-        raise ContainerError(f"container header: {what} must be an integer in [{lo}, {hi if hi is not None else 'inf'}],"
-                             f" got {v!r}")
+        top = hi if hi is not None else "inf"
+        raise ContainerError(f"container header: {what} must be an integer in [{lo}, {top}], got {v!r}")
     return v
 
 

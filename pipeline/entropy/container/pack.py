@@ -136,9 +136,9 @@ def pack_onnx(onnx_path: str | Path, out_path: str | Path, coder: str = "auto", 
         "bytes", "bits_per_weight", "entropy_bits_per_symbol", "is_weight"}], "streams": [{"coder", "records", "nbytes",
         "bytes", "table_bytes"}], "total_bits_per_weight", "order0_bits_per_weight", "table_bits_per_weight",
         "weight_numel", "coders_used", "kept_inline"}`` (:func:`.stats.container_stats`). A tensor's ``bytes`` is its
-        share of its stream (see ``stats.apportion``; exact for a stream of one). Bits per weight are over the 8-bit weight tensors (NaN when the
-        model has none); the order-0 bound is each weight tensor's own empirical entropy, so pooled streams are held
-        to the stricter per-tensor bound. Decode speeds: ``benchmarks.decode_timing.time_container``.
+        share of its stream (see ``stats.apportion``; exact for a stream of one). Bits per weight are over the 8-bit
+        weight tensors (NaN when the model has none); the order-0 bound is each weight tensor's own empirical
+        entropy, so pooled streams are held to the stricter per-tensor bound. Decode speeds: ``benchmarks.decode_timing.time_container``.
 
     Raises:
         InputError: unreadable/invalid model. ConfigError: unknown coder. ValidationError: verification failed.
