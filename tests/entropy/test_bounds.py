@@ -135,3 +135,26 @@ def test_forge_is_deterministic(seed: bytes) -> None:
     a = amplify.case(seed, random.Random(1))
     b = amplify.case(seed, random.Random(1))
     assert a == b
+
+
+def test_pack_refuses_what_the_default_reader_would_refuse(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from pipeline.entropy.container import pack_onnx, unpack_to_onnx
+    from pipeline.errors import ValidationError
+
+    # A 4 MiB all-zero int8 weight codes to a few bytes: beyond 4096x, so the default reader would refuse it.
+    q, s = np.zeros((1 << 11, 1 << 11), np.int8), np.ones(1 << 11, np.float32)
+    node = helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=0)
+    out = helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, list(q.shape))
+    graph = helper.make_graph([node], "g", [], [out], [numpy_helper.from_array(q, "q"), numpy_helper.from_array(s, "s")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "z.onnx"))
+    with pytest.raises(ValidationError, match="max_expansion"):
+        pack_onnx(tmp_path / "z.onnx", tmp_path / "z.lrdc", coder="rans16")
+    pack_onnx(tmp_path / "z.onnx", tmp_path / "z.lrdc", coder="rans16", max_expansion=1 << 20)  # a trusting caller
+    with pytest.raises(ContainerError, match="max_expansion"):
+        unpack_to_onnx(tmp_path / "z.lrdc", tmp_path / "z2.onnx")
+    unpack_to_onnx(tmp_path / "z.lrdc", tmp_path / "z2.onnx", max_expansion=1 << 20)
+    got = numpy_helper.to_array(onnx.load(str(tmp_path / "z2.onnx")).graph.initializer[0])
+    assert got.shape == q.shape and not got.any()
