@@ -4,34 +4,45 @@ Seeds are valid containers (one per coder) packed from a small in-code ONNX mode
 bit flips, truncation, insertion/deletion, random overwrites, header edits (field values replaced by hostile ones:
 huge, negative, wrong type, duplicate names...), whole random files, and raw coder payloads with random lengths.
 Half of the mutated containers get a *recomputed* sha256 so that the checks behind the hash are exercised too.
+Amplification cases (:mod:`.amplify`) are well-formed small containers that declare far more decoded bytes than they
+can hold (a one-symbol stream declaring 2**31 bytes, a multiplied symbol count...); they must all be rejected.
 
 Properties checked per case: only :class:`ContainerError` is ever raised (anything else, including MemoryError, is a
-failure), and each case finishes within ``--case-seconds`` (checked, and enforced with SIGALRM). The CLI also caps the
-process's address space (RLIMIT_AS, default 2 GiB) so an unbounded allocation fails loudly instead of swapping.
+failure), amplification cases are rejected, and each case finishes within ``--case-seconds`` (checked, and enforced
+with SIGALRM). The CLI also caps the process's address space (RLIMIT_AS, default 2 GiB) so an unbounded allocation
+fails loudly instead of swapping; the run reports its peak RSS. Coverage is counted: cases per kind, and how often
+each ``raise ContainerError`` site (:func:`rejection_sites`) was the one that rejected a case.
 A seeded ``random.Random`` drives everything, so a failing case is reproducible from ``--seed`` and its index.
 (atheris, if installed, could drive the same ``one_case`` target; nothing here depends on it.)
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import random
+import resource
 import signal
 import struct
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.entropy.coders import CODERS, coder_by_id
-from pipeline.entropy.container import _PREFIX, _canonical, _seal, pack_onnx, read_container
+from pipeline.entropy import amplify
+from pipeline.entropy.amplify import split_container
+from pipeline.entropy.coders import CODERS
+from pipeline.entropy.container import pack_onnx, read_container
+from pipeline.entropy.container.format import canonical, seal
 from pipeline.errors import ContainerError
 
-FUZZ_MAX_TOTAL = 64 << 20  # decoded-size cap used while fuzzing (the parser's own default is 2 GiB)
+MUTATIONS = ("bit-flip", "truncate", "insert-delete", "overwrite", "header-edit", "prefix", "trailing", "random-file")
+_PACKAGE = Path(__file__).resolve().parent  # rejection sites are named relative to pipeline/entropy
 _HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, "x", "", None, True, [], {}, [2**40],
                        [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
 
@@ -84,14 +95,6 @@ def _reseal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def split_container(data: bytes) -> tuple[bytes, bytes]:
-    """(decoded header JSON bytes, payload area) of a well-formed container (no checks: for building mutants)."""
-    _, _, _, hcoder, clen = _PREFIX.unpack_from(data, 0)
-    hlen = struct.unpack_from("<I", data, 6)[0]
-    raw = coder_by_id(hcoder).decode(bytes(data[_PREFIX.size:_PREFIX.size + clen]), hlen)
-    return raw, bytes(data[_PREFIX.size + clen:-32])
-
-
 def _edit_header(data: bytes, r: random.Random) -> bytes:
     """Replace one header value (top level, a column, or one entry of a column) by a hostile one; keep the JSON
     canonical so the strict schema checks behind it are reached."""
@@ -118,16 +121,26 @@ def _edit_header(data: bytes, r: random.Random) -> bytes:
     else:
         target[key] = r.choice(_HOSTILE)
     try:
-        raw = _canonical(header)
+        raw = canonical(header)
     except (ValueError, TypeError):
         raw = raw0
-    return _seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
+    return seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
 
 
 def mutate(seed: bytes, r: random.Random) -> bytes:
     """One mutated container (see module docstring for the operators)."""
+    return mutate_named(seed, r)[1]
+
+
+def mutate_named(seed: bytes, r: random.Random) -> tuple[str, bytes]:
+    """``(operator name, mutated container)``: :func:`mutate` saying which operator of ``MUTATIONS`` it used."""
     d = bytearray(seed)
     op = r.randrange(8)
+    return MUTATIONS[op], _apply(d, op, r)
+
+
+def _apply(d: bytearray, op: int, r: random.Random) -> bytes:
+    """Mutation operator ``op`` (index into ``MUTATIONS``) applied to container bytes ``d``."""
     reseal = r.random() < 0.5
     body = d[:-32]
     if op == 0:  # bit flips
@@ -167,7 +180,7 @@ def mutate(seed: bytes, r: random.Random) -> bytes:
     return _reseal(bytes(body)) if reseal else bytes(body) + bytes(d[-32:])
 
 
-def _coder_case(seed: bytes, r: random.Random) -> Callable[[], Any]:
+def _coder_case(seed: bytes, r: random.Random) -> tuple[str, Callable[[], Any]]:
     """A direct decoder call with a mutated payload and a random (bounded) symbol count."""
     coder = CODERS.get(r.choice(CODERS.names()))
     u = r.random()
@@ -182,28 +195,100 @@ def _coder_case(seed: bytes, r: random.Random) -> Callable[[], Any]:
     segs = r.randint(1, 12)
     hint = [(segs, len(src) // segs)] if src and len(src) % segs == 0 else None
     payload = bytearray(coder.encode(src, level=3, itemsize=r.choice([1, 2, 4]), segments=hint))
-    for _ in range(r.randint(0, 3)):
-        if payload:
+    op = r.random()
+    if op < 0.3 or not payload:
+        pass  # intact: decodes when the count is right
+    elif op < 0.6:  # bit flips
+        for _ in range(r.randint(1, 3)):
             payload[r.randrange(len(payload))] ^= 1 << r.randrange(8)
-    n = r.choice([len(src), len(src) + 1, max(0, len(src) - 1), r.randint(0, 1 << 16)])
-    return lambda: coder.decode(bytes(payload), n)
+    elif op < 0.75:  # truncation
+        del payload[r.randrange(len(payload)):]
+    elif op < 0.85:  # the head's first bytes (mode, precision, alphabet size, plane count) replaced
+        for i in range(min(len(payload), r.randint(1, 2))):
+            payload[i] = r.randrange(256)
+    else:  # continuation bytes where the LEB128 count starts: over-long, non-minimal or truncated counts
+        i = min(len(payload), r.choice([1, 2]))
+        payload[i:i] = b"\x80" * r.randint(1, 12) + (b"\x00" if r.random() < 0.5 else b"")
+    n = len(src) if r.random() < 0.6 else r.choice([len(src) + 1, max(0, len(src) - 1), r.randint(0, 1 << 16)])
+    return coder.name, lambda: coder.decode(bytes(payload), n)
+
+
+def rejection_sites() -> list[str]:
+    """Every ``raise ContainerError(...)`` under pipeline/entropy as ``"path:function:line"`` (what coverage counts)."""
+    sites = []
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                        and getattr(node.exc.func, "id", None) == "ContainerError"):
+                    sites.append(f"{path.relative_to(_PACKAGE).as_posix()}:{fn.name}:{node.lineno}")
+    return sorted(set(sites))
+
+
+def _site(e: BaseException) -> str:
+    """Where ``e`` was raised, in :func:`rejection_sites`' naming."""
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    try:
+        rel = Path(frame.filename).resolve().relative_to(_PACKAGE).as_posix()
+    except ValueError:
+        rel = frame.filename
+    return f"{rel}:{frame.name}:{frame.lineno}"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB.
+
+    ``resource.getrusage``'s ru_maxrss (KiB on Linux, bytes on macOS); on Linux the smaller of it and
+    /proc/self/status VmHWM, because Linux carries ru_maxrss over from the parent across fork and exec, so a child
+    of a large process (a test runner) would report the parent's peak.
+    """
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                mib = min(mib, int(line.split()[1]) / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    return mib
+
+
+def _next_case(seeds: list[bytes], r: random.Random) -> tuple[str, Callable[[], Any], bool]:
+    """``(kind, call, must_reject)`` of the next case: a direct decoder call, an amplification case or a mutant."""
+    s = r.choice(seeds)
+    u = r.random()
+    if u < 0.25:
+        name, call = _coder_case(s, r)
+        return f"coder:{name}", call, False
+    if u < 0.35:
+        kind, data = amplify.case(s, r)
+        return f"amplify:{kind}", (lambda: read_container(data)), True
+    op, data = mutate_named(s, r)
+    return f"mutate:{op}", (lambda: read_container(data)), False
 
 
 def fuzz(cases: int = 1000, seconds: float | None = None, seed: int = 0, case_seconds: float = 5.0) -> dict[str, Any]:
-    """Run the fuzzer in this process.
+    """Run the fuzzer in this process (containers are read with the reader's default limits).
 
     Args:
         cases: maximum number of cases. seconds: stop earlier after this wall time. seed: RNG seed.
         case_seconds: per-case limit (a case taking longer is a "hang" failure).
 
     Returns:
-        ``{"cases", "accepted", "rejected", "failures": [{"case", "kind", "error"}], "seconds", "max_case_s"}``;
-        "accepted" counts mutants that are still valid containers (e.g. a flip inside an unused bit was resealed).
+        ``{"cases", "accepted", "rejected", "failures": [{"case", "kind", "error"}], "seconds", "max_case_s",
+        "by_kind": {kind: {"cases", "accepted", "rejected"}}, "sites": {rejection site: count}, "peak_rss_mib"}``.
+        Kinds are ``coder:<name>``, ``amplify:<kind>`` (:mod:`.amplify`; accepting one is a failure) and
+        ``mutate:<operator>`` (``MUTATIONS``); sites are named as in :func:`rejection_sites`. "accepted" counts
+        mutants that are still valid containers (e.g. a flip inside an unused bit was resealed).
     """
     seeds = seed_containers()
     r = random.Random(seed)
     t0 = time.monotonic()
-    stats: dict[str, Any] = {"cases": 0, "accepted": 0, "rejected": 0, "failures": [], "max_case_s": 0.0}
+    stats: dict[str, Any] = {"cases": 0, "accepted": 0, "rejected": 0, "failures": [], "max_case_s": 0.0,
+                             "by_kind": {}, "sites": {}}
 
     def on_alarm(signum: int, frame: Any) -> None:  # noqa: ARG001
         raise CaseTimeout()
@@ -214,20 +299,23 @@ def fuzz(cases: int = 1000, seconds: float | None = None, seed: int = 0, case_se
         for i in range(cases):
             if seconds is not None and time.monotonic() - t0 > seconds:
                 break
-            s = r.choice(seeds)
-            if r.random() < 0.15:
-                call = _coder_case(s, r)
-            else:
-                data = mutate(s, r)
-                call = (lambda data=data: read_container(data, max_total_bytes=FUZZ_MAX_TOTAL))  # noqa: E731
+            kind, call, must_reject = _next_case(seeds, r)
+            counts = stats["by_kind"].setdefault(kind, {"cases": 0, "accepted": 0, "rejected": 0})
+            counts["cases"] += 1
             c0 = time.monotonic()
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, case_seconds * 2)
             try:
                 call()
                 stats["accepted"] += 1
-            except ContainerError:
+                counts["accepted"] += 1
+                if must_reject:
+                    stats["failures"].append({"case": i, "kind": "amplification accepted", "error": kind})
+            except ContainerError as e:
                 stats["rejected"] += 1
+                counts["rejected"] += 1
+                site = _site(e)
+                stats["sites"][site] = stats["sites"].get(site, 0) + 1
             except CaseTimeout:
                 stats["failures"].append({"case": i, "kind": "hang", "error": f"> {case_seconds * 2} s"})
             except Exception as e:  # noqa: BLE001 - the point of a fuzzer: any other exception is a finding
@@ -244,6 +332,7 @@ def fuzz(cases: int = 1000, seconds: float | None = None, seed: int = 0, case_se
         if use_alarm:
             signal.signal(signal.SIGALRM, old)
     stats["seconds"] = time.monotonic() - t0
+    stats["peak_rss_mib"] = peak_rss_mib()
     return stats
 
 
@@ -258,16 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.max_memory_mib:
         try:
-            import resource
-
             lim = a.max_memory_mib << 20
             resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-        except (ImportError, ValueError, OSError) as e:
+        except (ValueError, OSError) as e:
             print(f"warning: could not cap memory: {e}", file=sys.stderr)
     s = fuzz(a.cases, a.seconds, a.seed, a.case_seconds)
+    sites = rejection_sites()
+    hit = sum(1 for x in sites if x in s["sites"])
     print(f"fuzz: {s['cases']} cases in {s['seconds']:.1f} s (seed {a.seed}): {s['rejected']} rejected with "
           f"ContainerError, {s['accepted']} still valid, {len(s['failures'])} failures; slowest case "
-          f"{s['max_case_s'] * 1000:.1f} ms")
+          f"{s['max_case_s'] * 1000:.1f} ms; {hit}/{len(sites)} rejection sites reached; peak RSS "
+          f"{s['peak_rss_mib']:.0f} MiB")
     for f in s["failures"][:20]:
         print(f"  case {f['case']}: {f['kind']}: {f['error']}")
     return 1 if s["failures"] else 0

@@ -6,7 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.entropy.coders import CODERS, coder_by_id, encode_auto, order0_entropy, quantize_frequencies
+from pipeline.entropy.coders import (AUTO_TOLERANCE, CODERS, canonical_codes, code_lengths, coder_by_id, encode_auto,
+                                    order0_entropy, quantize_frequencies)
+from pipeline.entropy.coders.bits import read_uleb
+from pipeline.entropy.coders.table import read_alphabet, read_freq_field, read_table
 from pipeline.errors import ConfigError, ContainerError
 
 NAMES = ["raw", "zstd", "rans", "huffman", "planes", "rans16", "rans16ch"]
@@ -201,7 +204,6 @@ def test_huffman_round_trip_small_alphabets(k: int, n: int, seed: int) -> None:
 
 
 def test_huffman_code_lengths_are_optimal_and_limited() -> None:
-    from pipeline.entropy.coders import canonical_codes, code_lengths
 
     import heapq
 
@@ -283,7 +285,6 @@ def test_planes_round_trip_and_scales(itemsize: int) -> None:
 
 
 def test_auto_prefers_fast_coders_within_tolerance() -> None:
-    from pipeline.entropy.coders import AUTO_TOLERANCE
 
     assert AUTO_TOLERANCE == (1, 128)
     r = np.random.default_rng(7)
@@ -308,12 +309,11 @@ def test_auto_prefers_fast_coders_within_tolerance() -> None:
 # ------------------------------------------------------------------------------------------------------- rans16
 def _reference_rans16_decode(payload: bytes, n: int) -> bytes:
     """The rans16 format decoded straight from its documentation, in plain Python (no numba): an independent oracle."""
-    from pipeline.entropy.coders import _read_uleb, _rans_read_table
 
     p, k = payload[0], payload[1] + 1
-    count, pos = _read_uleb(payload, 2, "ref")
+    count, pos = read_uleb(payload, 2, "ref")
     assert count == n
-    alphabet, freqs, pos = _rans_read_table(payload, pos, k, p)
+    alphabet, freqs, pos = read_table(payload, pos, k, p)
     if k == 1:
         return bytes(alphabet) * n
     cum = [0]
@@ -374,24 +374,23 @@ def test_rans16_layout_and_strict_framing() -> None:
 # ----------------------------------------------------------------------------------------------------- rans16ch
 def _reference_rans16ch_decode(payload: bytes, n: int) -> bytes:
     """rans16ch decoded from its documentation in plain Python: segments, one table index per segment."""
-    from pipeline.entropy.coders import _read_alphabet, _read_freq_field, _read_uleb
 
     p, k = payload[0], payload[1] + 1
-    count, pos = _read_uleb(payload, 2, "ref")
+    count, pos = read_uleb(payload, 2, "ref")
     assert count == n
-    alphabet, pos = _read_alphabet(payload, pos, k)
+    alphabet, pos = read_alphabet(payload, pos, k)
     if k == 1:
         return bytes(alphabet) * n
     tables, pos = payload[pos], pos + 1
     freqs = []
     for _ in range(tables):
-        f, pos = _read_freq_field(payload, pos, k, p)
+        f, pos = read_freq_field(payload, pos, k, p)
         freqs.append([int(v) for v in f])
-    nruns, pos = _read_uleb(payload, pos, "ref")
+    nruns, pos = read_uleb(payload, pos, "ref")
     seg_len = []
     for _ in range(nruns):
-        c, pos = _read_uleb(payload, pos, "ref")
-        m, pos = _read_uleb(payload, pos, "ref")
+        c, pos = read_uleb(payload, pos, "ref")
+        m, pos = read_uleb(payload, pos, "ref")
         seg_len += [m] * c
     b = (tables - 1).bit_length()
     field = int.from_bytes(payload[pos:pos + (len(seg_len) * b + 7) // 8], "little")
