@@ -431,6 +431,9 @@ def entropy_code(ctx: StageContext) -> StageOutput:
     src = ctx.inputs["quantize"].path("model.int8.onnx")
     out = ctx.out_dir / "weights.lrdc"
     stats = pack_onnx(src, out, coder=cfg.entropy.coder, zstd_level=cfg.entropy.zstd_level)
+    from benchmarks.decode_timing import time_container
+
+    stats.update(time_container(out))  # decode/read speeds: measured here, kept out of the hashed stats
     rebuilt = ctx.out_dir / "unpacked.int8.onnx"
     unpack_to_onnx(out, rebuilt)
     x = data.test.x[:64].numpy().astype(np.float32)
