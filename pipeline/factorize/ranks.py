@@ -65,6 +65,21 @@ def model_selector(name: str) -> ModelSelector | None:
     return sel if isinstance(sel, ModelSelector) else None
 
 
+def select_ranks(spectra: list[np.ndarray], shapes: list[tuple[int, int]], max_ranks: tuple[int, ...],
+                 cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
+    """One layer's ranks from per-layer ``selector``, aligned to ``cfg.align`` and clamped; note when clamped.
+
+    Both factorizers (torch modules and ONNX graphs) choose ranks through this function.
+    """
+    ctx = RankContext(spectra=spectra, shapes=shapes, max_ranks=max_ranks, cfg=cfg)
+    raw = SELECTORS.get(selector)(ctx)
+    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, ctx.max_ranks))
+    note = ""
+    if any(r > m for r, m in zip(raw, ctx.max_ranks)):
+        note = f"ranks {list(raw)} clamped to the layer's maximum {list(ctx.max_ranks)}"
+    return ranks, note
+
+
 def align_rank(r: int, align: int, max_rank: int) -> int:
     """Round ``r`` up to a multiple of ``align`` (ORT's NCHWc blocks: 8 on AVX2, 16 on AVX-512), clamp to [1, max_rank]."""
     r = max(1, int(r))

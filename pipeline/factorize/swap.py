@@ -19,7 +19,7 @@ from pipeline.factorize.formats import CONV_FORMATS, FORMATS, Format
 from pipeline.factorize.formats.base import conv_check, dense_macs, dense_params
 from pipeline.factorize.latency import measure_variants
 from pipeline.factorize.plan import LayerReport, Plan, pointwise_format, set_module, target_layers
-from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank, model_selector
+from pipeline.factorize.ranks import SELECTORS, model_selector, select_ranks
 
 __all__ = ["BREAK_EVEN_MARGIN", "LayerReport", "NODE_OVERHEAD_MACS", "Plan", "apply_structure", "break_even",
            "count_macs_params", "factorize_model", "factorize_with_structure", "plan_layers", "probe_sizes",
@@ -89,15 +89,8 @@ def _check_finite(name: str, layer: nn.Module) -> None:
 
 
 def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
-    w = layer.weight.detach()
-    mats = fmt.matrices(w)
-    ctx = RankContext(spectra=fmt.spectra(layer), shapes=[tuple(m.shape) for m in mats], max_ranks=fmt.max_ranks(layer), cfg=cfg)
-    raw = SELECTORS.get(selector)(ctx)
-    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, ctx.max_ranks))
-    note = ""
-    if any(r > m for r, m in zip(raw, ctx.max_ranks)):
-        note = f"ranks {list(raw)} clamped to the layer's maximum {list(ctx.max_ranks)}"
-    return ranks, note
+    mats = fmt.matrices(layer.weight.detach())
+    return select_ranks(fmt.spectra(layer), [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
 
 
 def _modelled_cost(macs: int, nodes: int) -> int:
