@@ -26,7 +26,8 @@ __all__ = ["BREAK_EVEN_MARGIN", "LayerReport", "NODE_OVERHEAD_MACS", "Plan", "ap
            "set_module", "target_layers"]
 
 # Per-node cost in MAC-equivalents used by method=auto to weigh node count against MACs: on this CPU class an
-# ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (PERFORMANCE.md).
+# ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (measured
+# with pipeline.factorize.latency).
 NODE_OVERHEAD_MACS = 200_000
 # break_even keeps a factorized layer only if it measures at least this much faster than the dense one.
 BREAK_EVEN_MARGIN = 0.05
@@ -181,7 +182,7 @@ def break_even(plans: list[Plan], cfg: FactorizeConfig) -> None:
 
     With ``method=auto`` (and a per-layer selector) every admissible format is measured and the fastest is kept,
     replacing the MAC + node-overhead model by measurement. "Measurably" = at least :data:`BREAK_EVEN_MARGIN`
-    faster, since same-run timing ratios move by 3-5 % on a shared machine (PERFORMANCE.md).
+    faster, since same-run timing ratios move by 3-5 % on a shared machine.
     """
     whole_model = model_selector(cfg.selector) is not None
     for p in plans:

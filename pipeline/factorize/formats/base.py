@@ -63,7 +63,7 @@ def unfold(w: torch.Tensor, mode: int) -> torch.Tensor:
 def gram_spectrum(mat: torch.Tensor) -> np.ndarray:
     """Singular values of ``mat`` (descending, float64) from the eigenvalues of its smaller Gram matrix.
 
-    Eigendecomposing the Gram matrix gives the same spectrum as an SVD about 10x faster (METHODS.md).
+    Eigendecomposing the Gram matrix gives the same spectrum as an SVD about 10x faster.
     """
     m = mat.detach().to(torch.float64)
     g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
@@ -91,7 +91,7 @@ def balanced_factors(mat: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Ten
     """``(left (rows x r), right (r x cols))`` with ``left @ right`` the best rank-r approximation of ``mat``.
 
     The leading singular subspace comes from the eigendecomposition of the smaller Gram matrix (about 10x faster
-    than a full SVD, METHODS.md); the other factor is the exact projection of ``mat`` onto it, so at full rank the
+    than a full SVD); the other factor is the exact projection of ``mat`` onto it, so at full rank the
     product reproduces ``mat`` to rounding. sqrt(s) is folded into both sides so neither factor has a large
     dynamic range (it matters once the factors are quantized).
     """

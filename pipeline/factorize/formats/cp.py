@@ -1,7 +1,7 @@
 """CP (Lebedev et al. 2015): 1x1 (c->R) -> depthwise kx1 -> depthwise 1xk -> 1x1 (R->n).
 
 CP-ALS on the 4-way kernel, made fast and bounded (tensorly's CP-ALS takes ~26 s per iteration for all of
-ResNet-18, PERFORMANCE.md):
+ResNet-18 on this project's 2-core test machine):
 
 * **Compression first (CANDELINC).** The kernel is projected onto the leading min(n, R) output and min(c, R) input
   singular subspaces (the Tucker-2 HOSVD, from Gram eigendecompositions). ALS then runs on the small

@@ -1,4 +1,4 @@
-"""``lra``: Lee, Kwon, Kim, Wei 2019, "Learning Low-Rank Approximation for CNNs" (METHODS.md).
+"""``lra``: Lee, Kwon, Kim, Wei 2019, "Learning Low-Rank Approximation for CNNs".
 
 The dense *teacher* copy is trained with CE (+KD from the frozen teacher, ``alpha``); every ``lra.period`` optimizer
 steps (S_D) each target weight (the layers of the structure) is overwritten by its low-rank reconstruction at the

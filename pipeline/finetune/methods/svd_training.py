@@ -1,4 +1,4 @@
-"""``svd_training``: Yang et al. 2020, singular-vector orthogonality + singular-value sparsification (METHODS.md).
+"""``svd_training``: Yang et al. 2020, singular-vector orthogonality + singular-value sparsification.
 
 Each target layer of the dense *teacher* is decomposed once, at full rank, into ``U diag(|s|) V`` (never re-SVD'd
 during training) and ``U``, ``s``, ``V`` are trained as parameters:
