@@ -10,6 +10,8 @@ from pipeline.factorize import formats as formats  # noqa: F401  (registers the 
 from pipeline.factorize import ranks as ranks  # noqa: F401  (registers the per-layer selectors)
 from pipeline.factorize import budget as budget  # noqa: F401  (registers the model-scope selector)
 from pipeline.factorize.formats import FORMATS, Format
-from pipeline.factorize.ranks import SELECTORS, align_rank, effective_rank, vbmf_rank
+from pipeline.factorize.plan import LayerReport, Plan, out_of_reach_macs
+from pipeline.factorize.ranks import SELECTORS, ModelSelector, align_rank, effective_rank, vbmf_rank
 
-__all__ = ["FORMATS", "Format", "SELECTORS", "align_rank", "effective_rank", "vbmf_rank"]
+__all__ = ["FORMATS", "Format", "LayerReport", "ModelSelector", "Plan", "SELECTORS", "align_rank", "effective_rank",
+           "out_of_reach_macs", "vbmf_rank"]
