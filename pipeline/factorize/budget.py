@@ -9,6 +9,9 @@ computed once per (layer, ratio) within the call.
 
 Latency budgets use :mod:`pipeline.factorize.latency` (ORT, 1 thread, batch 1, cached on disk): the whole-model
 figure is the sum of the conv/linear layers' own latencies, which is what factorization changes.
+
+Registered as the model-scope selector ``budget`` (:class:`BudgetSelector`): the factorizer plans every layer with
+the fixed-ratio selector, then hands all plans to it.
 """
 from __future__ import annotations
 
@@ -21,21 +24,21 @@ from torch import nn
 from pipeline.config import FactorizeConfig
 from pipeline.errors import ConfigError
 from pipeline.factorize.formats.base import dense_macs, dense_params
-from pipeline.factorize.ranks import align_rank
+from pipeline.factorize.latency import measure_variants
+from pipeline.factorize.plan import Plan, set_module
+from pipeline.factorize.ranks import SELECTORS, ModelSelector, align_rank
 
 RATIOS = (0.75, 0.5, 0.375, 0.25, 0.125, 0.0625)
 
 
 def allocate(
     model: nn.Module,
-    plans: list,
+    plans: list[Plan],
     cfg: FactorizeConfig,
     example_input: torch.Tensor,
     eval_fn: Callable[[nn.Module], float] | None,
 ) -> None:
     """Set ``fmt``/``ranks`` of the eligible plans (those the per-layer rules allow) to meet ``cfg.budget``; others stay dense."""
-    from pipeline.factorize.swap import set_module
-
     b = cfg.budget
     given = [(k, v) for k, v in (("macs", b.macs), ("params", b.params), ("latency", b.latency)) if v is not None]
     if len(given) != 1:
@@ -59,8 +62,6 @@ def allocate(
 
     # Costs: dense cost of every layer (the whole-model total) and of each candidate.
     if metric == "latency":
-        from pipeline.factorize.latency import measure_variants
-
         # Per-layer ORT latency; the whole-model total is the sum over conv/linear layers (they dominate CNNs).
         # Each layer's variants are timed together, so the ratios within a layer come from one run.
         dense_cost: dict[str, float] = {}
@@ -137,3 +138,17 @@ def allocate(
         else:
             p.ranks = opts[lv][2]
             p.note = f"budget: sensitivity {opts[lv][1]:.4f} at ranks {list(p.ranks)}"
+
+
+class BudgetSelector(ModelSelector):
+    """``selector=budget``: the whole model's ranks against ``factorize.budget`` (one of macs, params, latency)."""
+
+    per_layer = "fixed"
+
+    def allocate(self, model: nn.Module, plans: list[Plan], cfg: FactorizeConfig, example_input: torch.Tensor,
+                 eval_fn: Callable[[nn.Module], float] | None) -> None:
+        """See :func:`allocate`."""
+        allocate(model, plans, cfg, example_input, eval_fn)
+
+
+SELECTORS.add("budget", BudgetSelector())

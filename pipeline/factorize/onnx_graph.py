@@ -1,19 +1,19 @@
 """Factorize convolutions directly on an ONNX graph: the fallback for models the torch importer cannot convert.
 
-Each eligible ``Conv`` node is replaced by a chain of plain ``Conv`` nodes computed from its weight initializer
-with numpy (float64):
+Each eligible ``Conv`` node is replaced by the chain of plain ``Conv`` nodes of its format, written by the format
+object itself (:meth:`pipeline.factorize.formats.base.Format.to_onnx_nodes`) from the factors the same format's
+``decompose`` computes on the torch path; the kernel crosses from numpy to torch (and the factors back) at this
+module's boundary. ``tucker2``, ``channel_svd``, ``spatial_svd`` and ``cp`` are written; ``auto`` needs the torch
+model's cost model and falls back to Tucker-2, with the reason in the per-layer table. The chain computes the same
+function as the node at full rank (the spatial part keeps the node's strides, pads, auto_pad and dilations; the
+separable formats split them per axis); the bias stays on the last node. Only standard ``Conv`` nodes are added, so
+the graph stays a plain ONNX graph that ORT, its quantizer and the mobile converter all take.
 
-* ``tucker2`` (Kim et al. 2016, HOSVD + optional HOOI): 1x1 (c->r1) -> kxk (r1->r2) -> 1x1 (r2->n);
-* ``channel_svd``: kxk (c->r) -> 1x1 (r->n), sqrt(s) folded into both factors.
-
-The spatial conv of the chain keeps *every* attribute of the original node (strides, pads, auto_pad, dilations), and
-the 1x1 convs around it change no geometry, so the chain computes exactly the same function at full rank; the bias
-stays on the last node. Only standard ``Conv`` nodes are added, so the graph stays a plain ONNX graph that ORT, its
-quantizer and the mobile converter all take. The other formats (spatial SVD, CP, ``auto``) need the torch modules
-and fall back to Tucker-2, with the reason in the per-layer table. Ranks come from the configured selector
-(``energy``, ``erank``, ``vbmf``, ``fixed``; ``budget`` needs the torch model and uses ``energy``) and are aligned
-to ``factorize.align`` like the torch path; the dense-keeping rules (``skip_first``, ``min_channels``,
-``min_mac_saving``) are the same. ``break_even`` (per-layer latency measurement) is a torch-path feature.
+The planning rules are the torch path's: 1x1 convs take the channel SVD under formats without a 1x1 form
+(:func:`pipeline.factorize.plan.pointwise_format`), ranks come from the configured per-layer selector
+(:func:`pipeline.factorize.ranks.select_ranks`; a model-scope selector such as ``budget`` needs the torch model and
+uses ``energy``) aligned to ``factorize.align``, and ``skip_first``, ``min_channels`` and ``min_mac_saving`` keep
+layers dense the same way. ``break_even`` (per-layer latency measurement) is a torch-path feature.
 """
 from __future__ import annotations
 
@@ -22,112 +22,45 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
 
 from pipeline.config import FactorizeConfig
 from pipeline.errors import InputError, NumericalError
-from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank
-from pipeline.factorize.swap import LayerReport
+from pipeline.factorize.formats import FORMATS
+from pipeline.factorize.formats.base import gram_spectrum
+from pipeline.factorize.formats.onnx_nodes import unique_namer
+from pipeline.factorize.plan import LayerReport, pointwise_format
+from pipeline.factorize.ranks import model_selector, select_ranks
 
 __all__ = ["GRAPH_FORMATS", "decompose", "factorize_graph", "reconstruct"]
 
-#: formats the graph rewrite implements
-GRAPH_FORMATS = ("tucker2", "channel_svd")
+#: formats the graph rewrite implements (every conv format; ``auto`` falls back to Tucker-2)
+GRAPH_FORMATS = ("tucker2", "channel_svd", "spatial_svd", "cp")
 _STANDARD = ("", "ai.onnx")
 
 
-# ----------------------------------------------------------------------------------------------- the math (numpy)
-def _leading(mat: np.ndarray, r: int) -> np.ndarray:
-    """The ``r`` leading left singular vectors of ``mat`` (rows x r, orthonormal)."""
-    u, _, _ = np.linalg.svd(mat, full_matrices=False)
-    return u[:, :r]
-
-
-def _mode0(w: np.ndarray) -> np.ndarray:
-    return w.reshape(w.shape[0], -1)
-
-
-def _mode1(w: np.ndarray) -> np.ndarray:
-    return w.transpose(1, 0, 2, 3).reshape(w.shape[1], -1)
-
-
-def matrices(fmt: str, w: np.ndarray) -> list[np.ndarray]:
-    """The matricisations whose spectra decide each rank (same order as the ranks)."""
-    return [_mode1(w), _mode0(w)] if fmt == "tucker2" else [_mode0(w)]
-
-
-def max_ranks(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Largest meaningful rank per rank dimension of a ``(n, c, kh, kw)`` kernel."""
-    n, c, kh, kw = shape
-    return (c, n) if fmt == "tucker2" else (min(n, c * kh * kw),)
-
-
-def decompose(fmt: str, w: np.ndarray, ranks: tuple[int, ...], hooi_iters: int = 0) -> dict[str, np.ndarray]:
-    """Factors (float64) of the ``(n, c, kh, kw)`` kernel ``w`` at ``ranks``, as Conv weights of the chain.
-
-    Returns:
-        tucker2: ``{"first": (r1, c, 1, 1), "core": (r2, r1, kh, kw), "last": (n, r2, 1, 1)}``;
-        channel_svd: ``{"first": (r, c, kh, kw), "last": (n, r, 1, 1)}``.
-    """
-    w = np.asarray(w, dtype=np.float64)
-    n, c, kh, kw = w.shape
-    if fmt == "tucker2":
-        r1, r2 = ranks
-        u_in = _leading(_mode1(w), r1)     # (c, r1)
-        u_out = _leading(_mode0(w), r2)    # (n, r2)
-        for _ in range(int(hooi_iters)):
-            # HOOI: each subspace re-fit to the kernel projected on the other one (as the torch format does).
-            u_in = _leading(_mode1(np.einsum("oihw,or->rihw", w, u_out)), r1)
-            u_out = _leading(_mode0(np.einsum("oihw,is->oshw", w, u_in)), r2)
-        core = np.einsum("oihw,or,is->rshw", w, u_out, u_in)  # (r2, r1, kh, kw)
-        return {"first": np.ascontiguousarray(u_in.T)[:, :, None, None], "core": np.ascontiguousarray(core),
-                "last": np.ascontiguousarray(u_out)[:, :, None, None]}
-    if fmt == "channel_svd":
-        (r,) = ranks
-        u, s, vt = np.linalg.svd(_mode0(w), full_matrices=False)
-        # sqrt(s) on both sides keeps the dynamic range of each factor small (it matters once they are quantized).
-        sq = np.sqrt(s[:r])
-        return {"first": (sq[:, None] * vt[:r]).reshape(r, c, kh, kw),
-                "last": np.ascontiguousarray(u[:, :r] * sq[None, :])[:, :, None, None]}
-    raise ValueError(f"graph factorization implements {', '.join(GRAPH_FORMATS)}, not {fmt!r}")
+# ----------------------------------------------------------------------------------------------- numpy boundary
+def decompose(fmt: str, w: np.ndarray, ranks: tuple[int, ...], **opts: Any) -> dict[str, np.ndarray]:
+    """The format's factors (float64 numpy) of the ``(n, c, kh, kw)`` kernel ``w``: the torch format's maths."""
+    factors = FORMATS.get(fmt).decompose(_torch(w), tuple(ranks), **opts)
+    return {k: v.detach().numpy() for k, v in factors.items()}
 
 
 def reconstruct(fmt: str, factors: dict[str, np.ndarray]) -> np.ndarray:
-    """The dense ``(n, c, kh, kw)`` kernel the factors represent (float64)."""
-    if fmt == "tucker2":
-        u_in = factors["first"][:, :, 0, 0].T
-        u_out = factors["last"][:, :, 0, 0]
-        return np.einsum("rshw,or,is->oihw", factors["core"], u_out, u_in)
-    first, last = factors["first"], factors["last"]
-    r = first.shape[0]
-    return (last.reshape(-1, r) @ first.reshape(r, -1)).reshape(last.shape[0], *first.shape[1:])
+    """The dense kernel (float64 numpy) the factors represent."""
+    return FORMATS.get(fmt).reconstruct({k: _torch(v) for k, v in factors.items()}).numpy()
 
 
-def _macs(fmt: str, shape: tuple[int, ...], ranks: tuple[int, ...], in_hw: tuple[int, int],
-          out_hw: tuple[int, int]) -> int:
-    n, c, kh, kw = shape
-    hw = out_hw[0] * out_hw[1]
-    if fmt == "tucker2":
-        r1, r2 = ranks
-        # The first 1x1 runs at input resolution (before the stride/padding of the core).
-        return in_hw[0] * in_hw[1] * c * r1 + hw * (r1 * r2 * kh * kw + r2 * n)
-    (r,) = ranks
-    return hw * r * (c * kh * kw + n)
-
-
-def _params(fmt: str, shape: tuple[int, ...], ranks: tuple[int, ...], bias: bool) -> int:
-    n, c, kh, kw = shape
-    extra = n if bias else 0
-    if fmt == "tucker2":
-        r1, r2 = ranks
-        return c * r1 + r1 * r2 * kh * kw + r2 * n + extra
-    (r,) = ranks
-    return r * (c * kh * kw + n) + extra
+def _torch(a: np.ndarray) -> torch.Tensor:
+    """A torch tensor owning a copy of ``a`` (initializer arrays may be read-only views)."""
+    return torch.from_numpy(np.array(a, copy=True))
 
 
 # ----------------------------------------------------------------------------------------------- graph helpers
 def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -137,9 +70,7 @@ def _probe_shapes(model: Any, names: list[str], input_shape: tuple[int, int, int
     ORT, not ONNX shape inference: the fallback exists for graphs with operators the importer does not know, and
     ORT runs every graph this module sees (the baseline stage checked that), whereas shape inference may give up.
     """
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
+    import onnxruntime as ort  # heavy, only when a graph is actually rewritten
 
     m = copy.deepcopy(model)
     known = {o.name for o in m.graph.output}
@@ -159,15 +90,6 @@ def _probe_shapes(model: Any, names: list[str], input_shape: tuple[int, int, int
     return {n: tuple(int(d) for d in o.shape) for n, o in zip(names, outs)}
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 @dataclass
 class _Conv:
     """One Conv node the planner looks at."""
@@ -181,8 +103,6 @@ class _Conv:
 
 
 def _find_convs(model: Any) -> list[_Conv]:
-    from onnx import numpy_helper
-
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     graph_inputs = {i.name for i in graph.input}
@@ -199,57 +119,21 @@ def _find_convs(model: Any) -> list[_Conv]:
 
 
 def _format_for(method: str, kernel: tuple[int, int]) -> tuple[str, str]:
-    """(format, note) for the configured method: the graph rewrite implements Tucker-2 and channel SVD."""
-    if kernel == (1, 1):
-        # Tucker-2 of a 1x1 conv adds two 1x1 convs around a 1x1 core; the SVD of the channel matrix is the form.
-        note = "" if method == "channel_svd" else "1x1 conv: channel SVD (Tucker-2 would wrap a 1x1 core in two 1x1s)"
-        return "channel_svd", note
-    if method in GRAPH_FORMATS:
-        return method, ""
-    return "tucker2", (f"graph-level fallback implements {' and '.join(GRAPH_FORMATS)} only: factorize.method="
-                       f"{method} needs the torch model, Tucker-2 used")
+    """(format, note) for the configured method: the 1x1 rule of both paths, ``auto`` falls back to Tucker-2."""
+    if method == "auto":
+        if tuple(kernel) == (1, 1):
+            return "channel_svd", "1x1 conv: channel SVD (method=auto on the graph path)"
+        return "tucker2", ("graph-level fallback has no cost model for factorize.method=auto (it needs the torch "
+                           "model): Tucker-2 used")
+    return pointwise_format(method, kernel)
 
 
-def _ranks(fmt: str, w: np.ndarray, cfg: FactorizeConfig) -> tuple[tuple[int, ...], str]:
-    mats = matrices(fmt, w)
-    limits = max_ranks(fmt, w.shape)
-    selector, note = cfg.selector, ""
-    if selector == "budget":
-        selector, note = "energy", "selector=budget needs the torch model: energy selector used"
-    ctx = RankContext(spectra=[np.linalg.svd(m, compute_uv=False) for m in mats],
-                      shapes=[tuple(m.shape) for m in mats], max_ranks=limits, cfg=cfg)
-    raw = SELECTORS.get(selector)(ctx)
-    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, limits))
-    if any(r > m for r, m in zip(raw, limits)):
-        note = "; ".join(x for x in (note, f"ranks {list(raw)} clamped to the layer's maximum {list(limits)}") if x)
-    return ranks, note
-
-
-def _chain_nodes(c: _Conv, fmt: str, factors: dict[str, np.ndarray], dtype: np.dtype,
-                 taken: set[str]) -> tuple[list[Any], list[Any]]:
-    """The Conv nodes (and their weight initializers) that replace ``c``; the last one writes ``c``'s output."""
-    from onnx import helper, numpy_helper
-
-    node = c.node
-    keys = ["first", "core", "last"] if fmt == "tucker2" else ["first", "last"]
-    spatial = "core" if fmt == "tucker2" else "first"
-    nodes, inits = [], []
-    x = node.input[0]
-    for j, key in enumerate(keys):
-        wname = _unique(f"{c.name}.{j}.weight", taken)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(factors[key].astype(dtype)), wname))
-        last = j == len(keys) - 1
-        out = node.output[0] if last else _unique(f"{c.name}.{j}_out", taken)
-        ins = [x, wname] + ([node.input[2]] if last and c.has_bias else [])
-        if key == spatial:
-            # Every attribute of the original (strides, pads, auto_pad, dilations, kernel_shape): exact geometry.
-            attrs = {k: v for k, v in c.attrs.items() if k != "group"}
-        else:
-            attrs = {"kernel_shape": [1, 1]}
-        # Names "<layer>.<i>" match the torch path's Sequential children, so reports attribute profiles the same way.
-        nodes.append(helper.make_node("Conv", ins, [out], name=_unique(f"{c.name}.{j}", taken), **attrs))
-        x = out
-    return nodes, inits
+def _geometry(w: np.ndarray, attrs: dict[str, Any], has_bias: bool) -> nn.Conv2d:
+    """A weightless (meta-device) ``nn.Conv2d`` of the node's shape, stride and dilation, for the format's checks,
+    rank limits and MAC/parameter counts (the node's padding is not needed: its input size is measured)."""
+    n, c, kh, kw = (int(d) for d in w.shape)
+    return nn.Conv2d(c, n, (kh, kw), stride=tuple(attrs.get("strides", [1, 1])),
+                     dilation=tuple(attrs.get("dilations", [1, 1])), bias=has_bias, device="meta")
 
 
 # ----------------------------------------------------------------------------------------------- the rewrite
@@ -272,8 +156,6 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
     Raises:
         NumericalError: NaN/Inf in a kernel or in its decomposition (the node is named).
     """
-    import onnx
-
     new = copy.deepcopy(model)
     convs = _find_convs(new)
     names = sorted({n for c in convs for n in (c.node.input[0], c.node.output[0])} - {i.name for i in new.graph.input})
@@ -286,6 +168,11 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
     graph_input = {i.name: (1, *input_shape) for i in new.graph.input}
     taken = {t.name for t in new.graph.initializer} | {v for n in new.graph.node for v in (*n.input, *n.output)}
     taken |= {n.name for n in new.graph.node if n.name}
+    unique = unique_namer(taken)
+    selector = cfg.selector
+    scope_note = ""
+    if model_selector(selector) is not None:
+        selector, scope_note = "energy", f"selector={cfg.selector} needs the torch model: energy selector used"
     reports: list[LayerReport] = []
     structure: dict[str, dict[str, Any]] = {}
     replacements: dict[int, list[Any]] = {}
@@ -328,25 +215,42 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
         if out_shape is None:
             row.reason = "output size unknown (ONNX Runtime did not report it): kept dense"
             continue
-        fmt, fmt_note = _format_for(cfg.method, (kh, kw))
-        ranks, rank_note = _ranks(fmt, w, cfg)
-        macs1 = _macs(fmt, shape4, ranks, in_hw, out_hw)
+        fname, fmt_note = _format_for(cfg.method, (kh, kw))
+        fmt, layer = FORMATS.get(fname), _geometry(w, c.attrs, c.has_bias)
+        why = fmt.check(layer)
+        if why:
+            row.reason = "; ".join(x for x in (fmt_note, f"{why}: kept dense") if x)
+            continue
+        wt = _torch(w)
+        mats = fmt.matrices(wt)
+        ranks, rank_note = select_ranks([gram_spectrum(m) for m in mats], [tuple(m.shape) for m in mats],
+                                        fmt.max_ranks(layer), cfg, selector)
+        rank_note = "; ".join(x for x in (scope_note, rank_note) if x)
+        known_in = in_shape is not None and len(in_shape) == 4
+        macs1 = fmt.macs(layer, ranks, out_hw, in_hw=in_hw if known_in else None)
         if macs1 > (1 - cfg.min_mac_saving) * macs0:
-            row.reason = "; ".join(x for x in (fmt_note, f"{fmt} at ranks {list(ranks)} would not save MACs "
+            row.reason = "; ".join(x for x in (fmt_note, f"{fname} at ranks {list(ranks)} would not save MACs "
                                                          f"({macs1:,} vs {macs0:,})") if x)
             continue
-        factors = decompose(fmt, w, ranks, hooi_iters=cfg.hooi_iters if fmt == "tucker2" else 0)
-        w64 = w.astype(np.float64)
-        err = float(np.linalg.norm(w64 - reconstruct(fmt, factors)) / max(np.linalg.norm(w64), 1e-30))
+        factors = fmt.decompose(wt, ranks, hooi_iters=cfg.hooi_iters, cp_max_iters=cfg.cp_max_iters,
+                                cp_time_limit_s=cfg.cp_time_limit_s)
+        w64 = wt.to(torch.float64)
+        err = float((w64 - fmt.reconstruct(factors).reshape(w64.shape)).norm() / w64.norm().clamp_min(1e-30))
         if not np.isfinite(err):
-            raise NumericalError(f"Conv node {c.name!r}: {fmt} decomposition produced NaN/Inf")
-        nodes, inits = _chain_nodes(c, fmt, factors, w.dtype, taken)
+            raise NumericalError(f"Conv node {c.name!r}: {fname} decomposition produced NaN/Inf")
+        try:
+            nodes, inits = fmt.to_onnx_nodes(factors, x=c.node.input[0], y=c.node.output[0], name=c.name,
+                                             bias=c.node.input[2] if c.has_bias else None, attrs=c.attrs,
+                                             dtype=w.dtype, unique=unique, in_hw=in_hw if known_in else None)
+        except ValueError as e:  # auto_pad SAME_* of a separable format without a measured input size
+            row.reason = f"{fname}: {e}: kept dense"
+            continue
         replacements[c.index] = nodes
         new.graph.initializer.extend(inits)
-        row.format, row.ranks, row.status = fmt, list(ranks), "factorized"
+        row.format, row.ranks, row.status = fname, list(ranks), "factorized"
         row.reason = "; ".join(x for x in (fmt_note, rank_note) if x)
-        row.macs_after, row.params_after, row.rel_error = macs1, _params(fmt, shape4, ranks, c.has_bias), err
-        structure[c.name] = {"format": fmt, "ranks": list(ranks)}
+        row.macs_after, row.params_after, row.rel_error = macs1, fmt.params(layer, ranks), err
+        structure[c.name] = {"format": fname, "ranks": list(ranks)}
     if replacements:
         old = list(new.graph.node)
         del new.graph.node[:]

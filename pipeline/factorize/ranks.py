@@ -1,18 +1,26 @@
-"""Rank selection: per-layer selectors (energy, effective rank, VBMF, fixed ratio) and hardware alignment.
+"""Rank selection: per-layer selectors (energy, effective rank, VBMF, fixed ratio), the model-scope selector
+interface, and hardware alignment.
 
-The whole-model ``budget`` selector lives in :mod:`pipeline.factorize.budget`; it is registered here too so that
-every selector name is known in one place.
+Every selector is registered in :data:`SELECTORS`. A per-layer selector maps one layer's :class:`RankContext` to
+ranks; a :class:`ModelSelector` (the ``budget`` selector of :mod:`pipeline.factorize.budget`, which registers
+itself) chooses the ranks of the whole model at once against a model-level target.
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
 from pipeline.config import FactorizeConfig
 from pipeline.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: the plan types import the formats, which rank selection does not need
+    from torch import nn
+
+    from pipeline.factorize.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,51 @@ class RankContext:
     cfg: FactorizeConfig
 
 
-SELECTORS: Registry[Callable[[RankContext], tuple[int, ...]]] = Registry("selector")
+LayerSelector = Callable[[RankContext], "tuple[int, ...]"]
+
+
+class ModelSelector(ABC):
+    """A selector that chooses the ranks of the whole model at once (against a MAC/params/latency target).
+
+    The factorizer first plans every layer with the per-layer selector :attr:`per_layer` (which also gives the
+    candidate ranks when the selector is called on one layer), then hands all plans to :meth:`allocate`.
+    """
+
+    #: the per-layer selector that plans each layer before the whole-model allocation
+    per_layer: str = "fixed"
+
+    def __call__(self, ctx: RankContext) -> tuple[int, ...]:
+        """One layer's starting ranks (those of :attr:`per_layer`)."""
+        return SELECTORS.get(self.per_layer)(ctx)
+
+    @abstractmethod
+    def allocate(self, model: "nn.Module", plans: "list[Plan]", cfg: FactorizeConfig, example_input: Any,
+                 eval_fn: Callable[["nn.Module"], float] | None) -> None:
+        """Set ``fmt``/``ranks`` (or dense with a reason) of the eligible plans so the model meets the target."""
+
+
+SELECTORS: Registry[Union[LayerSelector, ModelSelector]] = Registry("selector")
+
+
+def model_selector(name: str) -> ModelSelector | None:
+    """The model-scope selector registered as ``name``, or None when ``name`` is a per-layer selector."""
+    sel = SELECTORS.get(name)
+    return sel if isinstance(sel, ModelSelector) else None
+
+
+def select_ranks(spectra: list[np.ndarray], shapes: list[tuple[int, int]], max_ranks: tuple[int, ...],
+                 cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
+    """One layer's ranks from per-layer ``selector``, aligned to ``cfg.align`` and clamped; note when clamped.
+
+    Both factorizers (torch modules and ONNX graphs) choose ranks through this function.
+    """
+    ctx = RankContext(spectra=spectra, shapes=shapes, max_ranks=max_ranks, cfg=cfg)
+    raw = SELECTORS.get(selector)(ctx)
+    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, ctx.max_ranks))
+    note = ""
+    if any(r > m for r, m in zip(raw, ctx.max_ranks)):
+        note = f"ranks {list(raw)} clamped to the layer's maximum {list(ctx.max_ranks)}"
+    return ranks, note
 
 
 def align_rank(r: int, align: int, max_rank: int) -> int:
@@ -132,9 +184,3 @@ def _vbmf(ctx: RankContext) -> tuple[int, ...]:
 def _fixed(ctx: RankContext) -> tuple[int, ...]:
     return tuple(int(math.ceil(ctx.cfg.ratio * m)) for m in ctx.max_ranks)
 
-
-@SELECTORS.register("budget")
-def _budget(ctx: RankContext) -> tuple[int, ...]:
-    # Per layer, the budget allocator starts from the fixed-ratio candidates; the allocation itself is global
-    # (pipeline.factorize.budget.allocate), chosen by the factorizer when selector == "budget".
-    return _fixed(ctx)

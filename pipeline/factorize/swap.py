@@ -1,11 +1,13 @@
 """Swap dense conv/linear layers for factorized ones: decide per layer (format, ranks, or dense with a reason),
 decompose, replace, and report. Never mutates the input model.
+
+The plan and report types live in :mod:`pipeline.factorize.plan` (re-exported here); a model-scope selector
+(``budget``) is looked up in the selector registry, so this module and the budget allocator do not import each other.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -14,54 +16,21 @@ from torch import nn
 from pipeline.config import FactorizeConfig
 from pipeline.errors import ConfigError, NumericalError
 from pipeline.factorize.formats import CONV_FORMATS, FORMATS, Format
-from pipeline.factorize.formats.base import dense_macs, dense_params
-from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank
+from pipeline.factorize.formats.base import conv_check, dense_macs, dense_params
+from pipeline.factorize.latency import measure_variants
+from pipeline.factorize.plan import LayerReport, Plan, pointwise_format, set_module, target_layers
+from pipeline.factorize.ranks import SELECTORS, model_selector, select_ranks
+
+__all__ = ["BREAK_EVEN_MARGIN", "LayerReport", "NODE_OVERHEAD_MACS", "Plan", "apply_structure", "break_even",
+           "count_macs_params", "factorize_model", "factorize_with_structure", "plan_layers", "probe_sizes",
+           "set_module", "target_layers"]
 
 # Per-node cost in MAC-equivalents used by method=auto to weigh node count against MACs: on this CPU class an
-# ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (PERFORMANCE.md).
+# ORT node costs a few microseconds of dispatch, which is what makes narrow factorized layers slower (measured
+# with pipeline.factorize.latency).
 NODE_OVERHEAD_MACS = 200_000
 # break_even keeps a factorized layer only if it measures at least this much faster than the dense one.
 BREAK_EVEN_MARGIN = 0.05
-
-
-@dataclass
-class LayerReport:
-    """One row of the per-layer factorization table."""
-
-    name: str
-    kind: str
-    shape: list[int]
-    stride: list[int]
-    format: str | None
-    ranks: list[int] | None
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    rel_error: float | None
-    status: str  # "factorized" | "dense"
-    reason: str
-
-
-@dataclass
-class Plan:
-    """The decision for one layer."""
-
-    name: str
-    layer: nn.Module
-    out_hw: tuple[int, int]
-    in_hw: tuple[int, int] = (1, 1)
-    fmt: Format | None = None
-    ranks: tuple[int, ...] | None = None
-    reason: str = ""
-    note: str = ""
-    # Every admissible (format, ranks, note) of method=auto, so break_even can re-decide by measured latency.
-    candidates: list[tuple[Format, tuple[int, ...], str]] = field(default_factory=list)
-
-
-def target_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv2d and Linear layers in definition order (their qualified names)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def probe_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
@@ -85,11 +54,6 @@ def probe_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tupl
             h.remove()
         model.train(was_training)
     return sizes
-
-
-def probe_output_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """Output spatial size of every conv (``(1, 1)`` for linear layers) from one forward pass."""
-    return {k: v[1] for k, v in probe_sizes(model, example_input).items()}
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -119,13 +83,6 @@ def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[in
     return int(total[0]), int(sum(p.numel() for p in model.parameters()))
 
 
-def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at qualified ``name``."""
-    parent_name, _, leaf = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, leaf, new)
-
-
 def _check_finite(name: str, layer: nn.Module) -> None:
     for pname, p in layer.named_parameters(recurse=False):
         if not torch.isfinite(p).all():
@@ -133,15 +90,8 @@ def _check_finite(name: str, layer: nn.Module) -> None:
 
 
 def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
-    w = layer.weight.detach()
-    mats = fmt.matrices(w)
-    ctx = RankContext(spectra=fmt.spectra(layer), shapes=[tuple(m.shape) for m in mats], max_ranks=fmt.max_ranks(layer), cfg=cfg)
-    raw = SELECTORS.get(selector)(ctx)
-    ranks = tuple(align_rank(r, cfg.align, m) for r, m in zip(raw, ctx.max_ranks))
-    note = ""
-    if any(r > m for r, m in zip(raw, ctx.max_ranks)):
-        note = f"ranks {list(raw)} clamped to the layer's maximum {list(ctx.max_ranks)}"
-    return ranks, note
+    mats = fmt.matrices(layer.weight.detach())
+    return select_ranks(fmt.spectra(layer), [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
 
 
 def _modelled_cost(macs: int, nodes: int) -> int:
@@ -155,7 +105,8 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig,
     layers = target_layers(model)
     convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
     linears = [n for n, m in layers if isinstance(m, nn.Linear)]
-    selector = "fixed" if cfg.selector == "budget" else cfg.selector
+    scope = model_selector(cfg.selector)
+    selector = scope.per_layer if scope is not None else cfg.selector
     for name, layer in layers:
         _check_finite(name, layer)
         in_hw, out_hw = sizes.get(name, ((1, 1), (1, 1)))
@@ -165,6 +116,10 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig,
             p.reason = "not reached by the forward pass"
             continue
         is_conv = isinstance(layer, nn.Conv2d)
+        if is_conv and layer.groups > 1:
+            # Depthwise/grouped convs first, so the report always says why low rank cannot touch them.
+            p.reason = conv_check(layer) or f"grouped conv (groups={layer.groups}): not factorized"
+            continue
         method = cfg.method if is_conv else cfg.linear_method
         if method == "none":
             p.reason = "linear layers kept dense (factorize.linear_method=none)"
@@ -180,7 +135,13 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig,
             if min(n, c) < cfg.min_channels:
                 p.reason = f"narrow layer ({c}->{n} channels < min_channels {cfg.min_channels}): overhead-bound, kept dense"
                 continue
-        candidates = [method] if method != "auto" else ([f for f in CONV_FORMATS if f != "cp"] if is_conv else ["linear_svd"])
+        kernel_note = ""
+        if method == "auto":
+            candidates = [f for f in CONV_FORMATS if f != "cp"] if is_conv else ["linear_svd"]
+        else:
+            # A 1x1 conv under a format without a 1x1 form gets the channel SVD (the graph path's rule too).
+            fname, kernel_note = pointwise_format(method, tuple(layer.kernel_size)) if is_conv else (method, "")
+            candidates = [fname]
         macs0 = dense_macs(layer, p.out_hw)
         best: tuple[int, Format, tuple[int, ...], str] | None = None
         reasons = []
@@ -194,9 +155,11 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig,
                 reasons.append(why)
                 continue
             ranks, note = _ranks_for(fmt, layer, cfg, selector)
+            note = "; ".join(x for x in (kernel_note, note) if x)
             macs1 = fmt.macs(layer, ranks, p.out_hw)
             if macs1 > (1 - cfg.min_mac_saving) * macs0:
-                reasons.append(f"{fname} at ranks {list(ranks)} would not save MACs ({macs1:,} vs {macs0:,})")
+                reasons.append("; ".join(x for x in (kernel_note, f"{fname} at ranks {list(ranks)} would not save "
+                                                                   f"MACs ({macs1:,} vs {macs0:,})") if x))
                 continue
             nodes = len(fmt.build(layer, ranks)) if method == "auto" else 1
             cost = _modelled_cost(macs1, nodes)
@@ -219,15 +182,14 @@ def break_even(plans: list[Plan], cfg: FactorizeConfig) -> None:
 
     With ``method=auto`` (and a per-layer selector) every admissible format is measured and the fastest is kept,
     replacing the MAC + node-overhead model by measurement. "Measurably" = at least :data:`BREAK_EVEN_MARGIN`
-    faster, since same-run timing ratios move by 3-5 % on a shared machine (PERFORMANCE.md).
+    faster, since same-run timing ratios move by 3-5 % on a shared machine.
     """
-    from pipeline.factorize.latency import measure_variants
-
+    whole_model = model_selector(cfg.selector) is not None
     for p in plans:
         if p.fmt is None:
             continue
-        # The budget allocator fixed the ranks of p.fmt; otherwise every admissible candidate competes.
-        cands = p.candidates if cfg.selector != "budget" and p.candidates else [(p.fmt, p.ranks, p.note)]
+        # A model-scope selector fixed the ranks of p.fmt; otherwise every admissible candidate competes.
+        cands = p.candidates if not whole_model and p.candidates else [(p.fmt, p.ranks, p.note)]
         ms = measure_variants(p.layer, p.in_hw, [(None, None)] + [(f.name, r) for f, r, _ in cands],
                               target=cfg.budget.target)
         dense_ms, fact_ms = ms[0], ms[1:]
@@ -287,10 +249,9 @@ def factorize_model(
     src = copy.deepcopy(model).eval()
     sizes = probe_sizes(src, example_input)
     plans = plan_layers(src, cfg, sizes)
-    if cfg.selector == "budget":
-        from pipeline.factorize.budget import allocate
-
-        allocate(src, plans, cfg, example_input, eval_fn)
+    scope = model_selector(cfg.selector)
+    if scope is not None:
+        scope.allocate(src, plans, cfg, example_input, eval_fn)
     if cfg.break_even:
         break_even(plans, cfg)
     new = copy.deepcopy(src)

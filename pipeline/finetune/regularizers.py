@@ -1,7 +1,7 @@
 """Penalties that push factors towards orthogonality and singular values towards sparsity.
 
 All functions are differentiable torch expressions (used as loss terms) and also serve as plain measurements
-(the histories record them). Formulas follow METHODS.md:
+(the histories record them). Formulas (from the cited papers):
 
 * ``orthogonality`` — Yang et al. 2020: ``L_o(A) = ||G - I||_F^2 / r^2`` with ``G`` the ``r x r`` Gram matrix on the
   smaller side of ``A`` (``A^T A`` for a tall ``A``, ``A A^T`` for a wide one).

@@ -55,6 +55,14 @@ def test_fixed_and_budget_per_layer_candidates():
     assert SELECTORS.get("budget")(ctx) == (16, 8)
 
 
+def test_budget_is_a_registered_model_scope_selector():
+    from pipeline.factorize.ranks import ModelSelector, model_selector
+
+    budget = SELECTORS.get("budget")
+    assert isinstance(budget, ModelSelector) and model_selector("budget") is budget and budget.per_layer == "fixed"
+    assert all(model_selector(n) is None for n in ("energy", "erank", "vbmf", "fixed"))
+
+
 @pytest.mark.parametrize("r,align,mx,expect", [(61, 8, 256, 64), (64, 8, 256, 64), (1, 8, 256, 8), (300, 8, 256, 256),
                                                 (17, 16, 256, 32), (5, 1, 256, 5), (0, 8, 4, 4)])
 def test_align_rank(r, align, mx, expect):

@@ -1,16 +1,22 @@
-"""The decomposition-format interface: the math (``decompose``/``reconstruct``) and the module it becomes.
+"""The decomposition-format interface: one implementation of each format's maths, used by every path.
 
-Every format turns one layer into an ``nn.Sequential`` of plain ``nn.Conv2d``/``nn.Linear`` layers, so the exported
-ONNX graph holds only ordinary Conv/Gemm nodes. The last sub-layer carries the original bias.
+A format offers ``decompose`` (factors at given ranks), ``reconstruct`` (the dense weight of factors), ``project``
+(the nearest weight of the format's form at given ranks, what LRA's projection needs), ``macs``/``params``,
+``to_module`` (an ``nn.Sequential`` of plain ``nn.Conv2d``/``nn.Linear``: the torch path) and ``to_onnx_nodes``
+(the chain of plain Conv/Gemm nodes the ONNX-graph path writes). The last sub-layer carries the original bias.
+Factors are float64 torch tensors; the graph path converts numpy <-> torch at its boundary.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from onnx import NodeProto, TensorProto
 from torch import nn
+
+from pipeline.factorize.formats.onnx_nodes import Step, chain
 
 
 def resolved_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
@@ -57,7 +63,7 @@ def unfold(w: torch.Tensor, mode: int) -> torch.Tensor:
 def gram_spectrum(mat: torch.Tensor) -> np.ndarray:
     """Singular values of ``mat`` (descending, float64) from the eigenvalues of its smaller Gram matrix.
 
-    Eigendecomposing the Gram matrix gives the same spectrum as an SVD about 10x faster (METHODS.md).
+    Eigendecomposing the Gram matrix gives the same spectrum as an SVD about 10x faster.
     """
     m = mat.detach().to(torch.float64)
     g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
@@ -72,11 +78,20 @@ def leading_subspace(mat: torch.Tensor, r: int) -> torch.Tensor:
     return vecs.flip(1)[:, :r].contiguous()
 
 
+def truncated(mat: torch.Tensor, r: int) -> torch.Tensor:
+    """Best rank-``r`` approximation of ``mat`` (Eckart-Young, float64 SVD); ``mat`` itself (float64) at full rank."""
+    m64 = mat.detach().to(torch.float64)
+    if r >= min(m64.shape):
+        return m64.clone()
+    u, s, vh = torch.linalg.svd(m64, full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vh[:r]
+
+
 def balanced_factors(mat: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(left (rows x r), right (r x cols))`` with ``left @ right`` the best rank-r approximation of ``mat``.
 
     The leading singular subspace comes from the eigendecomposition of the smaller Gram matrix (about 10x faster
-    than a full SVD, METHODS.md); the other factor is the exact projection of ``mat`` onto it, so at full rank the
+    than a full SVD); the other factor is the exact projection of ``mat`` onto it, so at full rank the
     product reproduces ``mat`` to rounding. sqrt(s) is folded into both sides so neither factor has a large
     dynamic range (it matters once the factors are quantized).
     """
@@ -116,6 +131,8 @@ class Format(ABC):
 
     name: str = ""
     layer_types: tuple[type, ...] = (nn.Conv2d,)
+    #: ``project`` gives the nearest tensor of the form (False: only an approximation, e.g. CP-ALS)
+    exact_projection: bool = True
 
     def check(self, layer: nn.Module) -> str | None:
         """Why ``layer`` cannot take this format, or None when it can."""
@@ -141,6 +158,14 @@ class Format(ABC):
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The dense weight the factors represent (float64)."""
 
+    def project(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> torch.Tensor:
+        """The weight of the format's form at ``ranks`` nearest to ``weight`` (float64, same shape).
+
+        Equals ``reconstruct(decompose(weight, ranks))`` to rounding; formats override it with a cheaper
+        expression of the same projection.
+        """
+        return self.reconstruct(self.decompose(weight, ranks, **opts)).reshape(weight.shape)
+
     @abstractmethod
     def build(self, layer: nn.Module, ranks: tuple[int, ...]) -> nn.Sequential:
         """Uninitialised factorized module with the right shapes (rebuilds a checkpoint's architecture)."""
@@ -150,8 +175,9 @@ class Format(ABC):
         """Copy factors into a module made by ``build``."""
 
     @abstractmethod
-    def macs(self, layer: nn.Module, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
-        """Multiply-accumulates per sample of the factorized form."""
+    def macs(self, layer: nn.Module, ranks: tuple[int, ...], out_hw: tuple[int, int],
+             in_hw: tuple[int, int] | None = None) -> int:
+        """Multiply-accumulates per sample of the factorized form (``in_hw``: measured input size, else derived)."""
 
     @abstractmethod
     def params(self, layer: nn.Module, ranks: tuple[int, ...]) -> int:
@@ -172,6 +198,59 @@ class Format(ABC):
     @abstractmethod
     def ranks_of(self, factors: dict[str, torch.Tensor]) -> tuple[int, ...]:
         """The ranks a set of factors has."""
+
+    @abstractmethod
+    def onnx_steps(self, factors: dict[str, torch.Tensor], attrs: dict[str, Any],
+                   in_hw: tuple[int, int] | None) -> list[Step]:
+        """The chain's nodes (weight + attributes) replacing a node with attributes ``attrs``."""
+
+    def to_onnx_nodes(self, factors: dict[str, torch.Tensor], *, x: str, y: str, name: str, bias: str | None,
+                      attrs: dict[str, Any], dtype: np.dtype, unique: Callable[[str], str],
+                      in_hw: tuple[int, int] | None = None) -> tuple[list[NodeProto], list[TensorProto]]:
+        """The ONNX node chain (and weight initializers) computing what ``to_module`` computes.
+
+        Args:
+            factors: from :meth:`decompose`.
+            x, y: the replaced node's input and output value names; ``name`` its node name.
+            bias: the bias initializer's name (taken by the last node), or None.
+            attrs: the replaced Conv node's attributes (kernel_shape, strides, pads, auto_pad, dilations).
+            dtype: weight dtype written.
+            unique: allocator of fresh names (:func:`pipeline.factorize.formats.onnx_nodes.unique_namer`).
+            in_hw: the node's input size (resolves auto_pad SAME_* where the format splits the axes).
+        """
+        return chain(self.onnx_steps(factors, attrs, in_hw), x=x, y=y, name=name, bias=bias, dtype=dtype,
+                     unique=unique)
+
+
+class MatrixFormat(Format):
+    """A format that is the truncated SVD of one matricisation of the weight (channel, spatial, linear SVD).
+
+    ``matrix`` matricises, ``fold`` is its inverse, ``split`` turns the two factors of the matrix into the
+    format's factors; SVD training trains ``U diag(s) V`` of the same matricisation and deploys through ``split``.
+    """
+
+    @abstractmethod
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The matricisation the format truncates."""
+
+    @abstractmethod
+    def fold(self, mat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The weight of ``shape`` whose matricisation is ``mat`` (inverse of :meth:`matrix`)."""
+
+    @abstractmethod
+    def split(self, left: torch.Tensor, right: torch.Tensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The format's factors for ``matrix(W) ~= left (rows x r) @ right (r x cols)``, ``W`` of ``shape``."""
+
+    def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [self.matrix(weight)]
+
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+        (r,) = ranks
+        left, right = balanced_factors(self.matrix(weight), r)
+        return self.split(left, right, tuple(weight.shape))
+
+    def project(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> torch.Tensor:
+        return self.fold(truncated(self.matrix(weight.detach()), int(ranks[0])), tuple(weight.shape))
 
 
 def dense_macs(layer: nn.Module, out_hw: tuple[int, int]) -> int:

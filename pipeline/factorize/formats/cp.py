@@ -1,7 +1,7 @@
 """CP (Lebedev et al. 2015): 1x1 (c->R) -> depthwise kx1 -> depthwise 1xk -> 1x1 (R->n).
 
 CP-ALS on the 4-way kernel, made fast and bounded (tensorly's CP-ALS takes ~26 s per iteration for all of
-ResNet-18, PERFORMANCE.md):
+ResNet-18 on this project's 2-core test machine):
 
 * **Compression first (CANDELINC).** The kernel is projected onto the leading min(n, R) output and min(c, R) input
   singular subspaces (the Tucker-2 HOSVD, from Gram eigendecompositions). ALS then runs on the small
@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.factorize.formats.base import (Format, conv_check, conv_geometry, copy_, input_hw, leading_subspace,
                                              unfold)
+from pipeline.factorize.formats.onnx_nodes import POINTWISE, Step, axis_attrs, numeric_pads
 
 
 def _khatri_rao(mats: list[torch.Tensor]) -> torch.Tensor:
@@ -133,6 +134,8 @@ class CP(Format):
     """Rank-R canonical polyadic form as a 1x1 / depthwise / depthwise / 1x1 chain."""
 
     name = "cp"
+    # The best rank-R CP approximation may not exist (the set is not closed); ALS gives an approximation only.
+    exact_projection = False
 
     def check(self, layer: nn.Module) -> str | None:
         reason = conv_check(layer)
@@ -186,10 +189,18 @@ class CP(Format):
         for i, k in enumerate(("first", "vertical", "horizontal", "last")):
             copy_(module[i].weight, factors[k])
 
-    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+    def onnx_steps(self, factors: dict[str, torch.Tensor], attrs: dict[str, Any],
+                   in_hw: tuple[int, int] | None) -> list[Step]:
+        pads = numeric_pads(attrs, in_hw)
+        r = factors["first"].shape[0]
+        return [Step(factors["first"], dict(POINTWISE)), Step(factors["vertical"], axis_attrs(attrs, pads, 0, groups=r)),
+                Step(factors["horizontal"], axis_attrs(attrs, pads, 1, groups=r)), Step(factors["last"], dict(POINTWISE))]
+
+    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int],
+             in_hw: tuple[int, int] | None = None) -> int:
         g = conv_geometry(layer)
         (r,) = ranks
-        (ho, wo), (hi, wi) = out_hw, input_hw(layer, out_hw)
+        (ho, wo), (hi, wi) = out_hw, in_hw or input_hw(layer, out_hw)
         # 1x1 on the full input, vertical on (ho, wi), horizontal on (ho, wo), 1x1 on the output.
         return hi * wi * g["c"] * r + ho * wi * r * g["kh"] + ho * wo * r * g["kw"] + ho * wo * r * g["n"]
 

@@ -6,10 +6,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, balanced_factors, copy_
+from pipeline.factorize.formats.base import MatrixFormat, copy_
+from pipeline.factorize.formats.onnx_nodes import Step
 
 
-class LinearSVD(Format):
+class LinearSVD(MatrixFormat):
     """Truncated SVD of a fully connected layer's (out x in) weight."""
 
     name = "linear_svd"
@@ -21,12 +22,13 @@ class LinearSVD(Format):
     def max_ranks(self, layer: nn.Linear) -> tuple[int, ...]:
         return (min(layer.in_features, layer.out_features),)
 
-    def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
-        return [weight]
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
 
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
-        (r,) = ranks
-        left, right = balanced_factors(weight, r)
+    def fold(self, mat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return mat.reshape(shape)
+
+    def split(self, left: torch.Tensor, right: torch.Tensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         return {"first": right.contiguous(), "last": left.contiguous()}
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -43,7 +45,13 @@ class LinearSVD(Format):
         copy_(module[0].weight, factors["first"])
         copy_(module[1].weight, factors["last"])
 
-    def macs(self, layer: nn.Linear, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+    def onnx_steps(self, factors: dict[str, torch.Tensor], attrs: dict[str, Any],
+                   in_hw: tuple[int, int] | None) -> list[Step]:
+        # Gemm with transB=1 takes the (out x in) weights as torch stores them.
+        return [Step(factors["first"], {"transB": 1}, op="Gemm"), Step(factors["last"], {"transB": 1}, op="Gemm")]
+
+    def macs(self, layer: nn.Linear, ranks: tuple[int, ...], out_hw: tuple[int, int],
+             in_hw: tuple[int, int] | None = None) -> int:
         (r,) = ranks
         return r * (layer.in_features + layer.out_features)
 

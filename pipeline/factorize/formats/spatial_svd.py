@@ -6,7 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import Format, balanced_factors, conv_check, conv_geometry, copy_, input_hw
+from pipeline.factorize.formats.base import MatrixFormat, conv_check, conv_geometry, copy_, input_hw
+from pipeline.factorize.formats.onnx_nodes import Step, axis_attrs, numeric_pads
 
 
 def _matricise(w: torch.Tensor) -> torch.Tensor:
@@ -15,7 +16,7 @@ def _matricise(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
 
 
-class SpatialSVD(Format):
+class SpatialSVD(MatrixFormat):
     """Vertical then horizontal separable convs from the SVD of the (c k) x (n k) matricisation."""
 
     name = "spatial_svd"
@@ -30,13 +31,16 @@ class SpatialSVD(Format):
         g = conv_geometry(layer)
         return (min(g["c"] * g["kh"], g["n"] * g["kw"]),)
 
-    def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
-        return [_matricise(weight)]
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        return _matricise(weight)
 
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
-        (r,) = ranks
-        n, c, kh, kw = weight.shape
-        left, right = balanced_factors(_matricise(weight.detach().to(torch.float64)), r)
+    def fold(self, mat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        n, c, kh, kw = shape
+        return mat.reshape(c, kh, n, kw).permute(2, 0, 1, 3)
+
+    def split(self, left: torch.Tensor, right: torch.Tensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        n, c, kh, kw = shape
+        r = right.shape[0]
         vert = left.reshape(c, kh, r).permute(2, 0, 1)[..., None]                  # (r, c, kh, 1)
         horiz = right.reshape(r, n, kw).permute(1, 0, 2)[:, :, None, :]            # (n, r, 1, kw)
         return {"vertical": vert.contiguous(), "horizontal": horiz.contiguous()}
@@ -61,10 +65,18 @@ class SpatialSVD(Format):
         copy_(module[0].weight, factors["vertical"])
         copy_(module[1].weight, factors["horizontal"])
 
-    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+    def onnx_steps(self, factors: dict[str, torch.Tensor], attrs: dict[str, Any],
+                   in_hw: tuple[int, int] | None) -> list[Step]:
+        # Rows are strided/padded by the vertical conv, columns by the horizontal one (exact for asymmetric pads).
+        pads = numeric_pads(attrs, in_hw)
+        return [Step(factors["vertical"], axis_attrs(attrs, pads, 0)),
+                Step(factors["horizontal"], axis_attrs(attrs, pads, 1))]
+
+    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int],
+             in_hw: tuple[int, int] | None = None) -> int:
         g = conv_geometry(layer)
         (r,) = ranks
-        w_in = input_hw(layer, out_hw)[1]  # the vertical conv runs over all input columns
+        w_in = (in_hw or input_hw(layer, out_hw))[1]  # the vertical conv runs over all input columns
         return out_hw[0] * w_in * r * g["c"] * g["kh"] + out_hw[0] * out_hw[1] * g["n"] * r * g["kw"]
 
     def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_, input_hw, leading_subspace
+from pipeline.factorize.formats.onnx_nodes import POINTWISE, Step, spatial_attrs
 
 
 def _mode0(w: torch.Tensor) -> torch.Tensor:
@@ -57,8 +58,24 @@ class Tucker2(Format):
         u_out = factors["last"][:, :, 0, 0]
         return torch.einsum("rshw,or,is->oihw", factors["core"], u_out, u_in)
 
+    def project(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> torch.Tensor:
+        """HOSVD projection ``W x0 (U_out U_out^T) x1 (U_in U_in^T)`` (= reconstruct(decompose) without HOOI)."""
+        if opts.get("hooi_iters"):
+            return super().project(weight, ranks, **opts)
+        r1, r2 = ranks
+        w = weight.detach().to(torch.float64)
+        u_in = leading_subspace(_mode1(w), r1)
+        u_out = leading_subspace(_mode0(w), r2)
+        return torch.einsum("op,pqhw,qi->oihw", u_out @ u_out.T, w, u_in @ u_in.T)
+
     def ranks_of(self, factors: dict[str, torch.Tensor]) -> tuple[int, ...]:
         return (factors["first"].shape[0], factors["last"].shape[1])
+
+    def onnx_steps(self, factors: dict[str, torch.Tensor], attrs: dict[str, Any],
+                   in_hw: tuple[int, int] | None) -> list[Step]:
+        # The core keeps every attribute of the original node; the 1x1s around it change no geometry.
+        return [Step(factors["first"], dict(POINTWISE)), Step(factors["core"], spatial_attrs(attrs)),
+                Step(factors["last"], dict(POINTWISE))]
 
     def build(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> nn.Sequential:
         r1, r2 = ranks
@@ -74,11 +91,12 @@ class Tucker2(Format):
         copy_(module[1].weight, factors["core"])
         copy_(module[2].weight, factors["last"])
 
-    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+    def macs(self, layer: nn.Conv2d, ranks: tuple[int, ...], out_hw: tuple[int, int],
+             in_hw: tuple[int, int] | None = None) -> int:
         g = conv_geometry(layer)
         r1, r2 = ranks
         hw = out_hw[0] * out_hw[1]
-        hi, wi = input_hw(layer, out_hw)  # the first 1x1 runs at input resolution
+        hi, wi = in_hw or input_hw(layer, out_hw)  # the first 1x1 runs at input resolution
         return hi * wi * g["c"] * r1 + hw * (r1 * r2 * g["kh"] * g["kw"] + r2 * g["n"])
 
     def params(self, layer: nn.Conv2d, ranks: tuple[int, ...]) -> int:

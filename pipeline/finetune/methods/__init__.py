@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Callable
 
 from torch import Tensor, nn
 
+from pipeline.factorize.swap import apply_structure as _rebuild_structure
+from pipeline.factorize.swap import count_macs_params as _count_macs_params
 from pipeline.finetune.distill import FeatureDistiller, distillation_loss
 from pipeline.finetune.trainer import LossFn, teacher_logits_fn
 
@@ -25,27 +27,19 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def apply_structure(model: nn.Module, structure: dict[str, dict]) -> nn.Module:
-    """Factorize ``model`` as ``structure`` says, using the factorize subsystem.
+    """``model`` with the structure's layers rebuilt as (uninitialised) factorized modules, ready for a state dict.
 
-    Prefers ``swap.apply_structure`` (shape-only rebuild, used before loading a state dict) and falls back to
-    ``swap.factorize_with_structure`` (real decomposition: same module layout, values then overwritten).
+    The shape-only rebuild of the factorize subsystem (``swap.apply_structure``); ``model`` itself when nothing is
+    factorized.
     """
-    if not structure:  # nothing factorized: no need for the factorize subsystem at all
+    if not structure:
         return model
-    from pipeline.factorize import swap
-
-    fn = getattr(swap, "apply_structure", None) or swap.factorize_with_structure
-    out = fn(model, structure)
-    return model if out is None else out
+    return _rebuild_structure(model, structure)
 
 
-def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int] | None:
-    """``(macs, params)`` via ``pipeline.factorize.swap.count_macs_params``; None if that is unavailable."""
-    try:
-        from pipeline.factorize.swap import count_macs_params as count
-    except ImportError:
-        return None
-    macs, params = count(model, example_input)
+def count_macs_params(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
+    """``(macs, params)`` per sample, counted by the factorize subsystem's forward hooks."""
+    macs, params = _count_macs_params(model, example_input)
     return int(macs), int(params)
 
 

@@ -1,4 +1,4 @@
-"""``elrt``: Sui et al. 2024, "Efficient Low-Rank Training for Compact CNNs" (METHODS.md).
+"""``elrt``: Sui et al. 2024, "Efficient Low-Rank Training for Compact CNNs".
 
 The Tucker-2 factorized *student* is trained directly (no full-size weight exists or is updated) with CE (+KD from
 the teacher, ``alpha``) plus the double soft orthogonality penalty on the factor matrices,

@@ -1,4 +1,4 @@
-"""``lra``: Lee, Kwon, Kim, Wei 2019, "Learning Low-Rank Approximation for CNNs" (METHODS.md).
+"""``lra``: Lee, Kwon, Kim, Wei 2019, "Learning Low-Rank Approximation for CNNs".
 
 The dense *teacher* copy is trained with CE (+KD from the frozen teacher, ``alpha``); every ``lra.period`` optimizer
 steps (S_D) each target weight (the layers of the structure) is overwritten by its low-rank reconstruction at the
@@ -6,15 +6,18 @@ structure's ranks. SGD then settles in a minimum that is flat with respect to th
 truncation costs little. After training the model is factorized for real with ``factorize_with_structure`` and
 returned without further training; the metrics report accuracy just before and just after that truncation.
 
-Projection per structure format (the projection must be the same low-rank family the final truncation uses, or the
-flat minimum would be flat in the wrong directions; hence the structure's format decides, and ``lra.form`` only
-records the paper's two variants — it is checked against the structure and reported):
+The projection is the structure format's own ``project`` (:mod:`pipeline.factorize.formats`): it must be the same
+low-rank family the final truncation uses, or the flat minimum would be flat in the wrong directions; hence the
+structure's format decides, and ``lra.form`` only records the paper's two variants (it is checked against the
+structure and reported):
 
 * ``tucker2`` (ranks ``[r1, r2]``, input side then output side as in the 1x1 c->r1, kxk r1->r2, 1x1 r2->n chain):
-  HOSVD reconstruction ``W x0 (U_out U_out^T) x1 (U_in U_in^T)``, subspaces from the eigendecomposition of the Gram
-  matrix of each unfolding (the same subspaces as the SVD, much faster; METHODS.md).
+  HOSVD projection ``W x0 (U_out U_out^T) x1 (U_in U_in^T)``, subspaces from the eigendecomposition of the Gram
+  matrix of each unfolding (the same subspaces as the SVD, much faster).
 * ``channel_svd`` / ``linear_svd`` (rank ``[r]``): truncated SVD of the lowered ``n x (c k k)`` (im2col) matrix.
 * ``spatial_svd`` (rank ``[r]``): truncated SVD of the ``(c k) x (n k)`` matricisation.
+
+Formats whose ``project`` is only an approximation (CP: the best rank-R CP tensor may not exist) are refused.
 
 The best epoch is chosen by the validation accuracy of the *projected* model (what truncation will produce), not
 of the dense one between projections.
@@ -29,65 +32,37 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
+from pipeline.factorize.formats import FORMATS
+from pipeline.factorize.swap import factorize_with_structure
 from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
 from pipeline.finetune.methods import distill_loss_fn, get_module
 from pipeline.finetune.trainer import dist_info, evaluate, freeze, make_optimizer, seed_everything, train_epochs
 
-PROJECTABLE = ("tucker2", "channel_svd", "spatial_svd", "linear_svd")
-
-
-def _leading_subspace(mat: Tensor, r: int) -> Tensor:
-    """Orthonormal basis (rows x r) of the ``r`` leading left singular vectors of ``mat`` via its Gram matrix."""
-    m64 = mat.to(torch.float64)
-    evals, evecs = torch.linalg.eigh(m64 @ m64.t())  # ascending eigenvalues
-    return evecs[:, -r:] if r > 0 else evecs[:, :0]
-
-
-def _truncated(mat: Tensor, r: int) -> Tensor:
-    """Best rank-``r`` approximation of ``mat`` (Eckart–Young), computed in float64."""
-    m64 = mat.to(torch.float64)
-    if r >= min(m64.shape):
-        return mat.clone()
-    u, s, vh = torch.linalg.svd(m64, full_matrices=False)
-    return ((u[:, :r] * s[:r]) @ vh[:r]).to(mat.dtype)
+#: formats with an exact projection (``Format.exact_projection``), in registration order
+PROJECTABLE = tuple(n for n in FORMATS.names() if FORMATS.get(n).exact_projection)
 
 
 def project_weight(weight: Tensor, fmt: str, ranks: list[int]) -> Tensor:
-    """Low-rank reconstruction of a dense conv/linear weight in the family of factorize format ``fmt``.
+    """Low-rank projection of a dense conv/linear weight onto the family of factorize format ``fmt``.
 
     Args:
         weight: conv ``(n, c, kh, kw)`` or linear ``(out, in)`` weight.
-        fmt: ``tucker2``, ``channel_svd``, ``spatial_svd`` or ``linear_svd``.
+        fmt: a format with an exact projection (:data:`PROJECTABLE`).
         ranks: ``[r1, r2]`` for tucker2 (input-side, output-side), ``[r]`` otherwise.
 
     Returns:
-        A tensor of the same shape and dtype with the requested (multi)linear rank.
+        A tensor of the same shape and dtype with the requested (multi)linear rank (computed in float64).
     """
+    if fmt not in PROJECTABLE:
+        raise ConfigError(f"lra cannot project format {fmt!r}; supported formats: {', '.join(PROJECTABLE)}")
     w = weight.detach()
-    if fmt == "tucker2":
-        if w.dim() != 4 or len(ranks) != 2:
-            raise ConfigError(
-                f"tucker2 projection needs a conv weight and ranks [r1, r2], got {tuple(w.shape)} and {ranks}"
-            )
-        n, c = w.shape[:2]
-        r1, r2 = min(int(ranks[0]), c), min(int(ranks[1]), n)
-        u_out = _leading_subspace(w.reshape(n, -1), r2)                      # mode-0 unfolding n x (c k k)
-        u_in = _leading_subspace(w.transpose(0, 1).reshape(c, -1), r1)       # mode-1 unfolding c x (n k k)
-        p_out, p_in = u_out @ u_out.t(), u_in @ u_in.t()
-        out = torch.einsum("op,pqhw,qi->oihw", p_out, w.to(torch.float64), p_in)
-        return out.to(w.dtype)
-    if len(ranks) < 1:
-        raise ConfigError(f"{fmt} projection needs a rank [r], got {ranks}")
-    r = int(ranks[0])
-    if fmt in ("channel_svd", "linear_svd"):
-        return _truncated(w.reshape(w.shape[0], -1), r).reshape(w.shape)
-    if fmt == "spatial_svd":
-        if w.dim() != 4:
-            raise ConfigError(f"spatial_svd projection needs a conv weight, got shape {tuple(w.shape)}")
-        n, c, kh, kw = w.shape
-        m = w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
-        return _truncated(m, r).reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
-    raise ConfigError(f"lra cannot project format {fmt!r}; supported formats: {', '.join(PROJECTABLE)}")
+    fmt_obj = FORMATS.get(fmt)
+    want_dim = 2 if fmt == "linear_svd" else 4
+    n_ranks = 2 if fmt == "tucker2" else 1
+    if (w.dim() != want_dim and fmt != "channel_svd") or len(ranks) != n_ranks:
+        raise ConfigError(f"{fmt} projection needs a {'linear' if want_dim == 2 else 'conv'} weight and "
+                          f"{n_ranks} rank(s), got shape {tuple(w.shape)} and ranks {list(ranks)}")
+    return fmt_obj.project(w, tuple(int(r) for r in ranks)).to(w.dtype)
 
 
 class Projector:
@@ -161,8 +136,6 @@ def lra(job: FinetuneJob) -> FinetuneResult:
         desc="lra", after_step=after_step, epoch_end=epoch_end, score_key="val_acc_projected",
     )
     acc_before = evaluate(model, job.data.val, device=job.device)
-    from pipeline.factorize.swap import factorize_with_structure
-
     # The real decomposition (not a shape-only rebuild): the truncation is what is being measured.
     truncated = factorize_with_structure(copy.deepcopy(model).cpu(), job.structure).to(job.device)
     acc_after = evaluate(truncated, job.data.val, device=job.device)

@@ -1,4 +1,4 @@
-"""``svd_training``: Yang et al. 2020, singular-vector orthogonality + singular-value sparsification (METHODS.md).
+"""``svd_training``: Yang et al. 2020, singular-vector orthogonality + singular-value sparsification.
 
 Each target layer of the dense *teacher* is decomposed once, at full rank, into ``U diag(|s|) V`` (never re-SVD'd
 during training) and ``U``, ``s``, ``V`` are trained as parameters:
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
+from pipeline.factorize.formats import CONV_FORMATS, FORMATS
+from pipeline.factorize.formats.base import MatrixFormat
 from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
 from pipeline.finetune.methods import distill_loss_fn, get_module, set_module
 from pipeline.finetune.regularizers import SPARSITY, aligned_rank, energy_keep_mask, orthogonality
@@ -47,8 +49,8 @@ from pipeline.finetune.trainer import (
     train_epochs,
 )
 
-# Factorize formats that describe a conv: any of them is turned into this method's channel/spatial form.
-_CONV_FORMATS = ("tucker2", "channel_svd", "spatial_svd", "cp")
+# The factorize format of each form: its matricisation, inverse and factor layout are the ones trained here.
+FORM_FORMATS = {"channel": "channel_svd", "spatial": "spatial_svd", "linear": "linear_svd"}
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -76,17 +78,14 @@ class SVDConv(nn.Module):
         self.form = "linear" if self.is_linear else form
         if self.is_linear:
             self.out_features, self.in_features = w.shape
-            mat = w
         else:
             assert isinstance(layer, nn.Conv2d)
             self.n, self.c, self.kh, self.kw = w.shape
             self.stride = _pair(layer.stride)
             self.padding = _pair(layer.padding)
             self.dilation = _pair(layer.dilation)
-            if form == "channel":
-                mat = w.reshape(self.n, -1)
-            else:
-                mat = w.permute(1, 2, 0, 3).reshape(self.c * self.kh, self.n * self.kw)
+        self.shape = tuple(w.shape)
+        mat = self.fmt.matrix(w)
         # float64 SVD: the factors must reproduce the dense layer to float32 precision at full rank.
         u, s, vh = torch.linalg.svd(mat.to(torch.float64), full_matrices=False)
         dt = w.dtype
@@ -95,6 +94,13 @@ class SVDConv(nn.Module):
         self.v = nn.Parameter(vh.to(dt).contiguous())
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
         self.full_rank = int(s.numel())
+
+    @property
+    def fmt(self) -> MatrixFormat:
+        """The factorize format of this form (matricisation, its inverse, the deployed factor layout)."""
+        fmt = FORMATS.get(FORM_FORMATS[self.form])
+        assert isinstance(fmt, MatrixFormat)
+        return fmt
 
     @property
     def rank(self) -> int:
@@ -107,12 +113,7 @@ class SVDConv(nn.Module):
 
     def dense_weight(self) -> Tensor:
         """The dense kernel (conv: ``(n, c, kh, kw)``; linear: ``(out, in)``)."""
-        m = self.matrix()
-        if self.form == "linear":
-            return m
-        if self.form == "channel":
-            return m.reshape(self.n, self.c, self.kh, self.kw)
-        return m.reshape(self.c, self.kh, self.n, self.kw).permute(2, 0, 1, 3)
+        return self.fmt.fold(self.matrix(), self.shape)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.dense_weight()
@@ -160,31 +161,27 @@ class SVDConv(nn.Module):
     @torch.no_grad()
     def to_sequential(self) -> nn.Sequential:
         """Deployable two-layer chain with ``sqrt|s|`` folded into both factors (bias on the second layer)."""
-        r = self.rank
         sq = self.s.detach().abs().sqrt()
-        first_w = sq[:, None] * self.v.detach()          # r x cols
-        second_w = self.u.detach() * sq[None, :]         # rows x r
+        right = sq[:, None] * self.v.detach()           # r x cols
+        left = self.u.detach() * sq[None, :]            # rows x r
+        factors = self.fmt.split(left, right, self.shape)
+        return self.fmt.to_module(self._template(), factors)
+
+    def _template(self) -> nn.Module:
+        """A dense layer of this one's geometry and bias (weight left uninitialised: only its shape is read)."""
+        dt, dev = self.u.dtype, self.u.device
         has_b = self.bias is not None
+        # skip_init: no parameter initialisation, so the global RNG is not consumed by a throwaway layer.
         if self.is_linear:
-            a: nn.Module = nn.Linear(self.in_features, r, bias=False)
-            b: nn.Module = nn.Linear(r, self.out_features, bias=has_b)
-            a.weight.copy_(first_w)
-            b.weight.copy_(second_w)
-        elif self.form == "channel":
-            a = nn.Conv2d(self.c, r, (self.kh, self.kw), self.stride, self.padding, self.dilation, bias=False)
-            b = nn.Conv2d(r, self.n, 1, bias=has_b)
-            a.weight.copy_(first_w.reshape(r, self.c, self.kh, self.kw))
-            b.weight.copy_(second_w.reshape(self.n, r, 1, 1))
+            m = torch.nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=has_b, device=dev,
+                                         dtype=dt)
         else:
-            # Spatial: the left factor (rows (i,h)) is the kx1 conv, the right one (cols (o,w)) the 1xk conv.
-            (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-            a = nn.Conv2d(self.c, r, (self.kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
-            b = nn.Conv2d(r, self.n, (1, self.kw), (1, sw), (0, pw), (1, dw), bias=has_b)
-            a.weight.copy_(second_w.t().reshape(r, self.c, self.kh, 1))
-            b.weight.copy_(first_w.reshape(r, self.n, self.kw).permute(1, 0, 2).reshape(self.n, r, 1, self.kw))
+            m = torch.nn.utils.skip_init(nn.Conv2d, self.c, self.n, (self.kh, self.kw), self.stride, self.padding,
+                                         self.dilation, bias=has_b, device=dev, dtype=dt)
         if has_b:
-            b.bias.copy_(self.bias.detach())
-        return nn.Sequential(a, b).to(self.u.device)
+            with torch.no_grad():
+                m.bias.copy_(self.bias.detach())
+        return m
 
 
 def _eligible(m: nn.Module) -> bool:
@@ -212,7 +209,7 @@ def select_targets(model: nn.Module, structure: dict[str, dict]) -> list[str]:
                 m = get_module(model, name)
             except AttributeError:
                 raise ConfigError(f"structure layer {name!r} does not exist in the teacher model") from None
-            conv_ok = fmt in _CONV_FORMATS and isinstance(m, nn.Conv2d)
+            conv_ok = fmt in CONV_FORMATS and isinstance(m, nn.Conv2d)
             linear_ok = fmt == "linear_svd" and isinstance(m, nn.Linear)
             if (conv_ok or linear_ok) and _eligible(m):
                 names.append(name)
@@ -350,10 +347,9 @@ def svd_training(job: FinetuneJob) -> FinetuneResult:
 
     # Deployable form: plain conv chains with sqrt|s| folded into both factors.
     structure: dict[str, dict] = {}
-    fmt = {"channel": "channel_svd", "spatial": "spatial_svd", "linear": "linear_svd"}
     for name, layer in layers.items():
         set_module(model, name, layer.to_sequential())
-        structure[name] = {"format": fmt[layer.form], "ranks": [layer.rank]}
+        structure[name] = {"format": FORM_FORMATS[layer.form], "ranks": [layer.rank]}
     model.eval()
     history = {"epochs": epochs_log, "best_val": best_val}
     metrics = {
