@@ -8,7 +8,7 @@ DATA   ?= digits
 CONFIG ?=
 ARGS   ?=
 
-.PHONY: deploy test bench bench-quick fuzz clean venv
+.PHONY: deploy test bench bench-quick fuzz clean venv arm64-check
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pipeline.entropy.fuzz $(ARGS)
+
+# Shipped graphs on an arm64 ONNX Runtime under qemu user-mode vs x86 (set-up cached under ~/.cache/lowrank-deploy).
+DEPLOY ?= artifacts/$(MODEL)/deploy
+arm64-check: $(STAMP)
+	$(BIN)/python scripts/arm64/check.py run --deploy $(DEPLOY) $(ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache .hypothesis
