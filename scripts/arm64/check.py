@@ -56,7 +56,7 @@ def _ort_format(path: str) -> str | None:
     if not path.endswith(".ort"):
         return None
     with open(path, "rb") as fh:
-        return compare.ort_format_version(fh.read(64 * 1024))
+        return compare.ort_format_version(fh.read())  # flatbuffers put strings anywhere, often at the end
 
 
 def _output_steps(onnx_path: str) -> dict[str, float]:
@@ -189,12 +189,9 @@ def decoder_hook(deploy: str, native_dir: str, cache: str, work: str) -> dict:
     rootfs = os.path.join(cache, "rootfs")
     sources = sorted(os.path.join(native_dir, s) for s in os.listdir(native_dir) if s.endswith(".c"))
     exe = os.path.join(work, "lrdc-decode-aarch64")
-    # The decoder links libzstd and zlib: their arm64 -dev packages are in the rootfs (setup.sh adds them when
-    # native/lrdc exists); one compiler call builds library + CLI (static libc is avoided: the rootfs has glibc).
-    inc = os.path.join(rootfs, "usr", "include")
-    lib = os.path.join(rootfs, "usr", "lib", "aarch64-linux-gnu")
-    build = [cc, "-std=c99", "-O2", f"-I{native_dir}", f"-I{inc}", *sources, f"-L{lib}",
-             f"-Wl,-rpath-link,{lib}", "-lzstd", "-lz", "-o", exe]
+    # The decoder links libzstd and zlib: the rootfs holds their arm64 -dev packages (and glibc's, which they pull
+    # in), so it serves as the cross compiler's sysroot; one call builds library + CLI from every .c file.
+    build = [cc, f"--sysroot={rootfs}", "-std=c99", "-O2", f"-I{native_dir}", *sources, "-lzstd", "-lz", "-o", exe]
     proc = subprocess.run(build, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"status": "FAIL", "why": "cross-compile failed: " + proc.stderr.strip()[-800:]}

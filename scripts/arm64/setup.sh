@@ -29,10 +29,9 @@ NUMPY_REQ="${ARM64_NUMPY:-numpy==1.26.4}"
 SUITE=bookworm
 PYVER=3.11
 # python3.11-minimal + the stdlib bring libc6, zlib, libffi, libssl...; onnxruntime's .so also needs libstdc++/libgcc.
-DEB_PACKAGES="python${PYVER}-minimal libpython${PYVER}-stdlib libstdc++6 libgcc-s1"
-# The native decoder hook links libzstd and zlib: add their arm64 -dev packages once that decoder exists.
+# libzstd-dev + zlib1g-dev (arm64, ~1 MB): headers and link libraries for cross-compiling the native decoder.
+DEB_PACKAGES="python${PYVER}-minimal libpython${PYVER}-stdlib libstdc++6 libgcc-s1 libzstd-dev zlib1g-dev"
 NATIVE_DIR="${ARM64_NATIVE_DIR:-native/lrdc}"
-if [ -d "$NATIVE_DIR" ]; then DEB_PACKAGES="$DEB_PACKAGES libzstd-dev zlib1g-dev"; fi
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 log() { echo "arm64-setup: $*" >&2; }
