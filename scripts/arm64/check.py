@@ -107,7 +107,11 @@ def cmd_reference(args: argparse.Namespace) -> int:
                   "seed": args.seed, "batch": args.batch, "files": {}}
     for f in files:
         path = os.path.join(args.deploy, f)
-        sess = _session(path)
+        try:
+            sess = _session(path)
+        except Exception as exc:  # noqa: BLE001  (a file x86 cannot load is broken, not an arm64 finding)
+            print(f"arm64-check: the x86 ORT {ort.__version__} cannot load {path}: {exc}", file=sys.stderr)
+            return 2
         feeds = {}
         for inp in sess.get_inputs():
             key = f"in::{inp.name}"
@@ -229,7 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     env = dict(os.environ)
-    env.setdefault("ARM64_ORT_VERSION", args.ort_version)
+    if args.ort_version:  # the flag wins; else $ARM64_ORT_VERSION; else setup.sh's default (1.19.2)
+        env["ARM64_ORT_VERSION"] = args.ort_version
     env["ARM64_NATIVE_DIR"] = os.path.join(REPO, args.native_dir)
     setup = subprocess.run(["bash", os.path.join(HERE, "setup.sh"), sys.executable], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, text=True)
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="full check (x86 driver)")
     r.add_argument("--deploy", default=os.path.join("artifacts", "vgg11", "deploy"))
-    r.add_argument("--ort-version", default="1.19.2", help="onnxruntime version on the arm64 side")
+    r.add_argument("--ort-version", default=None,
+                   help="onnxruntime version on the arm64 side (default $ARM64_ORT_VERSION or 1.19.2)")
     r.add_argument("--native-dir", default=os.path.join("native", "lrdc"))
     for q in (r, ref := sub.add_parser("reference", help="x86 reference outputs")):
         q.add_argument("--seed", type=int, default=0)
