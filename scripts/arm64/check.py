@@ -140,6 +140,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
             digest = hashlib.sha256(fh.read()).hexdigest()
         meta["files"][f] = {"inputs": [i.name for i in sess.get_inputs()], "outputs": names, "sha256": digest,
                             "ort_format_version": _ort_format(path), "output_steps": steps}
+    first_input = next((v for k, v in arrays.items() if k.startswith("in::")), None)
+    if first_input is not None and first_input.ndim:
+        meta["batch"] = int(first_input.shape[0])  # --inputs decides the batch, not --batch
     np.savez(args.out, **arrays)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
         json.dump(meta, fh, indent=2)
@@ -265,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = arm["rows"]
     print(f"arm64-check: {deploy}")
     print(f"  x86 ORT {meta['x86_ort_version']} ({meta['machine']})  vs  arm64 ORT {arm['arm64_ort_version']} "
-          f"({arm['machine']}, qemu user-mode), seed {args.seed}, batch {args.batch}")
+          f"({arm['machine']}, qemu user-mode), inputs {args.inputs or f'seed {args.seed}'}, batch {meta['batch']}")
     print(f"  x86 SIMD: {' '.join(meta['cpu_flags']) or 'unknown'}")
     for f, info in meta["files"].items():
         if info["ort_format_version"]:
@@ -276,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = {"deploy": deploy, "ok": ok, "x86_ort_version": meta["x86_ort_version"],
               "x86_cpu_flags": meta["cpu_flags"],
               "arm64_ort_version": arm["arm64_ort_version"], "arm64_numpy_version": arm["numpy_version"],
-              "emulation": "qemu-aarch64-static (user mode)", "seed": args.seed, "batch": args.batch,
+              "emulation": "qemu-aarch64-static (user mode)", "seed": args.seed, "batch": meta["batch"],
               "inputs": args.inputs or "seeded standard normal", "files": meta["files"], "rows": rows,
               "native_decoder": decoder,
               "seconds": {"setup": round(t_setup, 1), "arm64_verify": round(t_arm, 1),
