@@ -8,7 +8,7 @@ DATA   ?= digits
 CONFIG ?=
 ARGS   ?=
 
-.PHONY: deploy test bench bench-quick fuzz clean venv decoder decoder-asan decoder-deps
+.PHONY: deploy test bench bench-quick fuzz clean venv decoder decoder-asan decoder-deps arm64-check
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ bench-quick: $(STAMP)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pipeline.entropy.fuzz $(ARGS)
+
+# Shipped graphs on an arm64 ONNX Runtime under qemu user-mode vs x86 (set-up cached under ~/.cache/lowrank-deploy).
+DEPLOY ?= artifacts/$(MODEL)/deploy
+arm64-check: $(STAMP)
+	$(BIN)/python scripts/arm64/check.py run --deploy $(DEPLOY) $(ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache .hypothesis
