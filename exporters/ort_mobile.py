@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from exporters.metadata import DeployMeta, for_file, set_metadata
 from exporters.ort_convert import CONFIG_NAME, contrib_ops, convert_models, convert_to_ort, ort_nodes, run_tool
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ConfigError, InputError, ValidationError
 
-__all__ = ["MOBILE_TARGETS", "MobileTarget", "build_mobile", "convert_to_ort", "fix_batch", "get_mobile_target",
+__all__ = ["MOBILE_TARGETS", "RUNTIME_SESSION_CONFIG", "MobileTarget", "build_mobile", "convert_to_ort", "fix_batch", "get_mobile_target",
            "mobile_usability", "stored_graph"]
 
 
@@ -45,6 +46,12 @@ MOBILE_TARGETS: dict[str, MobileTarget] = {
     "coreml": MobileTarget("coreml", "Runtime", False, 1, note="iOS CoreML EP; Runtime style, batch-1 copy"),
     "cpu": MobileTarget("cpu", "Fixed", True, None, note="ORT Mobile CPU EP (ARM or x86); Fixed style"),
 }
+
+
+# A Runtime-style file runs its saved optimizations (e.g. QDQ -> QLinearConv on the CPU EP's nodes) only with this
+# session option; without it the int8 graph runs as float DequantizeLinear -> Conv -> QuantizeLinear, which rounds
+# differently from the .onnx. model.json tells apps to set it (trusted models only: our own files).
+RUNTIME_SESSION_CONFIG: dict[str, str] = {"session.enable_saved_runtime_optimizations": "1"}
 
 
 def get_mobile_target(name: str) -> MobileTarget:
@@ -186,11 +193,11 @@ def _onnx_ops(path: Path) -> Counter:
     return Counter((n.domain if n.domain != "ai.onnx" else "", n.op_type) for n in onnx.load(str(path)).graph.node)
 
 
-def fix_batch(src: str | Path, dst: str | Path, batch: int = 1) -> dict:
+def fix_batch(src: str | Path, dst: str | Path, batch: int = 1, meta: DeployMeta | None = None) -> dict:
     """Copy of ``src`` with the symbolic batch axis (axis 0 of inputs and outputs) fixed to ``batch``.
 
-    NNAPI and CoreML only take static shapes. Shapes inside the graph are re-inferred; metadata (``lowrank.*``)
-    is kept; update ``lowrank.batch`` with ``exporters.metadata.for_file(meta, fixed_batch=batch)``.
+    NNAPI and CoreML only take static shapes. Shapes inside the graph are re-inferred. Metadata is kept; with
+    ``meta`` the ``lowrank.*`` keys are rewritten for this copy (``lowrank.batch`` = ``batch``).
 
     Returns:
         ``{"path", "batch", "dim_params"}`` with the symbolic names that were fixed.
@@ -211,6 +218,8 @@ def fix_batch(src: str | Path, dst: str | Path, batch: int = 1) -> dict:
             dims[0].dim_value = int(batch)
     del proto.graph.value_info[:]  # stale symbolic shapes; re-inferred below
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    if meta is not None:
+        set_metadata(proto, for_file(meta, fixed_batch=batch))
     data = proto.SerializeToString()
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
@@ -222,18 +231,20 @@ def fix_batch(src: str | Path, dst: str | Path, batch: int = 1) -> dict:
 
 # ----------------------------------------------------------------------------------------------- deliverables
 def build_mobile(models: Mapping[str, str | Path], out_dir: str | Path, target: str = "nnapi",
-                 check: bool = True) -> dict[str, Any]:
+                 check: bool = True, meta: DeployMeta | None = None) -> dict[str, Any]:
     """Every mobile file for ``target`` from the shipped ``.onnx`` models, with checks on exactly those files.
 
     For each ``name.onnx`` in ``models`` (e.g. ``{"model.onnx": fp32, "model.int8.onnx": int8}``): when the target
     needs a fixed batch, ``name.b1.onnx`` (written to ``out_dir``); then one converter run over all of them gives
     ``name.ort`` / ``name.b1.ort`` and one combined ``required_operators.config``. Each ``.ort`` is then checked:
     no ``com.microsoft`` ops unless the target allows them (ValidationError otherwise), and the usability checker
-    runs on the graph it stores.
+    runs on the graph it stores. ``meta`` (the sources' metadata) is written into the batch-1 copies with
+    ``lowrank.batch`` = 1; the sources should already carry it (``exporters.metadata.write_metadata``), since the
+    ``.ort`` files copy the metadata of the ``.onnx`` they come from.
 
     Returns:
         ``{"target", "style", "files": [every file written, sorted], "ort": {ort name: {"source", "bytes",
-        "sha256", "ops", "contrib_ops"}}, "fixed": {b1 onnx name: source name}, "config", "reproducible",
+        "sha256", "ops", "contrib_ops", "style", "session_config" (the ORT session options an app sets to load it)}}, "fixed": {b1 onnx name: source name}, "config", "reproducible",
         "usability": {ort name: mobile_usability(...) + "graph_matches_shipped"}}``.
     """
     t = get_mobile_target(target)
@@ -244,7 +255,7 @@ def build_mobile(models: Mapping[str, str | Path], out_dir: str | Path, target: 
     if t.fixed_batch is not None:
         for n, p in list(sources.items()):
             b_name = f"{Path(n).stem}.b{t.fixed_batch}.onnx"
-            fix_batch(p, out / b_name, t.fixed_batch)
+            fix_batch(p, out / b_name, t.fixed_batch, meta=meta)
             fixed[b_name] = n
             sources[b_name] = out / b_name
     conv = convert_models(list(sources.values()), out, style=t.style, target_platform=t.target_platform,
@@ -257,7 +268,8 @@ def build_mobile(models: Mapping[str, str | Path], out_dir: str | Path, target: 
         if bad and not t.allow_contrib:
             raise ValidationError(f"mobile: {ort_name} for target {t.name} holds contrib ops {bad}, which "
                                   f"{t.name} cannot run; use the Runtime optimization style for this target")
-        result["ort"][ort_name] = {**info, "contrib_ops": bad}
+        result["ort"][ort_name] = {**info, "contrib_ops": bad, "style": t.style,
+                                   "session_config": dict(RUNTIME_SESSION_CONFIG) if t.style == "Runtime" else {}}
         if check:
             result["usability"][ort_name] = _check_shipped(sources[info["source"]], out / ort_name, t.style)
     result["files"] = sorted(set(fixed) | set(conv["files"]) | {CONFIG_NAME})
