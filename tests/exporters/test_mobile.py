@@ -126,3 +126,19 @@ def test_fix_batch_gives_static_shapes(sources: dict[str, Path], tmp_path: Path)
     assert sess.get_inputs()[0].shape == [1, *SHAPE] and sess.get_outputs()[0].shape == [1, 10]
     x = normalise(raw_images(1, seed=9))
     np.testing.assert_allclose(_run(tmp_path / "b1.onnx", x), _run(sources["model.onnx"], x), atol=1e-6, rtol=0)
+
+
+def test_ship_graph_and_ship_mobile_give_a_consistent_set(sources: dict[str, Path], tmp_path: Path) -> None:
+    from exporters.deliverables import deploy_model_json, ship_graph, ship_mobile
+
+    out = tmp_path / "ship"
+    out.mkdir()
+    plain = ship_graph(sources["model.int8.onnx"], out / "model.int8.onnx", META)
+    baked = ship_graph(sources["model.onnx"], out / "model.onnx", META, bake=True)
+    assert not read_metadata(out / "model.int8.onnx").baked and read_metadata(out / "model.onnx").baked
+    mob = ship_mobile({"model.int8.onnx": out / "model.int8.onnx"}, out, META, target="coreml")
+    assert sorted(mob["ort"]) == ["model.int8.b1.ort", "model.int8.ort"] and mob["style"] == "Runtime"
+    assert set(mob["ort"]["model.int8.b1.ort"]["usability"]) >= {"NNAPI", "CoreML MLProgram"}
+    doc = deploy_model_json(META, {"model.onnx": baked, "model.int8.onnx": plain, **mob["ort"]})
+    assert sorted(doc["files"]) == ["model.int8.b1.ort", "model.int8.onnx", "model.int8.ort", "model.onnx"]
+    assert doc["files"]["model.onnx"]["baked"] and doc["files"]["model.int8.ort"]["session_config"]
