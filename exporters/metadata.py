@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import InputError, ValidationError
+from pipeline.ort_session import make_session
 
 PREFIX = "lowrank."
 RANGE_NORMALISED = "[0,1] then (x-mean)/std"
@@ -135,8 +136,6 @@ def write_metadata(path: str | Path, meta: DeployMeta) -> Path:
 
 def read_props(path: str | Path) -> dict[str, str]:
     """All custom metadata of an ``.onnx`` or ``.ort`` file, as ONNX Runtime sees it (the way an app reads it)."""
-    from pipeline.ort_session import make_session
-
     sess = make_session(Path(path), threads=1)
     return dict(sess.get_modelmeta().custom_metadata_map)
 

@@ -19,6 +19,7 @@ previous ``deploy`` is untouched.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -106,7 +107,6 @@ def verify(folder: str | Path) -> dict[str, Any]:
     Raises:
         PublishError: naming each mismatching, missing or unlisted file.
     """
-    import json
 
     folder = Path(folder)
     man = json.loads((folder / MANIFEST).read_text())
