@@ -107,7 +107,6 @@ def verify(folder: str | Path) -> dict[str, Any]:
     Raises:
         PublishError: naming each mismatching, missing or unlisted file.
     """
-
     folder = Path(folder)
     man = json.loads((folder / MANIFEST).read_text())
     problems = []

@@ -142,3 +142,16 @@ def test_ship_graph_and_ship_mobile_give_a_consistent_set(sources: dict[str, Pat
     doc = deploy_model_json(META, {"model.onnx": baked, "model.int8.onnx": plain, **mob["ort"]})
     assert sorted(doc["files"]) == ["model.int8.b1.ort", "model.int8.onnx", "model.int8.ort", "model.onnx"]
     assert doc["files"]["model.onnx"]["baked"] and doc["files"]["model.int8.ort"]["session_config"]
+
+
+def test_usability_result_is_the_same_wherever_the_model_lies(sources: dict[str, Path], tmp_path: Path) -> None:
+    # mobile.json is hashed into the benchmark stage's key: it must not name the (temporary) folder it ran in.
+    from exporters.ort_mobile import mobile_usability
+
+    results = []
+    for sub in ("a", "a_much_longer_folder/b"):
+        p = tmp_path / sub / "model.onnx"
+        p.parent.mkdir(parents=True)
+        shutil.copyfile(sources["model.onnx"], p)
+        results.append(mobile_usability(p))
+    assert results[0]["error"] is None and results[0] == results[1]
