@@ -12,7 +12,7 @@ from pipeline.errors import PipelineError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lowrank-deploy",
-        description="Factorize, finetune, quantize, entropy-code, export and benchmark a CNN for edge deployment.",
+        description="Factorize, finetune, export, quantize, entropy-code and benchmark a CNN for edge deployment.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -14,6 +14,20 @@ from typing import Any, Optional, Union
 from pipeline.errors import ConfigError, InputError
 
 
+# ----------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class DatasetConfig:
+    """How the ``data`` dataset is loaded; read by every stage that loads data (None = the dataset's default).
+
+    The split sizes apply to generated datasets (``shapes``), whose image counts are a choice; a dataset read from
+    files has the split its files give, and a size set for it is rejected.
+    """
+
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None
+    test_size: Optional[int] = None
+
+
 # ----------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class BaselineConfig:
@@ -171,6 +185,7 @@ class PipelineConfig:
     seed: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -184,6 +199,9 @@ class PipelineConfig:
 _RANGES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "device": (lambda v: v == "cpu" or v.startswith("cuda"), "'cpu' or 'cuda[:N]'"),
+    "dataset.train_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
+    "dataset.val_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
+    "dataset.test_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "baseline.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
     "baseline.batch_size": (lambda v: v >= 1, ">= 1"),
     "baseline.lr": (lambda v: v > 0, "> 0"),

@@ -8,8 +8,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
+from benchmarks.accuracy import onnx_accuracy
+from benchmarks.energy import energy_proxy, onnx_layer_stats, roofline_all
+from benchmarks.latency import measure_latency, profile_nodes
+from benchmarks.report import write_report
+from benchmarks.storage import artifact_bytes
+from benchmarks.targets import TARGETS
+from pipeline import __version__
+from pipeline.checkpoint import load_card
+from pipeline.entropy.container import unpack_to_onnx
+from pipeline.pseudo_labels import NOTE, PSEUDO
 from pipeline.stage_api import StageContext
+
+#: config of other stages the report's "settings" block records (the benchmark stage declares these as reads)
+REPORT_READS = (
+    "factorize.method", "factorize.selector", "factorize.energy", "factorize.align",
+    "finetune.method", "finetune.epochs",
+    "quantize.activation_type", "quantize.weight_type", "quantize.per_channel", "quantize.calibrate_method",
+)
 
 
 def _variant_files(ctx: StageContext) -> dict[str, Path]:
@@ -24,8 +42,6 @@ def _variant_files(ctx: StageContext) -> dict[str, Path]:
 
 def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
     """What a reader must know to read the numbers right (pseudo-labels, unnormalised inputs, skipped stages)."""
-    from pipeline.pseudo_labels import NOTE, PSEUDO
-
     notes = []
     if base.get("labels") == PSEUDO:
         notes.append(f"Labels: {PSEUDO}. {NOTE}.")
@@ -44,22 +60,10 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     Returns:
         ``{"json": path, "md": path, "html": path}`` (html only when enabled).
     """
-    import onnxruntime as ort
-
-    from benchmarks.accuracy import onnx_accuracy
-    from benchmarks.energy import energy_proxy, onnx_layer_stats, roofline_all
-    from benchmarks.latency import measure_latency, profile_nodes
-    from benchmarks.report import write_report
-    from benchmarks.storage import artifact_bytes
-    from benchmarks.targets import TARGETS
-    from pipeline import __version__
-    from pipeline.entropy.container import unpack_to_onnx
-
     cfg = ctx.cfg
     bcfg = cfg.benchmark
     data = ctx.data()
-    meta = json.loads((ctx.inputs["baseline"].dir / "model.json").read_text())
-    shape = (meta["in_channels"], meta["input_size"], meta["input_size"])
+    shape = load_card(ctx.inputs["baseline"].dir).input_shape
     target = TARGETS.get(bcfg.target)
     files = _variant_files(ctx)
     container = ctx.inputs["entropy-code"].path("weights.lrdc")

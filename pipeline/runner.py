@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -20,11 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import pipeline.stages  # noqa: F401  (registers the stages, in run order)
+from benchmarks.targets import TARGETS
 from pipeline import __version__
 from pipeline.artifacts import atomic_write_bytes, atomic_write_json, sha256_file, sha256_files, sha256_json
 from pipeline.config import PipelineConfig, to_dict
+from pipeline.data import DATASETS, check_split_sizes
+from pipeline.entropy.coders import CODERS
 from pipeline.errors import ConfigError, InputError, LockError, PipelineError
-from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec
+from pipeline.factorize.formats import FORMATS
+from pipeline.factorize.ranks import SELECTORS
+from pipeline.finetune import FINETUNE_METHODS
+from pipeline.models import MODELS
+from pipeline.spec import DataSpec, ModelSpec
+from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
 
 MARKER = "artifact.json"
 log = logging.getLogger("lowrank_deploy")
@@ -62,79 +69,55 @@ class RunResult:
 
 def stage_names() -> list[str]:
     """Registered stages in run order."""
-    import pipeline.stages  # noqa: F401  (registers the stages)
-
     return STAGES.names()
-
-
-def model_slug(spec: str) -> str:
-    """Folder name for a model spec: the registered name, or the stem of a user's file."""
-    base = spec.split(":")[0]
-    if base.endswith((".py", ".onnx")):
-        base = Path(base).stem
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "model"
-    return slug
-
-
-def _file_fingerprint(path: str) -> str:
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    if p.is_dir():
-        # A data folder: hash names, sizes and mtimes (reading every image would be slow for big folders).
-        h = hashlib.sha256()
-        for f in sorted(p.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
-    return "missing"
 
 
 def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     """Content identity of the run's inputs (model file, weights, data files), part of every stage key."""
-    fp: dict[str, Any] = {"model": cfg.model, "data": cfg.data, "seed": cfg.seed, "device": cfg.device}
-    model_file = cfg.model.split(":")[0]
-    if model_file.endswith((".py", ".onnx")):
-        fp["model_sha256"] = _file_fingerprint(model_file)
-    if model_file.endswith(".onnx"):
-        # ONNX models are fed the images as stored (no dataset normalisation, StageContext.data). Part of the key so
-        # artifacts cached before that change (normalised inputs) are never reused; zoo/.py runs keep their keys.
-        fp["inputs"] = "unnormalised"
+    fp: dict[str, Any] = {**ModelSpec.parse(cfg.model).fingerprint(), **DataSpec.parse(cfg.data).fingerprint(),
+                          "seed": cfg.seed, "device": cfg.device}
     if cfg.weights:
         if not Path(cfg.weights).is_file():
             raise InputError(f"weights file {cfg.weights!r} does not exist; pass an existing .safetensors/.pt file to --weights")
         fp["weights_sha256"] = sha256_file(cfg.weights)
-    if ":" in cfg.data:
-        fp["data_sha256"] = _file_fingerprint(cfg.data.split(":", 1)[1])
     return fp
 
 
-def upstream_sha(inputs: dict[str, Artifact]) -> str | None:
-    """One hash over the output hashes of *every* earlier stage, in order.
+def upstream_sha(spec: StageSpec, done: dict[str, Artifact]) -> str | None:
+    """One hash over the output hashes of the artifacts ``spec`` takes (its declared ``inputs``), in order.
 
-    A stage may read any earlier artifact (benchmark reads quantize's int8 model and entropy-code's container, not
-    only export's output), so its key must change when any of them changes. Keying on the immediate parent alone
-    once reused a stale report: a new quantize config changed the int8 model while export's output, built from the
-    unchanged finetuned model, stayed byte-identical.
+    Not only the immediate parent: benchmark reads quantize's int8 model and entropy-code's container as well as
+    export's output, so its key must change when any of them changes (keying on the parent alone once reused a stale
+    report). An input ``"stage/file"`` contributes that file's hash only. A stage sees only its declared inputs
+    (:func:`declared_inputs`), so an undeclared one cannot matter.
     """
-    if not inputs:
+    if not spec.inputs:
         return None
-    return sha256_json([[name, art.sha256] for name, art in inputs.items()])
+    parts = []
+    for entry in spec.inputs:
+        art = done[input_stage(entry)]
+        parts.append([entry, sha256_file(art.dir / entry.split("/", 1)[1]) if "/" in entry else art.sha256])
+    return sha256_json(parts)
+
+
+def declared_inputs(spec: StageSpec, done: dict[str, Artifact]) -> dict[str, Artifact]:
+    """The artifacts among ``done`` (the earlier stages of this run) that ``spec`` declares as its inputs."""
+    return {name: done[name] for name in spec.input_stages}
 
 
 def stage_key(spec: StageSpec, cfg: PipelineConfig, fingerprint: dict[str, Any], input_sha: str | None) -> str:
-    """``sha256(stage, stage version, package version, config section, inputs, upstream output hashes)[:12]``.
+    """``sha256(stage, stage version, package version, declared config reads, inputs, upstream output hashes)[:12]``.
 
-    ``input_sha`` is :func:`upstream_sha` of the earlier stages' artifacts (None for the first stage).
+    The config part is exactly what the stage declares it reads (``StageSpec.reads``): a section such as
+    ``"finetune"`` or a key of another stage's section such as ``"factorize.align"``. ``input_sha`` is
+    :func:`upstream_sha` of the stage's declared input artifacts (None for the first stage).
     """
-    section = to_dict(getattr(cfg, spec.section)) if spec.section else {}
     return sha256_json(
         {
             "stage": spec.name,
             "version": spec.version,
             "package": __version__,
-            "config": section,
+            "config": read_config(spec, cfg),
             "inputs": fingerprint,
             "parent": input_sha,
         }
@@ -248,7 +231,7 @@ def run(
     _validate_names(cfg)
     fingerprint = input_fingerprint(cfg)
 
-    root = Path(cfg.artifacts) / model_slug(cfg.model)
+    root = Path(cfg.artifacts) / ModelSpec.parse(cfg.model).slug
     _check_writable(root)
     with run_lock(root):
         handler = _setup_file_log(root)
@@ -260,33 +243,23 @@ def run(
 
 
 def _validate_names(cfg: PipelineConfig) -> None:
-    from pipeline.data import DATASETS
-    from pipeline.models import MODELS
-
-    model_file = cfg.model.split(":")[0]
-    if not model_file.endswith((".py", ".onnx")):
-        MODELS.get(cfg.model)
-    elif not Path(model_file).is_file():
-        raise InputError(f"model file {model_file!r} does not exist; pass an existing .py (path.py:factory) or .onnx file")
-    DATASETS.get(cfg.data.split(":", 1)[0])
-    from pipeline.factorize.formats import FORMATS
-    from pipeline.factorize.ranks import SELECTORS
-
+    model = ModelSpec.parse(cfg.model)
+    if model.is_file:
+        model.check_exists()
+    else:
+        MODELS.get(model.name)
+    DATASETS.get(DataSpec.parse(cfg.data).name)
+    d = cfg.dataset
+    check_split_sizes(cfg.data, (d.train_size, d.val_size, d.test_size))
     if cfg.factorize.method != "auto":
         FORMATS.get(cfg.factorize.method)
     if cfg.factorize.linear_method != "none":
         FORMATS.get(cfg.factorize.linear_method)
     SELECTORS.get(cfg.factorize.selector)
-    from pipeline.finetune import FINETUNE_METHODS
-
     if cfg.finetune.method != "none":
         FINETUNE_METHODS.get(cfg.finetune.method)
-    from pipeline.entropy.coders import CODERS
-
     if cfg.entropy.coder != "auto":
         CODERS.get(cfg.entropy.coder)
-    from benchmarks.targets import TARGETS
-
     TARGETS.get(cfg.benchmark.target)
 
 
@@ -314,7 +287,8 @@ def _run_locked(
         if index > last:
             break
         spec = STAGES.get(name)
-        key = stage_key(spec, cfg, fingerprint, upstream_sha(inputs))
+        given = declared_inputs(spec, inputs)
+        key = stage_key(spec, cfg, fingerprint, upstream_sha(spec, inputs))
         folder = root / f"{index:02d}-{name}-{key}"
         existing = _read_artifact(folder, spec, index, key)
         must_run = index >= rerun_from or existing is None
@@ -331,7 +305,7 @@ def _run_locked(
         t0 = time.perf_counter()
         if must_run:
             log.info("stage %s: running (key %s)", name, key)
-            art = _execute(spec, cfg, root, folder, index, key, inputs, cache, progress)
+            art = _execute(spec, cfg, root, folder, index, key, given, cache, progress)
             status = "ran"
         else:
             assert existing is not None
@@ -347,7 +321,7 @@ def _run_locked(
                 ended=_now(),
                 parent_key=parent.key if parent else None,
                 input_sha256=parent.sha256 if parent else None,
-                config=to_dict(getattr(cfg, spec.section)) if spec.section else {},
+                config=read_config(spec, cfg),
             )
         )
         inputs[name] = art
@@ -374,7 +348,8 @@ def _execute(
     tmp = root / f"{folder.name}.tmp-{os.getpid()}"
     _remove_tree(tmp)
     tmp.mkdir(parents=True)
-    ctx = StageContext(cfg=cfg, out_dir=tmp, inputs=dict(inputs), log=log, progress=progress, cache=cache)
+    ctx = StageContext(cfg=cfg, out_dir=tmp, inputs=dict(inputs), log=log, progress=progress, cache=cache,
+                       reads=spec.reads)
     try:
         out = spec.fn(ctx)
         missing = [f for f in out.files if not (tmp / f).is_file()]

@@ -26,7 +26,8 @@ from pipeline.data import npz as _npz  # noqa: E402,F401
 from pipeline.data import imagefolder as _imagefolder  # noqa: E402,F401
 from pipeline.data import cifar10 as _cifar10  # noqa: E402,F401
 
-__all__ = ["DATASETS", "DatasetSplits", "Split", "dataset_names", "load_dataset", "make_loader"]
+__all__ = ["DATASETS", "NO_SIZES", "DatasetSplits", "Split", "SplitSizes", "check_split_sizes", "dataset_names",
+           "load_dataset", "make_loader"]
 
 
 def dataset_names() -> list[str]:
@@ -38,19 +39,42 @@ def dataset_names() -> list[str]:
     return DATASETS.names()
 
 
-def load_dataset(spec: str, seed: int = 0, input_size: int | None = None) -> DatasetSplits:
+#: split sizes of a dataset load: (train, val, test), None = the dataset's default
+SplitSizes = tuple[int | None, int | None, int | None]
+NO_SIZES: SplitSizes = (None, None, None)
+
+
+def check_split_sizes(spec: str, split_sizes: SplitSizes) -> None:
+    """Raise ConfigError when sizes are set for a dataset whose split is fixed by its files, or are not >= 1."""
+    name = spec.partition(":")[0]
+    if all(s is None for s in split_sizes):
+        return
+    if not DATASETS.meta(name).get("split_sizes", False):
+        sized = [n for n in DATASETS.names() if DATASETS.meta(n).get("split_sizes", False)]
+        raise ConfigError(f"dataset {name!r} has the split its source gives, so dataset.train_size/val_size/test_size "
+                          f"cannot be set for it; remove them (they apply to: {', '.join(sized)})")
+    for key, s in zip(("train_size", "val_size", "test_size"), split_sizes):
+        if s is not None and int(s) < 1:
+            raise ConfigError(f"dataset.{key}={s} must be >= 1 (or null for the dataset's default)")
+
+
+def load_dataset(spec: str, seed: int = 0, input_size: int | None = None,
+                 split_sizes: SplitSizes = NO_SIZES) -> DatasetSplits:
     """Load a dataset into memory, split and normalised.
 
     Args:
         spec: ``name`` or ``name:PATH`` (e.g. ``"digits"``, ``"npz:data/x.npz"``).
         seed: the only randomness (splits; generation for ``shapes``).
         input_size: square side to produce/resize to; None keeps the dataset's natural size.
+        split_sizes: ``(train, val, test)`` image counts for a generated dataset (config section ``dataset``);
+            None entries keep the dataset's defaults.
 
     Returns:
         The dataset's splits and metadata.
 
     Raises:
-        ConfigError: unknown name (known ones listed), a missing or superfluous path, or a bad input size.
+        ConfigError: unknown name (known ones listed), a missing or superfluous path, a bad input size, or split
+            sizes for a dataset whose split its files fix.
         InputError: the dataset's files are missing or malformed.
     """
     if not isinstance(spec, str) or not spec:
@@ -64,7 +88,11 @@ def load_dataset(spec: str, seed: int = 0, input_size: int | None = None) -> Dat
         raise ConfigError(f"dataset {name!r} needs a path: write it as '{name}:PATH'")
     if not needs_path and path:
         raise ConfigError(f"dataset {name!r} takes no path (got {path!r}); write plain '{name}'")
-    return loader(path or None, int(seed), None if input_size is None else int(input_size))
+    check_split_sizes(spec, split_sizes)
+    size = None if input_size is None else int(input_size)
+    if DATASETS.meta(name).get("split_sizes", False):
+        return loader(path or None, int(seed), size, split_sizes=tuple(split_sizes))
+    return loader(path or None, int(seed), size)
 
 
 def make_loader(split: Split, batch_size: int, shuffle: bool, seed: int,

@@ -16,8 +16,8 @@ rendered at twice the output size (for output sizes <= 64) and box-downsampled, 
 Generated splits are cached as ``.npz`` under ``$LOWRANK_CACHE`` (default ``~/.cache/lowrank-deploy``), keyed by the
 generator version, seed, size and counts; counts default to 5000/1000/2000 (4000/500/1000 above 64 px) -- smaller
 than the 20k/2k/5k first planned, so that the default baseline (resnet20, 15 epochs at batch 32) takes about 7 minutes
-on one CPU core, not an hour -- and can be overridden with
-``LOWRANK_SHAPES_TRAIN``/``LOWRANK_SHAPES_VAL``/``LOWRANK_SHAPES_TEST``.
+on one CPU core, not an hour -- and can be set with the config keys ``dataset.train_size``/``val_size``/``test_size``
+(``load_dataset(..., split_sizes=...)``), which are part of every stage key.
 """
 from __future__ import annotations
 
@@ -359,19 +359,6 @@ def generate(n: int, size: int, seed: int, split: int) -> tuple[np.ndarray, np.n
     return x, labels
 
 
-def _count(var: str, default: int) -> int:
-    raw = os.environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"environment variable {var}={raw!r} is not an integer; set a positive count") from None
-    if value < 1:
-        raise ConfigError(f"environment variable {var}={value} must be >= 1")
-    return value
-
-
 def cache_dir() -> Path:
     """``$LOWRANK_CACHE`` or ``~/.cache/lowrank-deploy``."""
     return Path(os.environ.get("LOWRANK_CACHE") or Path.home() / ".cache" / "lowrank-deploy").expanduser()
@@ -402,17 +389,19 @@ def load_or_generate(seed: int, size: int, counts: tuple[int, int, int]) -> dict
     return arrays
 
 
-@DATASETS.register("shapes", needs_path=False, default_input_size=32)
-def load_shapes(path: str | None, seed: int, input_size: int | None) -> DatasetSplits:
+@DATASETS.register("shapes", needs_path=False, default_input_size=32, split_sizes=True)
+def load_shapes(path: str | None, seed: int, input_size: int | None,
+                split_sizes: tuple[int | None, int | None, int | None] = (None, None, None)) -> DatasetSplits:
     """Load (generating once and caching) the shapes dataset.
 
     Args:
         path: must be None.
         seed: generation seed (different seeds give different images).
         input_size: side in pixels (default 32; 64 or 224 for ImageNet-style models).
+        split_sizes: (train, val, test) image counts; None entries take the defaults (see the module docstring).
 
     Raises:
-        ConfigError: a path was given, a bad size, or a bad count override.
+        ConfigError: a path was given, a bad size, or a count below 1.
     """
     if path:
         raise ConfigError(f"dataset 'shapes' takes no path (got {path!r}); use 'shapes' and the input size setting")
@@ -420,8 +409,10 @@ def load_shapes(path: str | None, seed: int, input_size: int | None) -> DatasetS
     if size < 16:
         raise ConfigError(f"dataset 'shapes' needs input_size >= 16 (got {size}); shapes are unrecognisable below that")
     defaults = (5000, 1000, 2000) if size <= 64 else (4000, 500, 1000)
-    counts = (_count("LOWRANK_SHAPES_TRAIN", defaults[0]), _count("LOWRANK_SHAPES_VAL", defaults[1]),
-              _count("LOWRANK_SHAPES_TEST", defaults[2]))
+    counts = tuple(int(d if n is None else n) for n, d in zip(split_sizes, defaults))
+    if min(counts) < 1:
+        raise ConfigError(f"dataset 'shapes' needs at least one image per split (got {counts}); set "
+                          f"dataset.train_size/val_size/test_size >= 1")
     a = load_or_generate(int(seed), size, counts)
     for s in ("train", "val", "test"):
         if a[f"x_{s}"].shape[1:] != (3, size, size):

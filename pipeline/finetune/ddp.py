@@ -6,7 +6,7 @@ data tensors as safetensors, everything else as JSON — and ``python -m torch.d
 rendezvous port, so concurrent runs on one machine do not collide.
 
 Worker side (:func:`main`): each process initialises the process group (gloo on CPU, nccl on CUDA, one GPU per
-local rank), rebuilds teacher and student from ``model_spec`` (``pipeline.models.build_model``) plus the structure
+local rank), rebuilds teacher and student from the job's model card (``pipeline.card.ModelCard``) plus the structure
 (``pipeline.factorize.swap``), loads the state dicts and runs the registered method. The shared training loop
 (``trainer.train_epochs``) sees the active process group and wraps the model in ``DistributedDataParallel`` with a
 ``DistributedSampler`` (``set_epoch`` every epoch; per-process batch ``batch_size // nproc``). Only rank 0 writes
@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.card import ModelCard
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.models import build_model
 
 if TYPE_CHECKING:
     from pipeline.finetune import FinetuneJob, FinetuneResult
@@ -45,6 +47,16 @@ def _flat_state(model: nn.Module) -> dict[str, Tensor]:
 def _input_size(data: Any) -> Any:
     size = getattr(data, "input_size", None)
     return list(size) if isinstance(size, tuple) else size
+
+
+def job_card(job: FinetuneJob) -> ModelCard:
+    """The model card of the job's (unfactorized) model: what a worker rebuilds teacher and student from."""
+    d = job.data
+    names = list(d.class_names) if d.class_names is not None else []
+    return ModelCard(spec=str(job.model_spec), num_classes=int(d.num_classes), in_channels=int(d.in_channels),
+                     input_size=int(d.input_size), mean=tuple(float(m) for m in d.mean),
+                     std=tuple(float(s) for s in d.std),
+                     class_names=tuple(names) if len(names) == int(d.num_classes) else None)
 
 
 def write_job(job: FinetuneJob, job_dir: Path) -> None:
@@ -70,6 +82,7 @@ def write_job(job: FinetuneJob, job_dir: Path) -> None:
     save_file(tensors, str(job_dir / "data.safetensors"))
     atomic_write_json(job_dir / JOB_JSON, {
         "model_spec": job.model_spec,
+        "card": job_card(job).to_json(),
         "structure": job.structure,
         "cfg": to_dict(job.cfg),
         "seed": job.seed,
@@ -95,12 +108,10 @@ def write_job(job: FinetuneJob, job_dir: Path) -> None:
     })
 
 
-def _build(spec: str, meta: dict[str, Any]) -> nn.Module:
-    from pipeline.models import build_model
-
-    size = meta["input_size"]
-    return build_model(spec, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                       input_size=tuple(size) if isinstance(size, list) else size)
+def _build(card: ModelCard) -> nn.Module:
+    """A fresh, dense instance of the card's model (the worker loads the parent's state dicts into it)."""
+    return build_model(card.spec, num_classes=card.num_classes, in_channels=card.in_channels,
+                       input_size=card.input_size)
 
 
 def read_job(job_dir: Path, device: str) -> FinetuneJob:
@@ -114,9 +125,10 @@ def read_job(job_dir: Path, device: str) -> FinetuneJob:
 
     spec = json.loads((job_dir / JOB_JSON).read_text())
     meta = spec["data"]
-    teacher = _build(spec["model_spec"], meta)
+    card = ModelCard.from_json(spec["card"], str(job_dir / JOB_JSON))
+    teacher = _build(card)
     teacher.load_state_dict(load_file(str(job_dir / "teacher.safetensors")))
-    student = apply_structure(_build(spec["model_spec"], meta), spec["structure"])
+    student = apply_structure(_build(card), spec["structure"])
     student.load_state_dict(load_file(str(job_dir / "student.safetensors")))
     t = load_file(str(job_dir / "data.safetensors"))
     attrs = meta.get("split_attrs", {})

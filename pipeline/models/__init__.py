@@ -27,6 +27,7 @@ from torch import nn
 from pipeline.errors import ConfigError, InputError
 from pipeline.models.onnx import onnx_model_info, onnx_to_torch
 from pipeline.models.zoo import MODELS
+from pipeline.spec import FILE, ModelSpec
 
 __all__ = ["MODELS", "build_model", "class_count_from_weights", "load_onnx_model", "load_weights", "model_names",
            "onnx_model_info", "onnx_to_torch"]
@@ -42,11 +43,6 @@ def model_names() -> list[str]:
         The names ``build_model`` accepts without a file path.
     """
     return MODELS.names()
-
-
-def _is_file_spec(spec: str) -> bool:
-    path = spec.rsplit(":", 1)[0] if ":" in spec else spec
-    return path.endswith(".py")
 
 
 def _import_user_file(path: Path) -> Any:
@@ -120,18 +116,12 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
         )
     if int(in_channels) < 1 or int(input_size) < 1:
         raise ConfigError(f"model {spec!r}: in_channels={in_channels} and input_size={input_size} must be >= 1")
-    if spec.endswith(".onnx"):
+    parsed = ModelSpec.parse(spec)
+    if parsed.is_onnx:
         # The graph fixes classes/channels; callers compare them with the dataset via onnx_model_info().
         return onnx_to_torch(Path(spec).expanduser())
-    if spec.rsplit(":", 1)[0].endswith(".onnx"):
-        raise ConfigError(
-            f"model {spec!r} is an ONNX file, which cannot be rebuilt as a torch module here; give a zoo name or "
-            f"'path/to/file.py:factory' (plus --weights) instead"
-        )
-    if _is_file_spec(spec):
-        if ":" not in spec:
-            raise InputError(f"model spec {spec!r} names a file but no factory; write it as '{spec}:factory_name'")
-        file_part, factory_name = spec.rsplit(":", 1)
+    if parsed.kind == FILE:
+        file_part, factory_name = parsed.path, parsed.factory
         path = Path(file_part).expanduser()
         if not path.is_file():
             raise InputError(f"model file {file_part!r} does not exist; pass an existing .py file as 'path.py:factory'")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.checkpoint import load_meta
+from pipeline.checkpoint import load_card
 from pipeline.suites._common import (QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data,
                                      time_files)
 
@@ -47,8 +47,7 @@ def bench_finetune(quick: bool = False, root: Path = Path("artifacts")) -> Table
                         "int8 acc": res.artifact("quantize").metrics.get("test_accuracy")}
             if m == "lra":
                 infos[m]["truncation drop"] = ft.get("truncation_drop")
-        meta = load_meta(res.artifact("baseline").dir)
-        shape = (int(meta["in_channels"]), int(meta["input_size"]), int(meta["input_size"]))
+        shape = load_card(res.artifact("baseline").dir).input_shape
         lat = time_files(files, shape, 5 if quick else 50)
         for m in METHODS:
             rows.append({**infos[m], "p50 ms": round(lat[m]["p50"], 3)})

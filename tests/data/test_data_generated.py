@@ -15,17 +15,17 @@ from pipeline.data.shapes import CLASS_NAMES, DIFFICULTY, GENERATOR_VERSION, cac
 from pipeline.errors import ConfigError, InputError
 
 
+SMALL = (200, 40, 100)  # the config's dataset.train_size/val_size/test_size
+
+
 @pytest.fixture()
 def small_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("LOWRANK_SHAPES_TRAIN", "200")
-    monkeypatch.setenv("LOWRANK_SHAPES_VAL", "40")
-    monkeypatch.setenv("LOWRANK_SHAPES_TEST", "100")
+    monkeypatch.setenv("LOWRANK_CACHE", str(tmp_path / "cache"))  # a cache location, not an input
     return tmp_path / "cache"
 
 
 def test_shapes_deterministic_balanced_cached(small_shapes: Path) -> None:
-    d = load_dataset("shapes", seed=3)
+    d = load_dataset("shapes", seed=3, split_sizes=SMALL)
     assert (d.num_classes, d.in_channels, d.input_size) == (10, 3, 32) and d.class_names == CLASS_NAMES
     assert (len(d.train), len(d.val), len(d.test)) == (200, 40, 100)
     for s in (d.train, d.val, d.test):
@@ -34,13 +34,13 @@ def test_shapes_deterministic_balanced_cached(small_shapes: Path) -> None:
         assert s.x.shape[1:] == (3, 32, 32) and torch.isfinite(s.x).all()
     files = list(small_shapes.glob("shapes-v*-seed3-s32-n200-40-100.npz"))
     assert len(files) == 1 and cache_dir() == small_shapes
-    again = load_dataset("shapes", seed=3)  # from the cache
+    again = load_dataset("shapes", seed=3, split_sizes=SMALL)  # from the cache
     assert torch.equal(d.train.x, again.train.x) and torch.equal(d.test.y, again.test.y)
     # Regenerating from scratch gives the same bytes: generation itself is deterministic.
     x, y = generate(100, 32, 3, 2)
     with np.load(files[0]) as z:
         assert np.array_equal(z["x_test"], x) and np.array_equal(z["y_test"], y)
-    other = load_dataset("shapes", seed=4)
+    other = load_dataset("shapes", seed=4, split_sizes=SMALL)
     assert not torch.equal(other.test.x, d.test.x)
 
 
@@ -52,17 +52,31 @@ def test_shapes_images_vary(small_shapes: Path) -> None:
     assert all(x[:, c].std() > 20 for c in range(3))
 
 
-def test_shapes_other_size_and_bad_args(small_shapes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOWRANK_SHAPES_TRAIN", "20")
-    monkeypatch.setenv("LOWRANK_SHAPES_VAL", "10")
-    monkeypatch.setenv("LOWRANK_SHAPES_TEST", "10")
-    d = load_dataset("shapes", seed=0, input_size=64)
+def test_shapes_other_size_and_partial_sizes(small_shapes: Path) -> None:
+    d = load_dataset("shapes", seed=0, input_size=64, split_sizes=(20, 10, 10))
     assert d.train.x.shape[1:] == (3, 64, 64) and d.input_size == 64
-    with pytest.raises(ConfigError, match="takes no path"):
-        load_dataset("shapes:/tmp")
-    monkeypatch.setenv("LOWRANK_SHAPES_TRAIN", "many")
-    with pytest.raises(ConfigError, match="LOWRANK_SHAPES_TRAIN"):
-        load_dataset("shapes", seed=0)
+    assert (len(d.train), len(d.val), len(d.test)) == (20, 10, 10)
+
+
+@pytest.mark.parametrize("spec, sizes, match", [
+    ("shapes:/tmp", (None, None, None), "takes no path"),
+    ("shapes", (0, 10, 10), "train_size=0 must be >= 1"),
+    ("digits", (100, None, None), "split its source gives"),
+])
+def test_shapes_bad_args(small_shapes: Path, spec: str, sizes, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_dataset(spec, seed=0, split_sizes=sizes)
+
+
+def test_dataset_sizes_are_validated_config() -> None:
+    from pipeline.config import build_config
+
+    cfg = build_config(None, ["dataset.train_size=300", "dataset.test_size=50"], data="shapes")
+    assert (cfg.dataset.train_size, cfg.dataset.val_size, cfg.dataset.test_size) == (300, None, 50)
+    with pytest.raises(ConfigError, match="dataset.val_size"):
+        build_config(None, ["dataset.val_size=0"])
+    with pytest.raises(ConfigError, match="dataset.train_size"):
+        build_config(None, ["dataset.train_size=many"])
 
 
 def test_shapes_corrupt_cache_is_regenerated(small_shapes: Path) -> None:
@@ -74,9 +88,7 @@ def test_shapes_corrupt_cache_is_regenerated(small_shapes: Path) -> None:
 
 
 def test_shapes_default_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without overrides: 5000/1000/2000 at <= 64 px (sized for 2-core CPU budgets), 4000/500/1000 above.
-    for var in ("LOWRANK_SHAPES_TRAIN", "LOWRANK_SHAPES_VAL", "LOWRANK_SHAPES_TEST"):
-        monkeypatch.delenv(var, raising=False)
+    # Without sizes: 5000/1000/2000 at <= 64 px (sized for 2-core CPU budgets), 4000/500/1000 above.
     seen = []
 
     def fake(seed: int, size: int, counts: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -89,7 +101,8 @@ def test_shapes_default_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(shapes, "load_or_generate", fake)
     load_dataset("shapes", seed=0)
     load_dataset("shapes", seed=0, input_size=96)
-    assert seen == [(5000, 1000, 2000), (4000, 500, 1000)]
+    load_dataset("shapes", seed=0, split_sizes=(300, None, 70))  # None entries keep the default
+    assert seen == [(5000, 1000, 2000), (4000, 500, 1000), (300, 1000, 70)]
 
 
 def test_shapes_label_always_recoverable() -> None:

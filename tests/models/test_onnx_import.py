@@ -278,8 +278,10 @@ def test_factorized_checkpoint_rebuilds_from_the_onnx_spec(exported: dict[tuple[
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(fact(x), model(x), atol=1e-5, rtol=1e-4)  # full rank: same function
-    save_model(fact, {"spec": str(path), "num_classes": 4, "in_channels": 3, "input_size": 16,
-                      "structure": structure}, tmp_path / "ckpt")
+    from pipeline.card import ModelCard
+
+    save_model(fact, ModelCard(spec=str(path), num_classes=4, in_channels=3, input_size=16, mean=(0.0,) * 3,
+                               std=(1.0,) * 3, structure=structure), tmp_path / "ckpt")
     rebuilt, _ = load_model(tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), fact(x))

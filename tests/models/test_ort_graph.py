@@ -91,11 +91,13 @@ def test_graph_checkpoint_round_trip(tmp_path: Path) -> None:
     from pipeline.checkpoint import load_model, save_model
 
     model, _ = load_onnx_model(str(_graph(tmp_path / "m.onnx")), SHAPE)
-    files = save_model(model, {"spec": "m.onnx", "num_classes": 5, "in_channels": 3, "input_size": 8,
-                               "structure": {}}, tmp_path / "ck")
+    from pipeline.card import ModelCard
+
+    card = ModelCard(spec="m.onnx", num_classes=5, in_channels=3, input_size=8, mean=(0.0,) * 3, std=(1.0,) * 3)
+    files = save_model(model, card, tmp_path / "ck")
     assert files == ["model.onnx", "model.json"]
-    back, meta = load_model(tmp_path / "ck")
-    assert isinstance(back, OrtGraphModel) and meta["form"] == "onnx_graph"
+    back, card = load_model(tmp_path / "ck")
+    assert isinstance(back, OrtGraphModel) and card.form == "onnx_graph"
     x = torch.randn(2, *SHAPE)
     assert torch.equal(back(x), model(x))
 

@@ -90,4 +90,4 @@ def test_the_readme_config_example_is_a_valid_config(tmp_path):
     cfg = build_config(f)
     assert to_dict(cfg) == to_dict(build_config())  # documented values = defaults
     assert set(yaml.safe_load(block)) == {"baseline", "factorize", "finetune", "quantize", "entropy", "export",
-                                          "benchmark"}
+                                          "benchmark", "dataset"}

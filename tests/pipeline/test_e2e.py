@@ -12,7 +12,7 @@ from pipeline.runner import run, stage_names
 def test_all_stages_ran_in_order(e2e):
     _, result = e2e
     assert [r.artifact.stage for r in result.records] == stage_names()
-    assert stage_names() == ["baseline", "factorize", "finetune", "quantize", "entropy-code", "export", "benchmark"]
+    assert stage_names() == ["baseline", "factorize", "finetune", "export", "quantize", "entropy-code", "benchmark"]
     assert all(r.status == "ran" for r in result.records)
     for i, r in enumerate(result.records):
         assert r.artifact.dir.name.startswith(f"{i:02d}-{r.artifact.stage}-")

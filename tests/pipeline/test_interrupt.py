@@ -45,7 +45,7 @@ def _kill_during(root: Path, stage_prefix: str, timeout: float = 240.0) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage_prefix, index", [("00-baseline", 0), ("02-finetune", 2), ("03-quantize", 3), ("05-export", 5)])
+@pytest.mark.parametrize("stage_prefix, index", [("00-baseline", 0), ("02-finetune", 2), ("03-export", 3), ("04-quantize", 4)])
 def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
     _, reference = e2e
     root = tmp_path / "art"

@@ -1,32 +1,107 @@
 """Runner: stage keys, cache reuse, partial reruns, --only/--from, lock, incomplete folders never reused."""
 from __future__ import annotations
 
-import shutil
+import dataclasses
 
 import pytest
 
 from pipeline.config import build_config
 from pipeline.errors import ConfigError, LockError, PipelineError
-from pipeline.runner import run, run_lock, stage_key, input_fingerprint
+from pipeline.runner import input_fingerprint, run, run_lock, stage_key, stage_names
 from pipeline.stage_api import STAGES
 
 from .conftest import fast_config
 
 
-def test_stage_key_depends_on_config_and_parent(tmp_path):
-    import pipeline.stages  # noqa: F401
+def _leaves(obj, prefix=""):
+    """Every leaf config path of a config dataclass (``"factorize.budget.macs"``, ...)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        path = prefix + f.name
+        out += _leaves(v, path + ".") if dataclasses.is_dataclass(v) else [path]
+    return out
 
+
+def _changed(cfg, path: str):
+    """``cfg`` with the leaf at ``path`` set to a different value of its type (the key hashes values, so no range
+    check is needed here)."""
+    head, _, rest = path.partition(".")
+    if rest:
+        return dataclasses.replace(cfg, **{head: _changed(getattr(cfg, head), rest)})
+    v = getattr(cfg, head)
+    if isinstance(v, bool):
+        new = not v
+    elif isinstance(v, (int, float)):
+        new = v + 1
+    elif isinstance(v, str):
+        new = v + "x"
+    elif isinstance(v, tuple):
+        new = tuple(x + 1 for x in v)
+    else:  # None (an optional number)
+        new = 0.5
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def _covered(path: str, reads: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r + ".") for r in reads)
+
+
+BASE = build_config(None, [], model="tiny", data="digits")
+SECTION_LEAVES = [p for p in _leaves(BASE) if "." in p]
+CASES = [(name, path) for name in stage_names() for path in SECTION_LEAVES]
+
+
+@pytest.mark.parametrize("name, path", CASES, ids=[f"{n}:{p}" for n, p in CASES])
+def test_stage_key_hashes_exactly_the_declared_reads(name, path):
+    """A stage's key changes with every config key it declares it reads, and with no other section key."""
+    spec = STAGES.get(name)
+    fp = input_fingerprint(BASE)
+    key = stage_key(spec, BASE, fp, "p1")
+    changed = stage_key(spec, _changed(BASE, path), fp, "p1")
+    if _covered(path, spec.reads):
+        assert changed != key, f"{name} declares {path} but its key ignores it"
+    else:
+        assert changed == key, f"{name} does not declare {path} but its key changes with it"
+
+
+def test_stage_key_depends_on_inputs_and_parent():
     spec = STAGES.get("factorize")
-    a = build_config(None, [], model="tiny", data="digits")
-    b = build_config(None, ["factorize.energy=0.5"], model="tiny", data="digits")
-    c = build_config(None, ["finetune.epochs=9"], model="tiny", data="digits")
-    fp = input_fingerprint(a)
-    ka = stage_key(spec, a, fp, "p1")
-    assert len(ka) == 12
-    assert ka == stage_key(spec, a, fp, "p1")
-    assert ka != stage_key(spec, b, fp, "p1")   # own section changed
-    assert ka == stage_key(spec, c, fp, "p1")   # other section: same key
-    assert ka != stage_key(spec, a, fp, "p2")   # different input
+    fp = input_fingerprint(BASE)
+    ka = stage_key(spec, BASE, fp, "p1")
+    assert len(ka) == 12 and ka == stage_key(spec, BASE, fp, "p1")
+    assert ka != stage_key(spec, BASE, fp, "p2")  # different upstream artifacts
+    assert ka != stage_key(spec, BASE, input_fingerprint(dataclasses.replace(BASE, seed=1)), "p1")
+    assert ka == stage_key(spec, dataclasses.replace(BASE, artifacts="elsewhere"), fp, "p1")  # where, not what
+
+
+def test_declared_cross_section_reads():
+    """The reads of other stages' sections found in the code (issue 14): each must be declared."""
+    reads = {n: STAGES.get(n).reads for n in stage_names()}
+    assert {"factorize.align", "quantize.qat_epochs", "quantize.qat_lr", "quantize.weight_bits"} <= set(reads["finetune"])
+    assert "export" not in reads["quantize"]  # quantize takes export's model.onnx, not export's settings
+    assert STAGES.get("quantize").inputs == ("baseline", "export/model.onnx")
+    assert {"finetune.method", "factorize.align", "quantize.per_channel"} <= set(reads["benchmark"])
+    for n in stage_names()[1:]:
+        assert "baseline" in STAGES.get(n).input_stages  # every stage after it sees the baseline's pseudo-labels
+
+
+def test_changed_cross_section_key_reruns_the_stage_that_reads_it(tmp_path):
+    """The reproduced stale cache: ``export.opset`` used to leave quantize cached with a model of the old opset."""
+    import onnx
+
+    root = tmp_path / "art"
+    run(fast_config(root, "export.mobile=false"), upto="quantize", progress=False)
+    res = run(fast_config(root, "export.mobile=false", "export.opset=13"), upto="quantize", progress=False)
+    status = {r.artifact.stage: r.status for r in res.records}
+    assert status == {"baseline": "cached", "factorize": "cached", "finetune": "cached", "export": "ran",
+                      "quantize": "ran"}
+    q = onnx.load(str(res.artifact("quantize").path("model.int8.onnx")))
+    assert {o.version for o in q.opset_import if o.domain in ("", "ai.onnx")} == {13}
+    res = run(fast_config(root, "export.mobile=false", "export.opset=13", "export.atol=0.001"), upto="quantize",
+              progress=False)
+    status = {r.artifact.stage: r.status for r in res.records}
+    assert status["export"] == "ran" and status["quantize"] == "cached"  # same model.onnx: nothing to redo
 
 
 def test_changed_stage_config_reruns_that_stage_and_later(e2e):
@@ -39,25 +114,23 @@ def test_changed_stage_config_reruns_that_stage_and_later(e2e):
 
 
 def test_an_earlier_stage_change_reruns_every_stage_that_reads_it(tmp_path):
-    """quantize changes the int8 model while export's output stays byte-identical: benchmark must still rerun."""
+    """quantize changes the int8 model: entropy-code and benchmark (which reads it too) rerun, earlier stages not."""
     root = tmp_path / "art"
-    # without the .ort (whose bytes ORT never reproduces) export's output depends on the finetuned model only
     first = run(fast_config(root, "export.mobile=false"), progress=False)
     res = run(fast_config(root, "export.mobile=false", "quantize.calib_size=24"), progress=False)
     status = {r.artifact.stage: r.status for r in res.records}
     by = {r.artifact.stage: r.artifact for r in res.records}
     old = {r.artifact.stage: r.artifact for r in first.records}
-    assert by["export"].sha256 == old["export"].sha256  # the immediate parent did not change ...
-    assert by["quantize"].sha256 != old["quantize"].sha256  # ... but an earlier input of benchmark did
-    assert status["quantize"] == "ran" and status["benchmark"] == "ran"
-    assert all(status[n] == "cached" for n in ("baseline", "factorize", "finetune"))
+    assert by["quantize"].sha256 != old["quantize"].sha256
+    assert status["quantize"] == "ran" and status["entropy-code"] == "ran" and status["benchmark"] == "ran"
+    assert all(status[n] == "cached" for n in ("baseline", "factorize", "finetune", "export"))
 
 
 def test_from_and_only(e2e):
     cfg, first = e2e
-    res = run(cfg, from_stage="export", progress=False)
+    res = run(cfg, from_stage="quantize", progress=False)
     status = {r.artifact.stage: r.status for r in res.records}
-    assert status["export"] == "ran" and status["benchmark"] == "ran" and status["quantize"] == "cached"
+    assert status["quantize"] == "ran" and status["benchmark"] == "ran" and status["export"] == "cached"
     res = run(cfg, only="entropy-code", progress=False)
     assert [r.status for r in res.records if r.artifact.stage == "entropy-code"] == ["ran"]
     assert res.records[-1].artifact.stage == "entropy-code"

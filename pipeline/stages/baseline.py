@@ -1,0 +1,112 @@
+"""Stage 00, baseline: build the model and load the user's weights or ONNX file, or train it on the dataset."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import pseudo_labels
+from pipeline.card import ModelCard
+from pipeline.checkpoint import save_model
+from pipeline.errors import InputError
+from pipeline.finetune.trainer import train_baseline
+from pipeline.models import build_model, class_count_from_weights, load_onnx_model, load_weights, onnx_model_info
+from pipeline.spec import ModelSpec
+from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, macs_params, seed
+
+
+def _check_onnx_fits(cfg, info: dict[str, Any], data) -> None:
+    """Raise InputError when the ONNX model's geometry does not match the dataset's."""
+    want = {"in_channels": data.in_channels, "num_classes": data.num_classes}
+    bad = {k: (info[k], v) for k, v in want.items() if v and info.get(k) and info[k] != v}
+    if info.get("input_size") and info["input_size"] != data.input_size:
+        bad["input_size"] = (info["input_size"], data.input_size)
+    if bad:
+        detail = ", ".join(f"{k}: model {m} vs dataset {d}" for k, (m, d) in bad.items())
+        raise InputError(f"ONNX model {cfg.model!r} does not fit dataset {cfg.data!r} ({detail}); "
+                         f"use a dataset of the model's geometry (images are fed as stored, not normalised)")
+
+
+@stage("baseline", reads=("baseline", DATASET), version=2)
+def run(ctx: StageContext) -> StageOutput:
+    """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
+
+    Unlabelled data (an npz with only ``x``) need a pretrained model (``--weights`` or an ONNX file): every split is
+    then labelled with the original model's top-1 predictions (``pseudo_labels.npz`` in this stage's folder, read by
+    every later stage), so accuracies mean agreement with the original model. An ONNX model sees the images as the
+    user stored them (no dataset normalisation; see ``StageContext.data``); one the torch importer cannot convert but
+    ONNX Runtime runs is kept as its graph (later stages factorize the graph and skip finetuning).
+    """
+    cfg = ctx.cfg
+    data = ctx.data()
+    seed(cfg.seed)
+    is_onnx = ModelSpec.parse(cfg.model).is_onnx
+    labelled = data.train.y is not None
+    if not labelled and not is_onnx and not cfg.weights:
+        raise InputError(
+            f"dataset {cfg.data!r} has no labels, and model {cfg.model!r} has no trained weights, so a baseline would "
+            f"have to be trained, which needs labels. Add labels (an npz array 'y'), or pass --weights CKPT with the "
+            f"model's trained weights, or --model model.onnx of a pretrained model: their predictions then serve as "
+            f"labels"
+        )
+    num_classes = data.num_classes
+    history: dict[str, Any] = {}
+    fallback: str | None = None
+    if is_onnx:
+        # An imported ONNX model is already trained: check it fits the data, then use it as is.
+        if cfg.weights:
+            raise InputError(f"--weights is not used with an ONNX model ({cfg.model!r} carries its weights); "
+                             f"drop --weights")
+        info = onnx_model_info(cfg.model)
+        _check_onnx_fits(cfg, info, data)
+        num_classes = int(info["num_classes"])  # the model's output; the dataset may declare none
+        model, fallback = load_onnx_model(cfg.model, (data.in_channels, data.input_size, data.input_size))
+        if fallback:
+            ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
+                            "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
+        source = "onnx"
+    elif cfg.weights:
+        if not num_classes:  # unlabelled and undeclared: the checkpoint's classifier says how many
+            num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, data.input_size)
+        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
+        load_weights(model, cfg.weights)
+        source = "weights"
+    else:
+        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
+        model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
+        source = "trained"
+    model = model.cpu().eval()
+    check_finite(model, "baseline")
+    card = ModelCard(
+        spec=cfg.model,
+        num_classes=int(num_classes),
+        in_channels=int(data.in_channels),
+        input_size=int(data.input_size),
+        mean=tuple(float(m) for m in data.mean),
+        std=tuple(float(s) for s in data.std),
+        class_names=tuple(data.class_names) if len(data.class_names) == int(num_classes) else None,
+    )
+    files = save_model(model, card, ctx.out_dir)
+    if not labelled:
+        labels = pseudo_labels.predict_labels(model, data, batch=EVAL_BATCH)
+        files.append(pseudo_labels.save_labels(ctx.out_dir, labels))
+        data = pseudo_labels.apply_labels(data, labels, int(num_classes))
+        ctx.cache["data"] = data  # later stages of this run see the labelled data (resumed runs read the file)
+        ctx.log.info("baseline: dataset %s has no labels; labelled with the original model's top-1 predictions "
+                     "(accuracy = agreement with the original model)", cfg.data)
+    macs, params = macs_params(model, card, ctx.out_dir)
+    metrics = {
+        "source": source,
+        "labels": pseudo_labels.DATASET if labelled else pseudo_labels.PSEUDO,
+        "val_accuracy": accuracy(model, data.val),
+        "test_accuracy": accuracy(model, data.test),
+        "macs": macs,
+        "params": params,
+        "train_seconds": history.get("seconds"),
+    }
+    if is_onnx:
+        metrics["form"] = "onnx_graph" if fallback else "torch"
+        metrics["inputs"] = "as stored in the dataset (no mean/std normalisation; uint8 scaled to [0, 1])"
+        if fallback:
+            metrics["onnx_fallback"] = fallback
+    ctx.log.info("baseline: test accuracy %.4f, %.1f MMAC, %.3f M params", metrics["test_accuracy"], macs / 1e6, params / 1e6)
+    return StageOutput(files, metrics)

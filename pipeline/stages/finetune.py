@@ -1,0 +1,111 @@
+"""Stage 02, finetune: recover accuracy (distillation or a training method), then the optional quantization-aware
+finetune (``quantize.qat_epochs``), so the checkpoint this stage writes is the one fp32 model every later stage uses.
+"""
+from __future__ import annotations
+
+from pipeline.artifacts import atomic_write_json
+from pipeline.card import ModelCard
+from pipeline.checkpoint import save_model
+from pipeline.factorize.swap import count_macs_params
+from pipeline.finetune import FinetuneJob, finetune as run_finetune
+from pipeline.quantize.qat import qat_finetune
+from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+from pipeline.stages._common import accuracy, check_finite, example_input, is_graph, load, macs_params, seed
+
+FINETUNE_SKIPPED = ("the model exists only as an ONNX graph (the torch importer cannot convert it), which cannot be "
+                    "trained; the factorized graph is used as is")
+
+# QAT trains for the storage grid of quantize.weight_bits; it lives here so that export's fp32 model is the QAT one.
+QAT_READS = ("quantize.qat_epochs", "quantize.qat_lr", "quantize.weight_bits")
+
+
+@stage("finetune", reads=("finetune", DATASET, "factorize.align") + QAT_READS, inputs=("baseline", "factorize"), version=2)
+def run(ctx: StageContext) -> StageOutput:
+    """Recover accuracy (distillation from the original by default, or a training method of the source papers)."""
+    data = ctx.data()
+    student, card = load(ctx, "factorize")
+    labels = ctx.inputs["baseline"].metrics.get("labels", "dataset")
+    if is_graph(student):
+        return _skip(ctx, student, card, labels)
+    teacher, _ = load(ctx, "baseline")
+    seed(ctx.cfg.seed)
+    job = FinetuneJob(
+        student=student,
+        teacher=teacher,
+        structure=dict(card.structure),
+        data=data,
+        cfg=ctx.cfg.finetune,
+        seed=ctx.cfg.seed,
+        device=ctx.cfg.device,
+        progress=ctx.progress,
+        example_input=example_input(card),
+        align=ctx.cfg.factorize.align,
+        model_spec=ctx.cfg.model,
+    )
+    result = run_finetune(job)
+    model = result.model.cpu().eval()
+    qat = _quantization_aware(ctx, model, data)
+    if qat is not None:
+        model, qat_metrics = qat
+    check_finite(model, "finetune")
+    card = card.with_structure(result.structure)
+    files = save_model(model, card, ctx.out_dir)
+    atomic_write_json(ctx.out_dir / "history.json", result.history)
+    macs, params = count_macs_params(model, example_input(card))
+    metrics = {
+        "method": ctx.cfg.finetune.method,
+        "labels": labels,
+        "test_accuracy": accuracy(model, data.test),
+        "val_accuracy": accuracy(model, data.val),
+        "macs": macs,
+        "params": params,
+        **{k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))},
+    }
+    if qat is not None:
+        metrics["qat"] = qat_metrics
+    ctx.log.info("finetune (%s): test accuracy %.4f", metrics["method"], metrics["test_accuracy"])
+    return StageOutput(files + ["history.json"], metrics)
+
+
+def _quantization_aware(ctx: StageContext, model, data):
+    """``quantize.qat_epochs > 0``: distil the model with its conv weights fake-quantized to ``weight_bits``.
+
+    Returns ``(model, metrics)``, or None when QAT is off. The model export writes (and quantize quantizes) then
+    carries weights already on the b-bit grids, so the quantizer's snap changes almost nothing.
+    """
+    qcfg = ctx.cfg.quantize
+    if qcfg.qat_epochs <= 0:
+        return None
+    # weight_bits is 2..7 here: build_config rejects qat_epochs > 0 with any other value
+    teacher, _ = load(ctx, "baseline")  # a fresh copy: the finetune method may have moved or frozen its teacher
+    seed(ctx.cfg.seed)
+    trained, hist = qat_finetune(model, teacher, data, int(qcfg.weight_bits), qcfg.qat_epochs, qcfg.qat_lr,
+                                 ctx.cfg.finetune, seed=ctx.cfg.seed, device=ctx.cfg.device, progress=ctx.progress)
+    metrics = {"bits": int(qcfg.weight_bits), "epochs": qcfg.qat_epochs, "val_before": hist["val_before"],
+               "best_val": hist["best_val"]}
+    ctx.log.info("finetune: %d-bit QAT, val accuracy %.4f -> %.4f", metrics["bits"], metrics["val_before"],
+                 metrics["best_val"])
+    return trained, metrics
+
+
+def _skip(ctx: StageContext, model, card: ModelCard, labels: str) -> StageOutput:
+    """Finetune stage for a graph-only model: nothing to train (QAT neither), so pass the graph on and say why."""
+    data = ctx.data()
+    ctx.log.warning("finetune skipped (finetune.method=%s): %s", ctx.cfg.finetune.method, FINETUNE_SKIPPED)
+    if ctx.cfg.quantize.qat_epochs > 0:
+        ctx.log.warning("finetune: quantization-aware training skipped: the model is an ONNX graph without torch layers")
+    files = save_model(model, card, ctx.out_dir)
+    atomic_write_json(ctx.out_dir / "history.json", {"epochs": [], "skipped": FINETUNE_SKIPPED})
+    macs, params = macs_params(model, card, ctx.out_dir)
+    metrics = {
+        "method": "skipped",
+        "configured_method": ctx.cfg.finetune.method,
+        "skipped": True,
+        "skip_reason": FINETUNE_SKIPPED,
+        "labels": labels,
+        "test_accuracy": accuracy(model, data.test),
+        "val_accuracy": accuracy(model, data.val),
+        "macs": macs,
+        "params": params,
+    }
+    return StageOutput(files + ["history.json"], metrics)

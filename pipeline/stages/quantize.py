@@ -1,0 +1,53 @@
+"""Stage 04, quantize: int8 QDQ of export's fp32 ``model.onnx`` via ONNX Runtime's static quantizer, calibrated on
+real training images; accuracy measured in ORT. It exports nothing itself, so the int8 model and the shipped fp32
+model come from one file (the quantization-aware finetune, when on, ran in the finetune stage).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmarks.accuracy import onnx_accuracy, onnx_predict
+from pipeline.quantize.ort_static import output_sqnr, quantize_static
+from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+
+#: the fp32 model quantized: export's deliverable
+SOURCE = ("export", "model.onnx")
+
+
+@stage("quantize", reads=("quantize", DATASET), inputs=("baseline", "export/model.onnx"), version=2,
+       deliverables={"model.int8.onnx": "model.int8.onnx"})
+def run(ctx: StageContext) -> StageOutput:
+    """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
+    cfg = ctx.cfg
+    data = ctx.data()
+    fp32 = ctx.inputs[SOURCE[0]].path(SOURCE[1])
+    rng = np.random.default_rng(cfg.seed)
+    n_cal = min(cfg.quantize.calib_size, len(data.train.x))
+    idx = np.sort(rng.choice(len(data.train.x), size=n_cal, replace=False))
+    calib = data.train.x[idx].numpy().astype(np.float32)
+    val_x = data.val.x.numpy().astype(np.float32)
+    val_y = data.val.y.numpy() if data.val.y is not None else None
+    fp32_val = onnx_accuracy(fp32, val_x, val_y) if val_y is not None else None
+    eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
+    out = ctx.out_dir / "model.int8.onnx"
+    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val)
+    test_x = data.test.x.numpy().astype(np.float32)
+    ref = onnx_predict(fp32, test_x)
+    q = onnx_predict(out, test_x)
+    metrics: dict[str, Any] = {
+        "source": f"{SOURCE[0]}/{SOURCE[1]}",
+        "calibration_images": n_cal,
+        "agreement": float((ref.argmax(1) == q.argmax(1)).mean()),
+        "sqnr_db": float(output_sqnr(ref, q)),
+        **{k: v for k, v in qinfo.items() if k != "guard"},
+        "guard": qinfo.get("guard"),
+    }
+    if data.test.y is not None:
+        y = data.test.y.numpy()
+        metrics["fp32_test_accuracy"] = float((ref.argmax(1) == y).mean())
+        metrics["test_accuracy"] = float((q.argmax(1) == y).mean())
+    ctx.log.info("quantize: int8 test accuracy %s, top-1 agreement %.4f, SQNR %.1f dB",
+                 metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
+    return StageOutput(["model.int8.onnx"], metrics)
