@@ -44,7 +44,7 @@ def test_int8_slower_ships_fp32_decomposed_and_says_so() -> None:
     assert ship.smaller == pytest.approx(4.0) and ship.speed_ratio == pytest.approx(1.25, rel=0.05)
     text = res.headline["cpu"]
     assert text.startswith("cpu: ships fp32 decomposed (finetuned.onnx): 4.00x smaller, 1.2")
-    assert "int8 also meets the gate but is slower here (0.40x" in text
+    assert "int8 also meets the gate but is slower here (0.40x the original's speed" in text
     assert "broken refused by the gate: logits top-1 agreement 0.1000 (gate >= 0.99)" in text
     assert res.as_dict()["shipped"]["cpu"]["variant"] == "finetuned"
 

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
@@ -146,20 +147,35 @@ class WildModel:
     batch_axes: tuple[int, ...]
     kinds: tuple[str, ...]
     layouts: tuple[str, ...]
+    heads: tuple[str, ...]  # the final layers' attribute names (calibrated by make_model)
 
 
 WILD_MODELS: dict[str, WildModel] = {
-    "dense_text": WildModel("dense_text", DenseTextNet, (3, 48, 80), ("prob_map",), (0,), ("dense",), ("NCHW",)),
+    "dense_text": WildModel("dense_text", DenseTextNet, (3, 48, 80), ("prob_map",), (0,), ("dense",), ("NCHW",), ("head",)),
     "ctc_recognizer": WildModel("ctc_recognizer", CTCRecognizer, (3, 32, 128), ("ctc_logits",), (1,), ("sequence",),
-                                ("TNK",)),
+                                ("TNK",), ("fc",)),
     "multi_head": WildModel("multi_head", MultiHeadNet, (3, 40, 40), ("logits", "embedding"), (0, 0),
-                            ("classify", "embedding"), ("NK", "ND")),
-    "dw_separable": WildModel("dw_separable", DWSeparableNet, (3, 40, 56), ("logits",), (0,), ("classify",), ("NK",)),
+                            ("classify", "embedding"), ("NK", "ND"), ("cls", "emb")),
+    "dw_separable": WildModel("dw_separable", DWSeparableNet, (3, 40, 56), ("logits",), (0,), ("classify",), ("NK",),
+                                ("fc",)),
 }
 
 
+def sample_inputs(spec: WildModel, n: int, seed: int = 0) -> np.ndarray:
+    """``[n, C, H, W]`` float32 images with per-image structure (channel offsets, a coarse 4x4 pattern, noise), so
+    a model's outputs differ from image to image (i.i.d. noise averages out in pooled features)."""
+    c, h, w = spec.input_shape
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((n, c, 4, 4))
+    pattern = np.kron(coarse, np.ones((1, 1, -(-h // 4), -(-w // 4))))[:, :, :h, :w]
+    x = pattern + rng.standard_normal((n, c, 1, 1)) + 0.3 * rng.standard_normal((n, c, h, w))
+    return x.astype(np.float32)
+
+
 def make_model(spec: WildModel, seed: int = 0) -> nn.Module:
-    """The net in eval mode with seeded weights and non-trivial BatchNorm statistics (so folding is exercised)."""
+    """The net in eval mode with seeded weights, non-trivial BatchNorm statistics (so folding is exercised) and
+    data-calibrated final layers: each output channel of each head has mean 0 and std 3 on :func:`sample_inputs`,
+    so outputs are confident and input-dependent as a trained model's are (a random net's are near-constant)."""
     torch.manual_seed(seed)
     net = spec.build()
     with torch.no_grad():
@@ -168,7 +184,23 @@ def make_model(spec: WildModel, seed: int = 0) -> nn.Module:
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.8, 1.2)
-    return net.eval()
+    net.eval()
+    x = torch.from_numpy(sample_inputs(spec, 32, seed=seed + 1000))
+    for name in spec.heads:
+        layer = getattr(net, name)
+        seen: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+        with torch.no_grad():
+            net(x)
+        handle.remove()
+        y = seen[0]
+        dims = [d for d in range(y.dim()) if d != (1 if isinstance(layer, nn.Conv2d) else y.dim() - 1)]
+        mean, std = y.mean(dim=dims), y.std(dim=dims).clamp_min(1e-6)
+        scale = 3.0 / std
+        with torch.no_grad():
+            layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
+            layer.bias.copy_((layer.bias - mean) * scale)
+    return net
 
 
 def to_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
