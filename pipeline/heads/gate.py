@@ -238,7 +238,7 @@ def headline_text(s: Shipment) -> str:
         parts.append(f"worst fidelity check: {s.worst.text()}")
     for name, ratio in s.also_passed:
         if ratio < s.speed_ratio:
-            parts.append(f"{name} also meets the gate but is slower here ({ratio:.2f}x the original's p50), not shipped")
+            parts.append(f"{name} also meets the gate but is slower here ({ratio:.2f}x the original's speed), not shipped")
     for name, reason in s.refused:
         parts.append(f"{name} refused by the gate: {reason}")
     return "; ".join(parts)
