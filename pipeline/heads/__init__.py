@@ -8,9 +8,11 @@ whether it may ship. One module per job:
 * :mod:`.accuracy` -- against labels when the data has them (top-1; mIoU / pixel accuracy; CTC exact sequence);
 * :mod:`.distill` -- torch distillation losses from the original's raw outputs for unlabelled data;
 * :mod:`.latency_stats` -- the p50 ratio's bootstrap confidence interval and the sample count a stable ratio needs;
-* :mod:`.gate` -- the ``max_drop`` fidelity gate over every candidate variant and the per-target choice of what ships.
+* :mod:`.gate` -- the ``max_drop`` fidelity gate over every candidate variant and the per-target choice of what ships;
+* :mod:`.measure` -- every output of an ONNX file over a dataset, the heads probed from a file, Measurement entries.
 
-Plain numpy in, plain dicts out (torch only in :mod:`.distill`); nothing here imports the stages.
+Plain numpy in, plain dicts out (torch only in :mod:`.distill`, ONNX Runtime only in :mod:`.measure`); nothing here
+imports the stages.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from pipeline.heads.fidelity import (ctc_greedy_decode, embedding_fidelity, clas
 from pipeline.heads.gate import (FidelityGateError, GateCriteria, GateResult, Measurement, gate_variants)
 from pipeline.heads.kinds import KINDS, TASKS, HeadSpec, batch_axis_from_probes, detect_heads
 from pipeline.heads.latency_stats import RatioCI, median_ratio_ci, samples_needed
+from pipeline.heads.measure import onnx_outputs, output_entries, probe_onnx_heads
 
 __all__ = ["KINDS", "TASKS", "FidelityGateError", "GateCriteria", "GateResult", "HeadSpec", "Measurement", "RatioCI",
            "batch_axis_from_probes", "classify_fidelity", "ctc_exact_accuracy", "ctc_greedy_decode",
            "dense_fidelity", "dense_label_scores", "detect_heads", "distill_loss", "distill_loss_fn",
            "embedding_fidelity", "gate_variants", "head_fidelity", "label_accuracy", "median_ratio_ci",
-           "multi_fidelity", "samples_needed", "sequence_fidelity", "top1_accuracy"]
+           "multi_fidelity", "onnx_outputs", "output_entries", "probe_onnx_heads", "samples_needed", "sequence_fidelity", "top1_accuracy"]

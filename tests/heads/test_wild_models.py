@@ -175,3 +175,23 @@ def test_distillation_from_raw_outputs_pulls_a_perturbed_import_back(files, name
     # metric (the gate's own measure) rising
     assert losses[-1] < losses[0], losses
     assert sum(after) > sum(before) and min(a - b for a, b in zip(after, before)) >= -0.01, (before, after)
+
+
+def test_measure_helpers_run_all_outputs_and_fill_measurements(files, tmp_path: Path) -> None:
+    from pipeline.heads.measure import onnx_outputs, output_entries, probe_onnx_heads
+
+    spec = WILD_MODELS["ctc_recognizer"]
+    x = sample_inputs(spec, 10, seed=9)
+    heads = probe_onnx_heads(files[("ctc_recognizer", 11)], x)
+    assert [(h.kind, h.layout) for h in heads] == [("sequence", "TNK")]
+    ref = onnx_outputs(files[("ctc_recognizer", 11)], x, heads, batch=4)    # 3 batches joined on axis 1 (TNK)
+    np.testing.assert_allclose(ref[0], _ort(files[("ctc_recognizer", 11)], x)[0], atol=1e-6)
+    labels = ctc_greedy_decode(heads[0].canonical(ref[0]))
+    orig = output_entries(heads, ref, labels=[labels])
+    assert orig == ({"name": "ctc_logits", "kind": "sequence", "accuracy": 1.0},)
+    zero = export_wild(_variant(make_model(spec), "zero"), spec, tmp_path / "z.onnx", 11)
+    var = output_entries(heads, ref, onnx_outputs(zero, x, heads), labels={"ctc_logits": labels})
+    assert var[0]["exact"] == 0.0 and var[0]["accuracy"] < 1.0
+    res = Measurement("original", "o.onnx", 1, 1.0, orig)
+    with pytest.raises(FidelityGateError, match="accuracy drop"):              # labelled: gated on the drop
+        gate_variants(res, [Measurement("zero", "z.onnx", 1, 1.0, var)])
