@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any
 
 # /proc/cpuinfo flags that give ORT an int32-accumulating u8 x s8 dot product (no int16 intermediate).
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -33,14 +34,19 @@ def host_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, object]:
             "u8s8_saturates": bool(x86 and not vnni)}
 
 
-def resolve_reduce_range(setting: str, weight_type: str = "int8", isa: dict[str, object] | None = None) -> bool:
+def resolve_reduce_range(setting: str, weight_type: str = "int8", isa: dict[str, object] | None = None,
+                         target: Any = None) -> bool:
     """``quantize.reduce_range`` ("auto" | "true" | "false") as a bool for ORT's quantizer.
 
     "auto" is true exactly when the int8 graph will run on a host whose U8S8 kernel saturates (x86 without VNNI)
-    and weights are int8; uint8 weights (U8U8) and VNNI/ARM hosts keep the full 8-bit range.
+    and weights are int8; uint8 weights (U8U8) and VNNI/ARM hosts keep the full 8-bit range. With a benchmark
+    ``target`` (``benchmarks.targets.Target``) that is not measured here (the ARM mobile/board targets), the model
+    runs on ARM, where nothing saturates, so "auto" keeps full range; without one, the host decides.
     """
     s = str(setting).lower()
     if s in ("true", "false"):
         return s == "true"
+    if target is not None and not getattr(target, "measured_here", True):
+        return False
     isa = host_isa() if isa is None else isa
     return bool(isa["u8s8_saturates"]) and weight_type == "int8"

@@ -184,7 +184,7 @@ def _run_quantizer(model: Path, out: Path, calib_x: np.ndarray, input_name: str,
 
 def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.ndarray, cfg: Any,
                     eval_fn: Callable[[Path], float] | None = None, fp32_accuracy: float | None = None,
-                    max_guard_candidates: int = 32) -> dict[str, Any]:
+                    max_guard_candidates: int = 32, target: Any = None) -> dict[str, Any]:
     """Quantize an fp32 ONNX model to int8 QDQ with real calibration images; optional accuracy guard.
 
     Args:
@@ -196,6 +196,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         eval_fn: accuracy of a model file on held-out data (higher is better); enables the guard with ``fp32_accuracy``.
         fp32_accuracy: accuracy of ``fp32_onnx`` under the same ``eval_fn``.
         max_guard_candidates: cap on nodes measured for sensitivity (each costs one quantization + one evaluation).
+        target: optional benchmark target; with ``reduce_range = "auto"`` an ARM (not measured here) target keeps
+            full-range weights, otherwise this host's ISA decides (:func:`pipeline.quantize.isa.resolve_reduce_range`).
 
     Returns:
         ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
@@ -215,7 +217,7 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
     calib = calib_x[:n_cal].astype(np.float32, copy=False)
     _quant_type(cfg.activation_type), _quant_type(cfg.weight_type), _calib_method(cfg.calibrate_method)
     isa = host_isa()
-    reduce_range = resolve_reduce_range(getattr(cfg, "reduce_range", "auto"), cfg.weight_type, isa)
+    reduce_range = resolve_reduce_range(getattr(cfg, "reduce_range", "auto"), cfg.weight_type, isa, target)
     guard_on = eval_fn is not None and fp32_accuracy is not None
     out_path.parent.mkdir(parents=True, exist_ok=True)
 

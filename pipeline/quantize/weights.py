@@ -1,6 +1,6 @@
 """Weight-only low-bit quantization for storage: b-bit grids (b = 2..8) that the runnable graph carries exactly.
 
-int8 MinMax weights leave little to entropy coding (6.7 of 8 bits on trained-like weights, PERFORMANCE.md). What makes
+int8 MinMax weights leave little to entropy coding (about 6.7 of 8 bits on trained-like weights). What makes
 the container small is fewer distinct, more peaked symbols. This module puts each weight tensor on a b-bit grid:
 
 * ``uniform`` per output channel, symmetric (levels -L..L, L = 2**(b-1) - 1) or asymmetric (0..2**b - 1 with a zero

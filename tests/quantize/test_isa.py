@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from benchmarks.targets import get_target
 from pipeline.config import QuantizeConfig, from_dict
 from pipeline.errors import ConfigError
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
@@ -39,6 +40,8 @@ def test_isa_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     assert resolve_reduce_range("auto", "int8", a) == a["x86"]
     assert resolve_reduce_range("auto", "int8", v) is False
     assert resolve_reduce_range("auto", "uint8", a) is False  # U8U8 kernels do not saturate
+    assert resolve_reduce_range("auto", "int8", a, get_target("mobile-arm")) is False  # ARM: no saturation
+    assert resolve_reduce_range("auto", "int8", a, get_target("cpu")) == a["x86"]
     assert resolve_reduce_range("true", "int8", v) is True and resolve_reduce_range("false", "int8", a) is False
 
 
