@@ -142,6 +142,7 @@ class QuantizeConfig:
     size_budget: Optional[float] = None
     qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
     qat_lr: float = 1e-3
+    reduce_range: str = "auto"      # auto|true|false: 7-bit weights (auto: x86 host without VNNI, U8S8 saturates)
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     "quantize.qat_lr": (lambda v: v > 0, "> 0"),
     "quantize.weight_bits": (lambda v: v == "auto" or (v.isdigit() and 2 <= int(v) <= 8), "'2'..'8' or 'auto'"),
+    "quantize.reduce_range": (lambda v: v in ("auto", "true", "false"), "'auto', 'true' or 'false'"),
     "entropy.zstd_level": (lambda v: 1 <= v <= 22, "in [1, 22]"),
     "export.opset": (lambda v: 11 <= v <= 18, "in [11, 18]"),
     "benchmark.threads": (lambda v: 1 <= v <= 256, "in [1, 256]"),

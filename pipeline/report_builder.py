@@ -158,7 +158,8 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
                                                   "table_bits_per_weight", "decode_mb_s", "read_mb_s")}, "streams": len(ent.get("streams", []))},
         "layers": json.loads((ctx.inputs["factorize"].dir / "layers.json").read_text()),
         "node_profile": node_profile,
-        "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images")},
+        "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images",
+                                                         "reduce_range")},
         "finetune": {k: v for k, v in fin.items() if not isinstance(v, (list, dict))},
         "stages": [{"stage": a.stage, "key": a.key, "sha256": a.sha256} for a in ctx.inputs.values()],
     }

@@ -2,8 +2,10 @@
 
 The flow is the one ONNX Runtime recommends: ``quant_pre_process`` (shape inference + graph cleanup) into a temp
 file, then ``onnxruntime.quantization.quantize_static`` in QDQ format with per-channel int8 weights and (by default)
-uint8 activations. On AVX2 machines without VNNI, U8S8 is the fast and accurate default (see PERFORMANCE.md); int8
-activations are available through ``QuantizeConfig.activation_type``.
+uint8 activations; int8 activations are available through ``QuantizeConfig.activation_type``. On x86 hosts without
+VNNI, ORT's U8S8 kernels saturate int16 pair sums (``vpmaddubsw``), so ``QuantizeConfig.reduce_range = "auto"``
+quantizes weights to 7 bits ([-64, 64]) there, which keeps the fused int8 graph equal to its QDQ semantics
+(:mod:`pipeline.quantize.isa`).
 
 Accuracy guard: when an evaluation callback and the fp32 accuracy are given and quantizing everything loses more than
 ``cfg.max_drop``, every quantizable Conv/Gemm/MatMul node is measured for sensitivity (accuracy regained when that one
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.quantize.isa import host_isa, resolve_reduce_range
 from pipeline.quantize.weights import apply_weight_bits_to_qdq
 
 log = logging.getLogger(__name__)
@@ -163,7 +166,7 @@ def _input_name(model_path: Path) -> str:
 
 
 def _run_quantizer(model: Path, out: Path, calib_x: np.ndarray, input_name: str, cfg: Any,
-                   exclude: Sequence[str]) -> None:
+                   exclude: Sequence[str], reduce_range: bool = False) -> None:
     from onnxruntime.quantization import QuantFormat, quantize_static as ort_quantize_static
 
     reader = ImageCalibrationReader(calib_x, input_name, batch_size=1)
@@ -175,12 +178,13 @@ def _run_quantizer(model: Path, out: Path, calib_x: np.ndarray, input_name: str,
         weight_type=_quant_type(cfg.weight_type),
         calibrate_method=_calib_method(cfg.calibrate_method),
         nodes_to_exclude=list(exclude),
+        reduce_range=bool(reduce_range),
     )
 
 
 def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.ndarray, cfg: Any,
                     eval_fn: Callable[[Path], float] | None = None, fp32_accuracy: float | None = None,
-                    max_guard_candidates: int = 32) -> dict[str, Any]:
+                    max_guard_candidates: int = 32, target: Any = None) -> dict[str, Any]:
     """Quantize an fp32 ONNX model to int8 QDQ with real calibration images; optional accuracy guard.
 
     Args:
@@ -188,14 +192,17 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         out_path: where the QDQ model goes; written atomically (temp file in the same folder, then ``os.replace``).
         calib_x: float32 images (N, C, H, W), preprocessed like the model's inputs; the first ``cfg.calib_size`` are used.
         cfg: ``QuantizeConfig`` (activation_type, weight_type, per_channel, calibrate_method, calib_size, max_drop,
-            weight_bits, size_budget).
+            weight_bits, size_budget, reduce_range).
         eval_fn: accuracy of a model file on held-out data (higher is better); enables the guard with ``fp32_accuracy``.
         fp32_accuracy: accuracy of ``fp32_onnx`` under the same ``eval_fn``.
         max_guard_candidates: cap on nodes measured for sensitivity (each costs one quantization + one evaluation).
+        target: optional benchmark target; with ``reduce_range = "auto"`` an ARM (not measured here) target keeps
+            full-range weights, otherwise this host's ISA decides (:func:`pipeline.quantize.isa.resolve_reduce_range`).
 
     Returns:
         ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
-        "calibrate_method", "quantized_nodes", "guard": {...}, "weight_bits": {...} | None}``.
+        "calibrate_method", "reduce_range": {setting, applied, weight_qmax, host_isa}, "quantized_tensors",
+        "guard": {...}, "weight_bits": {...} | None}``.
     """
     import onnx
 
@@ -209,6 +216,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         raise InputError("quantize_static needs at least one calibration image; the training split is empty")
     calib = calib_x[:n_cal].astype(np.float32, copy=False)
     _quant_type(cfg.activation_type), _quant_type(cfg.weight_type), _calib_method(cfg.calibrate_method)
+    isa = host_isa()
+    reduce_range = resolve_reduce_range(getattr(cfg, "reduce_range", "auto"), cfg.weight_type, isa, target)
     guard_on = eval_fn is not None and fp32_accuracy is not None
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -221,7 +230,7 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         def attempt(exclude: Sequence[str]) -> Path:
             counter[0] += 1
             p = work / f"q{counter[0]}.onnx"
-            _run_quantizer(model, p, calib, input_name, cfg, exclude)
+            _run_quantizer(model, p, calib, input_name, cfg, exclude, reduce_range)
             return p
 
         best = attempt([])
@@ -250,7 +259,7 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         if str(cfg.weight_bits) != "8":
             wb_path = work / "lowbit.onnx"
             wb_info = apply_weight_bits_to_qdq(best, wb_path, cfg.weight_bits, eval_fn=eval_fn,
-                                               size_budget=cfg.size_budget)
+                                               size_budget=cfg.size_budget, qmax=64 if reduce_range else 127)
             best = wb_path
         qmodel = onnx.load(str(best))
         quantized = sorted({n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"})
@@ -270,6 +279,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         "weight_type": cfg.weight_type,
         "per_channel": bool(cfg.per_channel),
         "calibrate_method": cfg.calibrate_method,
+        "reduce_range": {"setting": str(getattr(cfg, "reduce_range", "auto")), "applied": reduce_range,
+                         "weight_qmax": 64 if reduce_range else 127, "host_isa": isa},
         "quantized_tensors": len(quantized),
         "guard": guard,
         "weight_bits": wb_info,

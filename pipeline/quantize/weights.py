@@ -1,6 +1,6 @@
 """Weight-only low-bit quantization for storage: b-bit grids (b = 2..8) that the runnable graph carries exactly.
 
-int8 MinMax weights leave little to entropy coding (6.7 of 8 bits on trained-like weights, PERFORMANCE.md). What makes
+int8 MinMax weights leave little to entropy coding (about 6.7 of 8 bits on trained-like weights). What makes
 the container small is fewer distinct, more peaked symbols. This module puts each weight tensor on a b-bit grid:
 
 * ``uniform`` per output channel, symmetric (levels -L..L, L = 2**(b-1) - 1) or asymmetric (0..2**b - 1 with a zero
@@ -12,7 +12,8 @@ Two ways to make the runnable graph carry the b-bit weights exactly:
 
 * :func:`apply_weight_bits_fp32` replaces every fp32 Conv/Gemm/MatMul weight by its dequantized b-bit values;
 * :func:`apply_weight_bits_to_qdq` snaps the int8 weights of a QDQ model onto a b-bit grid *inside* int8: with
-  ``m = 127 // L`` the new int8 values are ``m * j`` (j in -L..L) and the scale becomes ``s_b / m``, so
+  ``m = qmax // L`` (qmax = 127, or 64 under ORT's reduce_range) the new int8 values are ``m * j`` (j in -L..L)
+  and the scale becomes ``s_b / m``, so
   DequantizeLinear yields exactly ``j * s_b``. The int8 tensor then holds only 2L + 1 distinct symbols, which the
   container's coders squeeze to about b bits or less. Int32 biases are re-quantized to the new weight scales so
   ORT's fused QLinearConv (which assumes bias scale = input scale x weight scale) stays exact.
@@ -269,10 +270,25 @@ def _qdq_weights(model: Any) -> list[dict[str, Any]]:
     return found
 
 
-def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """int8 values ``q`` (per-channel ``scale`` along ``axis``, or per-tensor) onto a b-bit grid inside int8."""
+def weight_qmax(arrays: Sequence[np.ndarray]) -> int:
+    """The symmetric int8 range ORT quantized the weights to: 64 under ``reduce_range`` (7 bits), else 127.
+
+    MinMax symmetric quantization puts each channel's (or tensor's) largest magnitude on the range end, so the
+    largest |q| over all weights reveals the range.
+    """
+    top = max((int(np.abs(a.astype(np.int32)).max()) for a in arrays if a.size), default=127)
+    return 64 if top <= 64 else 127
+
+
+def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values ``q`` (per-channel ``scale`` along ``axis``, or per-tensor) onto a b-bit grid inside [-qmax, qmax].
+
+    The grid must stay inside the range the weights were quantized to: under reduce_range (qmax 64) a value beyond
+    it brings back the U8S8 int16 saturation the 7-bit range avoids.
+    """
     lvl = 2 ** (bits - 1) - 1
-    m = 127 // lvl
+    m = max(qmax // lvl, 1)
+    lvl = min(lvl, qmax)  # 8-bit levels inside a 7-bit range: the grid is the range itself
     per_channel = scale.ndim == 1 and scale.size > 1
     qc = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32) if per_channel else q.reshape(1, -1)
     s = scale.reshape(-1).astype(np.float32)
@@ -297,7 +313,7 @@ def _deq(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
 
 def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str | int,
                              eval_fn: Callable[[Path], float] | None = None, size_budget: float | None = None,
-                             choices: Sequence[int] = BIT_CHOICES) -> dict[str, Any]:
+                             choices: Sequence[int] = BIT_CHOICES, qmax: int | None = None) -> dict[str, Any]:
     """Snap the int8 weights of a QDQ model onto b-bit grids (fixed b, or per layer under a budget).
 
     Args:
@@ -307,9 +323,11 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             and width), else a weight-MSE proxy is used.
         size_budget: "auto" only: average bits per weight to reach (default 4.0).
         choices: widths "auto" may pick.
+        qmax: symmetric range of the int8 weights (127, or 64 under reduce_range); None infers it
+            (:func:`weight_qmax`). Snapped values stay inside it.
 
     Returns:
-        ``{"mode", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}``.
+        ``{"mode", "qmax", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}``.
     """
     import onnx
     from onnx import numpy_helper
@@ -318,6 +336,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     ws = _qdq_weights(model)
     arrays = {w["node"]: numpy_helper.to_array(w["q"]) for w in ws}
     numel = {k: int(v.size) for k, v in arrays.items()}
+    qmax = weight_qmax(list(arrays.values())) if qmax is None else int(qmax)
 
     def build(bits: Mapping[str, int]) -> bytes:
         m = onnx.ModelProto()
@@ -328,7 +347,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             if b >= 8:
                 continue
             q, s = arrays[w["node"]], numpy_helper.to_array(w["scale"])
-            nq, ns = _snap(q, s, w["axis"], b)
+            nq, ns = _snap(q, s, w["axis"], b, qmax)
             inits[w["q"].name].CopyFrom(numpy_helper.from_array(nq, w["q"].name))
             inits[w["scale"].name].CopyFrom(numpy_helper.from_array(ns.astype(np.float32), w["scale"].name))
             if w["bias"] is not None:
@@ -360,7 +379,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
                 w = next(x for x in ws if x["node"] == layer)
                 sc = numpy_helper.to_array(w["scale"])
                 ref = _deq(arrays[layer], sc, w["axis"])
-                nq, ns = _snap(arrays[layer], sc, w["axis"], b)
+                nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax)
                 new = _deq(nq, ns, w["axis"])
                 return float(np.sum((ref - new) ** 2) / max(float(np.sum(ref ** 2)), 1e-30))
         try:
@@ -379,5 +398,6 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     atomic_write_bytes(dst, build(bits))
     acc = float(eval_fn(Path(dst))) if eval_fn is not None else None
     n = sum(numel.values())
-    return {"mode": mode, "bits": bits, "avg_bits": sum(bits[k] * numel[k] for k in bits) / n if n else None,
+    return {"mode": mode, "qmax": qmax, "bits": bits,
+            "avg_bits": sum(bits[k] * numel[k] for k in bits) / n if n else None,
             "budget": budget, "sensitivity_source": source, "accuracy": acc}

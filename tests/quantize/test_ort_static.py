@@ -69,7 +69,7 @@ def test_quantize_static_makes_qdq_close_to_fp32(fp32_model: Path, tmp_path: Pat
     assert inits["input_scale"] == pytest.approx(expect, rel=1e-5)
     x = images(32, seed=9)
     ref, got = run(fp32_model, x), run(out, x)
-    assert output_sqnr(ref, got) > 18.0  # about 2% relative error, as PERFORMANCE.md reports
+    assert output_sqnr(ref, got) > 18.0  # about 2% relative error
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.8
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 

@@ -105,7 +105,9 @@ def test_qdq_snap_is_exact_and_codes_to_about_b_bits(int8_pair: tuple[Path, Path
     lvl = 2 ** (bits - 1) - 1
     for name in ("0.weight_quantized", "2.weight_quantized", "5.weight_quantized"):
         q = inits[name]
-        assert len(np.unique(q)) <= 2 * lvl + 1 and np.all(q % (127 // lvl) == 0)
+        # The grid lies inside the range ORT quantized to (+-64 under reduce_range, else +-127).
+        assert len(np.unique(q)) <= 2 * lvl + 1 and np.all(q % (info["qmax"] // lvl) == 0)
+        assert np.abs(q.astype(np.int32)).max() <= info["qmax"]
     x = images(16, seed=11)
     # Fused (QLinearConv) and unfused (plain DQ -> Conv) execution agree: bias scales were kept consistent.
     a = _session(out, True).run(None, {"input": x})[0]
