@@ -2,11 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Sequence
 
+from pipeline import __version__
+from pipeline.catalog import WHAT, describe
 from pipeline.errors import PipelineError
+
+
+def _add_inputs(r: argparse.ArgumentParser) -> None:
+    """The flags that choose a run's inputs and config (shared by ``run`` and ``config``)."""
+    r.add_argument("--model", help="zoo name (see `list models`), path/to/file.py:factory, or model.onnx")
+    r.add_argument("--data", help="dataset: digits, shapes, mnist5k, npz:PATH, imagefolder:PATH, cifar10:PATH")
+    r.add_argument("--weights", help="checkpoint for --model (.safetensors, or .pt loaded with weights_only=True)")
+    r.add_argument("--config", help="YAML or TOML config file (sections as in README)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set factorize.method=channel_svd (repeatable)")
+    r.add_argument("--seed", type=int, help="random seed of every stage (default 0)")
+    r.add_argument("--device", help="cpu (default) or cuda")
+    r.add_argument("--nproc", type=int, help="data-parallel finetuning processes (torchrun); same as --set finetune.nproc=N")
+    r.add_argument("--artifacts", help="artifacts root folder (default: artifacts)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,19 +31,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="lowrank-deploy",
         description="Factorize, finetune, export, quantize, entropy-code and benchmark a CNN for edge deployment.",
     )
+    p.add_argument("--version", action="version", version=f"lowrank-deploy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run the pipeline (cached stages are reused)")
-    r.add_argument("--model", help="zoo name (see `list models`), path/to/file.py:factory, or model.onnx")
-    r.add_argument("--data", help="dataset: digits, shapes, mnist5k, npz:PATH, imagefolder:PATH, cifar10:PATH")
-    r.add_argument("--weights", help="checkpoint for --model (.safetensors, or .pt loaded with weights_only=True)")
-    r.add_argument("--config", help="YAML or TOML config file (sections as in README)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set factorize.method=channel_svd (repeatable)")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--device", help="cpu (default) or cuda")
-    r.add_argument("--nproc", type=int, help="data-parallel finetuning processes (torchrun); same as --set finetune.nproc=N")
-    r.add_argument("--artifacts", help="artifacts root folder (default: artifacts)")
+    _add_inputs(r)
+    r.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary of the run (stages, metrics, deliverables) on stdout")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--only", metavar="STAGE", help="run only this stage (earlier ones must be cached)")
     g.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and all later ones")
@@ -35,8 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     r.add_argument("-v", "--verbose", action="store_true")
 
-    ls = sub.add_parser("list", help="list registered names")
-    ls.add_argument("what", choices=["stages", "formats", "models", "datasets", "targets", "selectors", "coders", "methods"])
+    c = sub.add_parser("config", help="print the effective config (defaults < file < flags < --set) as YAML")
+    _add_inputs(c)
+
+    ls = sub.add_parser("list", help="every accepted value of a name, with a one-line description")
+    ls.add_argument("what", choices=list(WHAT), help="which names to list")
+    ls.add_argument("--names", action="store_true", help="names only, one per line (for scripts)")
 
     u = sub.add_parser("unpack", help="rebuild the runnable int8 ONNX model from a weights container")
     u.add_argument("container", help="weights.lrdc written by the entropy-code stage")
@@ -47,40 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller sizes and fewer samples (for a smoke run)")
     b.add_argument("--out", default=os.path.join("artifacts", "bench"), help="output folder")
     return p
-
-
-def _list(what: str) -> list[str]:
-    if what == "stages":
-        from pipeline.runner import stage_names
-
-        return stage_names()
-    if what == "formats":
-        from pipeline.factorize.formats import FORMATS
-
-        return FORMATS.names()
-    if what == "selectors":
-        from pipeline.factorize.ranks import SELECTORS
-
-        return SELECTORS.names()
-    if what == "models":
-        from pipeline.models import MODELS
-
-        return MODELS.names()
-    if what == "datasets":
-        from pipeline.data import DATASETS
-
-        return DATASETS.names()
-    if what == "targets":
-        from benchmarks.targets import TARGETS
-
-        return TARGETS.names()
-    if what == "coders":
-        from pipeline.entropy.coders import CODERS
-
-        return CODERS.names()
-    from pipeline.finetune import FINETUNE_METHODS
-
-    return FINETUNE_METHODS.names()
 
 
 def _summary(result) -> str:
@@ -96,12 +77,23 @@ def _summary(result) -> str:
     return "\n".join(lines)
 
 
+def _json_summary(result) -> dict:
+    """``run --json``: stages, their metrics and the deliverables, as the Python API's result reports them."""
+    from lowrank_deploy.api import DeployResult, StageResult
+
+    stages = [StageResult(r.artifact.stage, r.status, float(r.seconds), r.artifact.dir, dict(r.artifact.metrics))
+              for r in result.records]
+    return DeployResult(result.root, result.deploy_dir, stages).to_json()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lowrank-deploy`` console script; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
-            print("\n".join(_list(args.what)))
+            rows = describe(args.what)
+            width = max(len(n) for n, _ in rows)
+            print("\n".join(n if args.names else f"{n:<{width}}  {d}" for n, d in rows))
             return 0
         if args.command == "unpack":
             from pipeline.entropy.container import unpack_to_onnx
@@ -115,10 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_bench(args.suite, out_dir=args.out, quick=args.quick)
             print(f"wrote {out}")
             return 0
-        from pipeline.config import build_config
-        from pipeline.runner import configure_logging, run
+        from pipeline.config import build_config, to_dict
 
-        configure_logging(args.verbose)
         overrides = list(args.overrides)
         if args.nproc is not None:
             overrides.append(f"finetune.nproc={args.nproc}")
@@ -132,9 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             artifacts=args.artifacts,
         )
+        if args.command == "config":
+            import yaml
+
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
+        from pipeline.runner import configure_logging, run
+
+        configure_logging(args.verbose)
         result = run(cfg, only=args.only, from_stage=args.from_stage, force=args.force,
                      progress=not args.no_progress, upto=args.upto)
-        print(_summary(result))
+        print(json.dumps(_json_summary(result), indent=2) if args.json else _summary(result))
         return 0
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
