@@ -5,6 +5,7 @@ Validation is strict: unknown keys, wrong types and out-of-range values raise Co
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -236,7 +237,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     "quantize.qat_lr": (lambda v: v > 0, "> 0"),
-    "quantize.weight_bits": (lambda v: v == "auto" or (v.isdigit() and 2 <= int(v) <= 8), "'2'..'8' or 'auto'"),
+    "quantize.weight_bits": (lambda v: v == "auto" or v in tuple("2345678"), "'2'..'8' (one digit) or 'auto'"),
     "quantize.reduce_range": (lambda v: v in ("auto", "true", "false"), "'auto', 'true' or 'false'"),
     "entropy.zstd_level": (lambda v: 1 <= v <= 22, "in [1, 22]"),
     "export.opset": (lambda v: 11 <= v <= 18, "in [11, 18]"),
@@ -285,6 +286,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-3" as a string: accept every spelling Python's float() does, finite only.
+            try:
+                value = float(value.strip().replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
         return float(value)

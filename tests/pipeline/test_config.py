@@ -91,3 +91,28 @@ def test_the_readme_config_example_is_a_valid_config(tmp_path):
     assert to_dict(cfg) == to_dict(build_config())  # documented values = defaults
     assert set(yaml.safe_load(block)) == {"baseline", "factorize", "finetune", "quantize", "entropy", "export",
                                           "benchmark", "dataset"}
+
+
+@pytest.mark.parametrize("spelling", ["1e-3", "1E-3", "0.001", "1.0e-3", " 1e-3 ", "1_0e-4"])
+def test_every_float_spelling_is_accepted(spelling):
+    from pipeline.config import build_config
+
+    assert build_config(None, [f"finetune.lr={spelling}"]).finetune.lr == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("bad", ["abc", "nan", "inf", "1e400"])
+def test_non_numbers_and_non_finite_floats_are_refused(bad):
+    from pipeline.config import build_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune.lr"):
+        build_config(None, [f"finetune.lr={bad}"])
+
+
+@pytest.mark.parametrize("bits", ["08", "8.0", "9", "1", "+4"])
+def test_weight_bits_must_be_one_digit_2_to_8(bits):
+    from pipeline.config import build_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="weight_bits"):
+        build_config(None, [f'quantize.weight_bits="{bits}"'])
