@@ -74,9 +74,15 @@ class ModelSpec:
 
     @property
     def slug(self) -> str:
-        """Folder name under the artifacts root: the zoo name, or the stem of the user's file."""
-        base = Path(self.path).stem if self.is_file else self.text.split(":")[0]
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "model"
+        """Folder name under the artifacts root: the zoo name, or the user's file stem with its kind.
+
+        A user's file never gets a zoo name's folder (``my/tiny.py:make`` -> ``tiny.py-make``, ``net.onnx`` ->
+        ``net.onnx``): zoo names carry no dot, so a user's model cannot overwrite a built-in one's deliverables.
+        """
+        if not self.is_file:
+            return re.sub(r"[^A-Za-z0-9_-]+", "_", self.text).strip("_") or "model"
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(self.path).stem).strip("_") or "model"
+        return f"{stem}.onnx" if self.is_onnx else f"{stem}.py-{re.sub(r'[^A-Za-z0-9_]+', '_', self.factory)}"
 
     def fingerprint(self) -> dict[str, Any]:
         """The part of every stage key that identifies the model: the spec, and a file's content hash."""

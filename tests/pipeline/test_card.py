@@ -15,8 +15,9 @@ from pipeline.spec import DataSpec, ModelSpec
 
 @pytest.mark.parametrize("text, kind, slug", [
     ("vgg11", "zoo", "vgg11"),
-    ("models/my net.py:build", "file", "my_net"),
-    ("some/dir/net.onnx", "onnx", "net"),
+    ("models/my net.py:build", "file", "my_net.py-build"),
+    ("some/dir/net.onnx", "onnx", "net.onnx"),
+    ("other/tiny.py:make", "file", "tiny.py-make"),  # never the zoo model tiny's folder
 ])
 def test_model_spec_kinds_and_slugs(text: str, kind: str, slug: str) -> None:
     spec = ModelSpec.parse(text)
