@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Sequence
 
 from pipeline import __version__
@@ -86,9 +88,21 @@ def _json_summary(result) -> dict:
     return DeployResult(result.root, result.deploy_dir, stages).to_json()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C (temp folders, child processes)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lowrank-deploy`` console script; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Without a handler SIGTERM kills at once, like SIGKILL: no finally blocks, temp folders and ONNX Runtime
+        # tool subprocesses left behind. As an exception, every `with`/`finally` cleans up and children are killed.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "list":
             rows = describe(args.what)
@@ -137,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted: completed stages are kept; rerun to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

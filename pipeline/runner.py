@@ -187,6 +187,8 @@ def _setup_file_log(root: Path) -> logging.Handler:
     handler = logging.FileHandler(root / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
+    if log.level == logging.NOTSET:  # library use (no configure_logging): run.log still records every stage
+        log.setLevel(logging.INFO)
     return handler
 
 
@@ -235,8 +237,18 @@ def run(
     _check_writable(root)
     with run_lock(root):
         handler = _setup_file_log(root)
+        start = time.monotonic()
         try:
-            return _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
+            result = _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
+        except BaseException as e:
+            # The reason reaches run.log too (not only the terminal), in one line.
+            why = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
+            log.error("run failed after %.1f s: %s", time.monotonic() - start, str(why).splitlines()[0] if why else why)
+            raise
+        else:
+            log.info("run complete in %.1f s; deliverables: %s", time.monotonic() - start,
+                     result.deploy_dir if result.deploy_dir is not None else "(none: the run stopped before publishing)")
+            return result
         finally:
             log.removeHandler(handler)
             handler.close()

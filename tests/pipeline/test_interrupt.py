@@ -72,3 +72,40 @@ def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
     for stage in ("baseline", "factorize", "finetune", "quantize", "entropy-code"):
         a, b = res.artifact(stage), reference.artifact(stage)
         assert a.key == b.key and a.sha256 == b.sha256, stage
+
+
+def test_sigterm_cleans_up_logs_and_resumes(e2e, tmp_path):
+    """SIGTERM is not SIGKILL: the CLI exits 143 with a message, run.log says why, no temp folder of the stage nor
+    an ``lrd-ort-*`` tool folder is left, and a rerun resumes."""
+    _, reference = e2e
+    root = tmp_path / "art"
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts", str(root),
+           "--no-progress"] + [a for s in FAST for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_root))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    sent = False
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list((root / "tiny").glob("02-finetune-*.tmp-*")):
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+                break
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sent, "the run finished before reaching finetune"
+    assert proc.returncode == 143 and "interrupted" in err
+    assert not list((root / "tiny").glob("*.tmp-*")), "the interrupted stage's temp folder was cleaned up"
+    assert not list(tmp_root.glob("lrd-*")), "no temp folder of ours survives"
+    log_text = (root / "tiny" / "run.log").read_text()
+    assert "run failed" in log_text and "interrupted" in log_text
+    res = run(fast_config(root), progress=False)
+    assert [r.status for r in res.records][:2] == ["cached", "cached"]
+    assert (res.deploy_dir / "model.int8.onnx").read_bytes() == (reference.deploy_dir / "model.int8.onnx").read_bytes()
+    assert "run complete" in (root / "tiny" / "run.log").read_text()
