@@ -34,12 +34,13 @@ NNAPI_FILES = {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort", "
 GRAPHS = (".onnx", ".ort")
 
 
-def _copy_run(src_root: Path, dst: Path) -> Path:
-    """A copy of a run's artifacts folder (stage folders only: deploy/ and runs/ are made by the next run)."""
-    dst.mkdir(parents=True)
-    for p in src_root.iterdir():
+def _copy_run(model_root: Path, dst: Path) -> Path:
+    """A copy of a run's stage folders under the artifacts root ``dst`` (deploy/ and runs/ are made by the next
+    run). Returns ``dst``."""
+    (dst / model_root.name).mkdir(parents=True)
+    for p in model_root.iterdir():
         if p.is_dir() and p.name[:2].isdigit():
-            shutil.copytree(p, dst / p.name)
+            shutil.copytree(p, dst / model_root.name / p.name)
     return dst
 
 
