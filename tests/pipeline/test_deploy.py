@@ -217,3 +217,19 @@ def test_bake_preprocessing_ships_graphs_for_raw_input(e2e, tmp_path):
     assert by["int8"]["file"].endswith("model.int8.baked.onnx") and "raw" in by["int8"]["input"]
     assert json.loads((d / "model.json").read_text())["input"]["preprocessing_baked"] is True
     verify(d)
+
+
+def test_mobile_target_times_the_shipped_ort(e2e, tmp_path):
+    _, first = e2e
+    root = _copy_run(first.root, tmp_path / "art")
+    res = _run(root, "benchmark.target=mobile-nnapi")
+    assert res.artifact("quantize").key == first.artifact("quantize").key  # only the benchmark reruns
+    d = res.deploy_dir
+    by = {v["name"]: v for v in json.loads((d / "report.json").read_text())["variants"]}
+    assert by["int8"]["latency_ms"]["timed_file"] == "model.int8.ort"
+    assert by["finetuned"]["latency_ms"]["timed_file"] == "model.ort"
+    assert "timed_file" not in by["original"]["latency_ms"]  # not shipped: converted for timing
+    figs = verify(d)["files"]
+    assert figs["model.int8.ort"]["figures"]["latency_p50_ms"] == by["int8"]["latency_ms"]["p50"]
+    assert "latency_p50_ms" not in figs["model.int8.onnx"]["figures"]
+    assert figs["model.int8.onnx"]["figures"]["accuracy"] == by["int8"]["accuracy"]
