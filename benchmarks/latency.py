@@ -6,6 +6,7 @@ chunks (docs/benchmarking.md), so slow drift of a shared machine hits every vari
 profiles."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -27,17 +28,34 @@ def _input_name(sess: Any) -> str:
     return inp[0].name
 
 
-def _prepare(models: dict[str, str | Path], target: Target, workdir: Path) -> dict[str, Path]:
-    """Convert ``.onnx`` models to ``.ort`` when the target ships ORT format (mobile proxies)."""
+#: ``{variant name: (shipped .ort file, session config entries it needs)}``
+ShippedOrt = Mapping[str, tuple[str | Path, Mapping[str, str]]]
+
+
+def _prepare(models: dict[str, str | Path], target: Target, workdir: Path,
+             shipped: ShippedOrt | None = None) -> dict[str, Path]:
+    """The files to time: for an ORT-format target (mobile proxies), the shipped ``.ort`` of a variant when there is
+    one (what the app loads, not a re-conversion), else ``.onnx`` models converted to ``.ort`` in ``workdir``."""
     out: dict[str, Path] = {}
     for name, path in models.items():
         p = Path(path)
-        if target.model_format == "ort" and p.suffix.lower() == ".onnx":
+        if target.model_format == "ort" and shipped and name in shipped:
+            out[name] = Path(shipped[name][0])
+        elif target.model_format == "ort" and p.suffix.lower() == ".onnx":
             d = workdir / f"v{len(out)}"
             out[name] = Path(convert_to_ort(p, d)["ort_path"])
         else:
             out[name] = p
     return out
+
+
+def _session_target(target: Target, name: str, shipped: ShippedOrt | None) -> Target:
+    """``target`` with the session options the shipped ``.ort`` of ``name`` needs (Runtime-style files replay their
+    saved optimizations only with ``session.enable_saved_runtime_optimizations=1``)."""
+    if target.model_format != "ort" or not shipped or name not in shipped or not shipped[name][1]:
+        return target
+    extra = tuple((str(k), str(v)) for k, v in sorted(shipped[name][1].items()))
+    return dataclasses.replace(target, session_config=tuple(target.session_config) + extra)
 
 
 def _stats(wall_s: list[float], cpu_s: list[float]) -> dict[str, Any]:
@@ -116,6 +134,7 @@ def measure_latency(
     threads: int | None = None,
     seed: int = 0,
     chunk: int = 5,
+    shipped_ort: ShippedOrt | None = None,
 ) -> dict[str, dict]:
     """Time several model files against each other in one run.
 
@@ -135,6 +154,8 @@ def measure_latency(
         threads: ``intra_op_num_threads`` override (default: the target's).
         seed: seeds the visiting order and the input values.
         chunk: consecutive runs per visit.
+        shipped_ort: for ORT-format targets, the shipped ``.ort`` file (and its session options) to time for a
+            variant instead of converting its ``.onnx``.
 
     Returns:
         ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``.
@@ -149,8 +170,9 @@ def measure_latency(
     rng = np.random.default_rng(seed)
     names = list(models)
     with tempfile.TemporaryDirectory(prefix="lrd-latency-") as td:
-        files = _prepare(models, target, Path(td))
-        sessions = {n: target_session(files[n], target, threads=threads) for n in names}
+        files = _prepare(models, target, Path(td), shipped_ort)
+        sessions = {n: target_session(files[n], _session_target(target, n, shipped_ort), threads=threads)
+                    for n in names}
         # The same input values for every variant: only the model differs between them.
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         feeds = {n: {_input_name(sessions[n]): x} for n in names}
@@ -168,7 +190,11 @@ def measure_latency(
         "order": "interleaved, random per round",
         "cpu_time_note": "cpu_p50 from time.thread_time: meaningful at 1 intra-op thread",
     }
-    return {n: {**_stats(wall[n], cpu[n]), "settings": settings} for n in names}
+    out = {n: {**_stats(wall[n], cpu[n]), "settings": settings} for n in names}
+    for n in names:
+        if target.model_format == "ort" and shipped_ort and n in shipped_ort:
+            out[n]["timed_file"] = Path(shipped_ort[n][0]).name  # the shipped file itself, not a re-conversion
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- node profiles

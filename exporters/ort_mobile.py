@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from exporters.metadata import DeployMeta, for_file, set_metadata
 from exporters.ort_convert import CONFIG_NAME, contrib_ops, convert_models, convert_to_ort, ort_nodes, run_tool
+from exporters.ort_fixups import runtime_safe_source
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ConfigError, InputError, ValidationError
 
@@ -258,6 +259,17 @@ def build_mobile(models: Mapping[str, str | Path], out_dir: str | Path, target: 
             fix_batch(p, out / b_name, t.fixed_batch, meta=meta)
             fixed[b_name] = n
             sources[b_name] = out / b_name
+    with tempfile.TemporaryDirectory(prefix="lrd-mobile-") as td:
+        if t.style == "Runtime":  # see exporters.ort_fixups: a float Conv between QDQ pairs breaks the converter
+            for k, (n, p) in enumerate(list(sources.items())):
+                (Path(td) / str(k)).mkdir()
+                sources[n] = runtime_safe_source(Path(p), Path(td) / str(k))
+        return _convert_and_check(t, sources, out, fixed, check)
+
+
+def _convert_and_check(t: MobileTarget, sources: dict[str, Path], out: Path, fixed: dict[str, str],
+                       check: bool) -> dict[str, Any]:
+    """One converter run over ``sources`` (shipped name -> graph to convert), then the checks per ``.ort``."""
     conv = convert_models(list(sources.values()), out, style=t.style, target_platform=t.target_platform,
                           names=list(sources))
     result: dict[str, Any] = {"target": t.name, "style": t.style, "fixed": fixed, "config": CONFIG_NAME,

@@ -163,6 +163,10 @@ class ExportConfig:
     atol: float = 1e-4
     rtol: float = 1e-3
     mobile: bool = True
+    #: which device the .ort files are made for (exporters.ort_mobile.MOBILE_TARGETS): nnapi | coreml | cpu
+    mobile_target: str = "nnapi"
+    #: ship graphs with (x - mean) / std inside them, so an app feeds raw [0, 1] pixels
+    bake_preprocessing: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.reduce_range": (lambda v: v in ("auto", "true", "false"), "'auto', 'true' or 'false'"),
     "entropy.zstd_level": (lambda v: 1 <= v <= 22, "in [1, 22]"),
     "export.opset": (lambda v: 11 <= v <= 18, "in [11, 18]"),
+    # the same names as exporters.ort_mobile.MOBILE_TARGETS (the runner checks against that table too)
+    "export.mobile_target": (lambda v: v in ("nnapi", "coreml", "cpu"), "'nnapi', 'coreml' or 'cpu'"),
     "benchmark.threads": (lambda v: 1 <= v <= 256, "in [1, 256]"),
     "benchmark.samples": (lambda v: v >= 1, ">= 1"),
     "benchmark.warmup": (lambda v: v >= 0, ">= 0"),

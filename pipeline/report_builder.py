@@ -31,13 +31,37 @@ REPORT_READS = (
 
 
 def _variant_files(ctx: StageContext) -> dict[str, Path]:
-    exp = ctx.inputs["export"]
+    """The graph measured per variant: for finetuned and int8 the file that ships (baked when quantize baked it)."""
+    exp, q = ctx.inputs["export"], ctx.inputs["quantize"]
+    shipped = q.metrics.get("shipped") or {}
     return {
         "original": exp.path("original.onnx"),
         "factorized": exp.path("factorized.onnx"),
-        "finetuned": exp.path("model.onnx"),
-        "int8": ctx.inputs["quantize"].path("model.int8.onnx"),
+        "finetuned": q.path(shipped["model.onnx"]) if "model.onnx" in shipped and q.metrics.get("baked")
+        else exp.path("model.onnx"),
+        "int8": q.path(shipped.get("model.int8.onnx", "model.int8.onnx")),
     }
+
+
+#: variant -> the .onnx name it ships as (its .ort is that name with .ort)
+_SHIPPED_AS = {"finetuned": "model.onnx", "int8": "model.int8.onnx"}
+
+
+def _mobile(ctx: StageContext) -> dict[str, Any] | None:
+    """quantize's mobile.json (the mobile files made from the shipped graphs), if ``export.mobile`` made them."""
+    p = ctx.inputs["quantize"].dir / "mobile.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _shipped_ort(ctx: StageContext, mobile: dict[str, Any] | None) -> dict[str, tuple[Path, dict[str, str]]]:
+    """``{variant: (shipped .ort, its session options)}``: what the mobile-* latency targets time."""
+    out: dict[str, tuple[Path, dict[str, str]]] = {}
+    for variant, onnx_name in _SHIPPED_AS.items():
+        ort_name = Path(onnx_name).with_suffix(".ort").name
+        entry = (mobile or {}).get("ort", {}).get(ort_name)
+        if entry is not None:
+            out[variant] = (ctx.inputs["quantize"].path(ort_name), dict(entry.get("session_config") or {}))
+    return out
 
 
 def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
@@ -63,16 +87,22 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     cfg = ctx.cfg
     bcfg = cfg.benchmark
     data = ctx.data()
-    shape = load_card(ctx.inputs["baseline"].dir).input_shape
+    card = load_card(ctx.inputs["baseline"].dir)
+    shape = card.input_shape
     target = TARGETS.get(bcfg.target)
     files = _variant_files(ctx)
+    mobile = _mobile(ctx)
     container = ctx.inputs["entropy-code"].path("weights.lrdc")
     x = data.test.x.numpy().astype(np.float32)
     y = data.test.y.numpy() if data.test.y is not None else None
+    baked = bool(ctx.inputs["quantize"].metrics.get("baked"))
+    # A baked graph is fed what an app feeds it: raw [0, 1] pixels, i.e. the normalised test images un-normalised.
+    raw = x * np.asarray(card.std, np.float32).reshape(1, -1, 1, 1) + np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1)
+    feeds = {n: (raw if baked and n in _SHIPPED_AS else x) for n in files}
 
     ctx.log.info("benchmark: timing %d variants interleaved (%d samples each, %d thread(s))", len(files), bcfg.samples, bcfg.threads)
     lat = measure_latency(files, target, shape, batch=bcfg.batch, samples=bcfg.samples, warmup=bcfg.warmup,
-                          threads=bcfg.threads, seed=cfg.seed)
+                          threads=bcfg.threads, seed=cfg.seed, shipped_ort=_shipped_ort(ctx, mobile))
     variants: list[dict[str, Any]] = []
     for name, path in files.items():
         stats = onnx_layer_stats(path, shape)
@@ -80,7 +110,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         v = {
             "name": name,
             "file": str(path.relative_to(ctx.out_dir.parent)),
-            "accuracy": float(onnx_accuracy(path, x, y)) if y is not None else None,
+            "accuracy": float(onnx_accuracy(path, feeds[name], y)) if y is not None else None,
             "size_bytes": int(artifact_bytes(path)),
             "macs": int(stats["macs"]),
             "params": int(stats["params"]),
@@ -88,6 +118,8 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
             "energy": energy_proxy(stats, target.profile, precision=precision),
             "roofline": roofline_all(stats, precision="graph"),
         }
+        if baked and name in _SHIPPED_AS:
+            v["input"] = "raw [0, 1] pixels (normalisation baked into the graph)"
         variants.append(v)
     # The container is what ships: its accuracy is that of the model `unpack` rebuilds from it.
     with tempfile.TemporaryDirectory(dir=ctx.out_dir) as td:
@@ -169,8 +201,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     notes = _notes(base, fin)
     if notes:
         report["notes"] = notes
-    mobile = ctx.inputs["export"].dir / "mobile.json"
-    if mobile.is_file():
-        report["mobile"] = json.loads(mobile.read_text())
+    if mobile is not None:
+        report["mobile"] = {k: v for k, v in mobile.items() if k != "log"}  # the checker logs stay in mobile.json
     paths = write_report(report, ctx.out_dir, html=bcfg.html)
     return {k: Path(p) for k, p in paths.items()}

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 import pipeline.stages  # noqa: F401  (registers the stages, in run order)
 from benchmarks.targets import TARGETS
 from pipeline import __version__
-from pipeline.artifacts import atomic_write_bytes, atomic_write_json, sha256_file, sha256_files, sha256_json
+from exporters.ort_mobile import get_mobile_target
+from pipeline.artifacts import atomic_write_json, sha256_file, sha256_files, sha256_json
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.data import DATASETS, check_split_sizes
 from pipeline.entropy.coders import CODERS
@@ -30,6 +31,7 @@ from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
 from pipeline.models import MODELS
+from pipeline.publish import publish
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
 
@@ -273,6 +275,7 @@ def _validate_names(cfg: PipelineConfig) -> None:
     if cfg.entropy.coder != "auto":
         CODERS.get(cfg.entropy.coder)
     TARGETS.get(cfg.benchmark.target)
+    get_mobile_target(cfg.export.mobile_target)
 
 
 def _run_locked(
@@ -341,7 +344,7 @@ def _run_locked(
         _write_manifest(root, cfg, records)
     deploy = None
     if upto is None and only is None or (only == names[-1]):
-        deploy = _publish(root, records)
+        deploy = _publish(root, cfg, records)
         _write_manifest(root, cfg, records)
     return RunResult(root, records, deploy)
 
@@ -418,17 +421,59 @@ def _write_manifest(root: Path, cfg: PipelineConfig, records: list[StageRecord])
     atomic_write_json(root / "manifest.json", manifest)
 
 
-def _publish(root: Path, records: list[StageRecord]) -> Path:
-    """Copy every stage's deliverables into ``deploy/`` (atomically per file)."""
-    deploy = root / "deploy"
-    deploy.mkdir(parents=True, exist_ok=True)
+#: report variant -> the deploy file it measured (figures in deploy/manifest.json)
+_FIGURE_FILES = {"finetuned": "model.onnx", "int8": "model.int8.onnx", "unpacked": "weights.lrdc"}
+
+
+def deliverable_files(records: list[StageRecord]) -> dict[str, Path]:
+    """``{deploy name: stage file}`` for every declared deliverable that exists, in run order.
+
+    A later stage's (or a later entry's) file for the same deploy name wins: quantize's baked ``model.baked.onnx``
+    ships as ``model.onnx`` instead of export's unbaked one when ``export.bake_preprocessing`` made it.
+    """
+    files: dict[str, Path] = {}
     for r in records:
-        spec = STAGES.get(r.artifact.stage)
-        for src, dst in spec.deliverables.items():
+        for src, dst in STAGES.get(r.artifact.stage).deliverables.items():
             p = r.artifact.dir / src
             if p.is_file():
-                atomic_write_bytes(deploy / dst, p.read_bytes())
-    return deploy
+                files[dst] = p
+    return files
+
+
+def _figures(records: list[StageRecord], files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """``{deploy name: report figures measured on that file}`` from the benchmark's report.json and mobile.json."""
+    figures: dict[str, dict[str, Any]] = {}
+    report = files.get("report.json")
+    if report is not None:
+        for v in json.loads(report.read_text()).get("variants", []):
+            name = _FIGURE_FILES.get(v.get("name"))
+            if name in files:
+                lat = v.get("latency_ms") or {}
+                timing = {"latency_p50_ms": lat.get("p50"), "latency_p90_ms": lat.get("p90")}
+                figures[name] = {"report_variant": v["name"], "accuracy": v.get("accuracy"),
+                                 "size_bytes": v.get("size_bytes")}
+                # a mobile-* target timed the shipped .ort: its latency belongs to that file
+                timed = lat.get("timed_file") if lat.get("timed_file") in files else name
+                figures.setdefault(timed, {}).update({**timing, "report_variant": v["name"]})
+    for r in records:
+        mobile = r.artifact.dir / "mobile.json"
+        if mobile.is_file():
+            for ort_name, e in json.loads(mobile.read_text()).get("ort", {}).items():
+                if ort_name in files:
+                    figures.setdefault(ort_name, {})["usability"] = {
+                        ep: s.get("supported_pct_fixed_shapes") for ep, s in (e.get("usability") or {}).items()}
+    return figures
+
+
+def _publish(root: Path, cfg: PipelineConfig, records: list[StageRecord]) -> Path:
+    """Publish the run's deliverables as ``runs/<benchmark key>/`` with a manifest; swap ``deploy`` to point at it.
+
+    The key is the last stage's cache key, which hashes every upstream output and the dataset, so two datasets or
+    configs of one model keep their own run folder. See :mod:`pipeline.publish` (atomic, PublishError on OSError).
+    """
+    files = deliverable_files(records)
+    extra = {"model": cfg.model, "dataset": cfg.data, "package_version": __version__}
+    return publish(root, records[-1].artifact.key, files, figures=_figures(records, files), extra=extra)
 
 
 def configure_logging(verbose: bool = False) -> None:

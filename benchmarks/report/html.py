@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 
 from benchmarks.report.plots import plots
-from benchmarks.report.tables import fmt, headline_text, layer_table, roofline_table, variant_rows
+from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, roofline_table,
+                                     variant_rows)
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -48,11 +49,10 @@ def render_html(report: dict) -> str:
     parts.append("<h2>Container</h2>" + _html_table(
         ["key", "value"], [[k, fmt(v)] for k, v in report["container"].items() if not isinstance(v, (dict, list))]))
     mobile = report.get("mobile")
-    if isinstance(mobile, dict) and isinstance(mobile.get("summary"), dict) and mobile["summary"]:
-        rows = [[ep, fmt(s.get("supported_pct_fixed_shapes")), fmt(s.get("unsupported_ops") or "-")]
-                for ep, s in mobile["summary"].items() if isinstance(s, dict)]
-        parts.append("<h2>Mobile usability</h2>" + _html_table(["EP", "% nodes supported (fixed input shape)",
-                                                                 "unsupported ops"], rows))
+    mob = mobile_table(mobile)
+    if mob:
+        parts.append("<h2>Mobile usability (per shipped file)</h2>" + _html_table(*mob)
+                     + f"<p class=\"note\">{e(mobile_note(mobile))}</p>")
     if report.get("layers"):
         parts.append("<h2>Layers (factorization)</h2>" + _html_table(*layer_table(report["layers"])))
     parts.append("<h2>Settings</h2>" + _html_table(["setting", "value"], [[k, fmt(v)] for k, v in report["settings"].items()]))

@@ -1,7 +1,8 @@
 """``report.md``: the run's report as Markdown (headline first)."""
 from __future__ import annotations
 
-from benchmarks.report.tables import fmt, headline_text, layer_table, profile_rows, roofline_table, variant_rows
+from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, profile_rows,
+                                     roofline_table, variant_rows)
 
 
 def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
@@ -33,13 +34,11 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Container", ""]
     lines += _md_table(["key", "value"], [[k, fmt(v)] for k, v in cont.items() if not isinstance(v, (dict, list))])
     mobile = report.get("mobile")
-    if isinstance(mobile, dict) and isinstance(mobile.get("summary"), dict) and mobile["summary"]:
-        lines += ["", "## Mobile (ONNX Runtime usability checker)", ""]
-        rows = []
-        for ep, s in mobile["summary"].items():
-            if isinstance(s, dict):
-                rows.append([ep, fmt(s.get("supported_pct_fixed_shapes")), fmt(s.get("unsupported_ops") or "-")])
-        lines += _md_table(["EP", "% nodes supported (fixed input shape)", "unsupported ops"], rows)
+    mob = mobile_table(mobile)
+    if mob:
+        lines += ["", "## Mobile (ONNX Runtime usability checker, per shipped file)", ""]
+        lines += _md_table(*mob)
+        lines += ["", mobile_note(mobile)]
     if mobile and isinstance(mobile, dict) and mobile.get("error"):
         lines.append(f"\nMobile check error: {mobile['error']}")
     layers = report.get("layers")

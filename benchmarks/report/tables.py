@@ -143,3 +143,40 @@ def roofline_table(report: dict) -> tuple[list[str], list[list[str]]] | None:
             row.append(f"{r['latency_ms']:.4g}" if is_num(r.get("latency_ms")) else "-")
         rows.append(row)
     return cols, rows
+
+
+MOBILE_COLS = ["file", "EP", "% nodes (as is)", "% nodes (fixed shapes)", "partitions", "verdict (as is)",
+               "unsupported ops"]
+
+
+def mobile_table(mobile: Any) -> tuple[list[str], list[list[str]]] | None:
+    """One row per shipped ``.ort`` file and EP from ``mobile.json`` (the checker ran on the graph that file
+    stores), so each row names the file it describes; None when the report has no mobile section."""
+    if not isinstance(mobile, dict) or not isinstance(mobile.get("ort"), dict) or not mobile["ort"]:
+        return None
+    rows = []
+    for name in sorted(mobile["ort"]):
+        entry = mobile["ort"][name] if isinstance(mobile["ort"][name], dict) else {}
+        usability = entry.get("usability") if isinstance(entry.get("usability"), dict) else {}
+        if not usability:
+            rows.append([name, "-", "-", "-", "-", "-", fmt(entry.get("usability_error") or "not checked")])
+        for ep in sorted(usability):
+            s = usability[ep] if isinstance(usability[ep], dict) else {}
+            as_is = s.get("as_is") if isinstance(s.get("as_is"), dict) else {}
+            rows.append([name, ep, fmt(as_is.get("supported_pct")), fmt(s.get("supported_pct_fixed_shapes")),
+                         fmt(as_is.get("partitions")), fmt(s.get("verdict_as_is")),
+                         fmt(s.get("unsupported_ops") or "-")])
+    return MOBILE_COLS, rows
+
+
+def mobile_note(mobile: Any) -> str:
+    """The line under the mobile table: target, optimization style, the session option Runtime-style files need."""
+    if not isinstance(mobile, dict):
+        return ""
+    opts = sorted({f"{k}={v}" for e in (mobile.get("ort") or {}).values() if isinstance(e, dict)
+                   for k, v in (e.get("session_config") or {}).items()})
+    note = (f"Mobile target {mobile.get('target')}: {mobile.get('style')}-style .ort files; ONNX Runtime's usability "
+            f"checker ran on the graph each shipped file stores.")
+    if opts:
+        note += f" Load them with the session option {', '.join(opts)}."
+    return note

@@ -1,32 +1,45 @@
-"""Stage 03, export: fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity, and the
-ORT format for mobile. Its ``model.onnx`` is the one fp32 source of truth: quantize quantizes exactly that file.
+"""Stage 03, export: fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity, each
+carrying the ``lowrank.*`` deploy metadata (preprocessing, labels). Its ``model.onnx`` is the one fp32 source of
+truth: quantize quantizes exactly that file and makes the mobile files from it.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exporters.metadata import DeployMeta, meta_from_mapping, write_metadata
 from exporters.onnx import export_onnx
-from exporters.ort_mobile import convert_to_ort, mobile_usability
 from exporters.validate import check_parity
-from pipeline.artifacts import atomic_write_json
+from pipeline.card import ModelCard
 from pipeline.stage_api import StageContext, StageOutput, stage
 from pipeline.stages._common import load
 
 #: stage whose checkpoint is exported -> file name (model.onnx, the finetuned model, is the deliverable)
 VARIANTS = (("finetune", "model.onnx"), ("baseline", "original.onnx"), ("factorize", "factorized.onnx"))
 
+#: ModelCard.task -> the ``lowrank.task`` value an app reads
+_TASK = {"classify": "classification"}
+
+
+def deploy_meta(card: ModelCard) -> DeployMeta:
+    """The ``lowrank.*`` metadata of the model ``card`` describes (dynamic batch, not baked)."""
+    return meta_from_mapping({
+        "mean": card.mean, "std": card.std, "input_size": card.input_shape, "num_classes": card.num_classes,
+        "class_names": card.class_names, "task": _TASK.get(card.task, card.task),
+    })
+
 
 @stage(
     "export",
-    reads=("export",),
+    # export.mobile / mobile_target / bake_preprocessing are quantize's reads: they change no file made here
+    reads=("export.opset", "export.simplify", "export.atol", "export.rtol"),
     inputs=("baseline", "factorize", "finetune"),
-    deliverables={"model.onnx": "model.onnx", "model.ort": "model.ort", "required_operators.config": "required_operators.config"},
+    version=2,
+    deliverables={"model.onnx": "model.onnx"},
 )
 def run(ctx: StageContext) -> StageOutput:
-    """fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity; ORT format for mobile.
+    """fp32 ONNX of the original, factorized and finetuned models with ORT-vs-torch parity and deploy metadata.
 
     For a graph-only model (ONNX fallback) "torch" is the stored graph run by ORT, so parity checks what the export
     changed (opset conversion, onnxsim, Flatten -> Reshape, dynamic batch).
@@ -47,14 +60,8 @@ def run(ctx: StageContext) -> StageOutput:
                           "dynamic_batch": info.get("dynamic_batch")}
         if info.get("opset_note"):
             metrics[fname]["opset_note"] = info["opset_note"]
+        # after the parity check: metadata_props change no node, and every shipped copy starts from this file
+        write_metadata(ctx.out_dir / fname, deploy_meta(card))
         files.append(fname)
-    if cfg.export.mobile:
-        ort = convert_to_ort(ctx.out_dir / "model.onnx", ctx.out_dir)
-        for p in (ort["ort_path"], ort["config_path"]):
-            files.append(Path(p).name)
-        usability = mobile_usability(ctx.out_dir / "model.onnx")
-        atomic_write_json(ctx.out_dir / "mobile.json", usability)
-        files.append("mobile.json")
-        metrics["ort_bytes"] = ort.get("bytes")
-    ctx.log.info("export: model.onnx parity ok (batch 1 and 4)%s", ", model.ort written" if cfg.export.mobile else "")
+    ctx.log.info("export: model.onnx parity ok (batch 1 and 4), deploy metadata written")
     return StageOutput(files, metrics)

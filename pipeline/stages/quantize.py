@@ -9,15 +9,19 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import onnx_accuracy, onnx_predict
+from exporters.metadata import write_metadata
+from pipeline.checkpoint import load_card
 from pipeline.quantize.ort_static import output_sqnr, quantize_static
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+from pipeline.stages._deliver import DELIVERABLES, ship
+from pipeline.stages.export import deploy_meta
 
 #: the fp32 model quantized: export's deliverable
 SOURCE = ("export", "model.onnx")
 
 
-@stage("quantize", reads=("quantize", DATASET), inputs=("baseline", "export/model.onnx"), version=2,
-       deliverables={"model.int8.onnx": "model.int8.onnx"})
+@stage("quantize", reads=("quantize", DATASET, "export.mobile", "export.mobile_target", "export.bake_preprocessing"),
+       inputs=("baseline", "export/model.onnx"), version=3, deliverables=DELIVERABLES)
 def run(ctx: StageContext) -> StageOutput:
     """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
     cfg = ctx.cfg
@@ -50,4 +54,8 @@ def run(ctx: StageContext) -> StageOutput:
         metrics["test_accuracy"] = float((q.argmax(1) == y).mean())
     ctx.log.info("quantize: int8 test accuracy %s, top-1 agreement %.4f, SQNR %.1f dB",
                  metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
-    return StageOutput(["model.int8.onnx"], metrics)
+    meta = deploy_meta(load_card(ctx.inputs["baseline"].dir))
+    write_metadata(out, meta)
+    shipped, ship_metrics = ship(cfg, ctx.out_dir, fp32, out, meta)
+    metrics.update(ship_metrics)
+    return StageOutput(["model.int8.onnx", *shipped], metrics)
