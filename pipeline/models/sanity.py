@@ -34,3 +34,35 @@ def check_checkpoint_sanity(state_dict: Mapping[str, torch.Tensor], source: str 
         if name.endswith("running_var") and float(t.min()) < 0:
             raise InputError(f"{source}: tensor {name!r} (BatchNorm running variance) has negative entries "
                              f"(min {float(t.min()):.3g}); {fix}")
+
+
+def check_min_input(model: torch.nn.Module | int, in_channels: int, input_size: int, name: str = "model") -> None:
+    """Refuse an input size the network's downsampling cannot handle.
+
+    Args:
+        model: the built model (one forward on zeros of ``(1, in_channels, input_size, input_size)`` in eval mode),
+            or an int: the model's known minimum input side (e.g. a zoo entry's ``min_input_size``).
+        in_channels: input channels.
+        input_size: square input side the data has.
+
+    Raises:
+        InputError: the input is smaller than the network needs, with the fix (resize the data or pick a model).
+    """
+    fix = "resize the dataset to a larger input size or pick a model with less downsampling"
+    if isinstance(model, int):
+        if input_size < model:
+            raise InputError(f"{name} needs inputs of at least {model}x{model}; the data is "
+                             f"{input_size}x{input_size}: {fix}")
+        return
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, int(in_channels), int(input_size), int(input_size)))
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise InputError(f"{name} cannot process {input_size}x{input_size} inputs ({reason}); the input is probably "
+                         f"smaller than the network's downsampling: {fix}") from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and out.numel() == 0:
+        raise InputError(f"{name} produces an empty output for {input_size}x{input_size} inputs: {fix}")
