@@ -139,7 +139,8 @@ def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[t
         if x.shape[0] == 0:
             raise InputError(f"dataset {name!r}: the {split} split is empty; add samples so every split gets some")
     xtr = x_parts[0]
-    if xtr.shape[0] > 1 and bool((xtr == xtr[:1]).all()):
+    # Comparing two images first keeps the common case cheap (no full-size boolean tensor).
+    if xtr.shape[0] > 1 and bool((xtr[1] == xtr[0]).all()) and bool((xtr == xtr[:1]).all()):
         raise InputError(f"dataset {name!r}: all {xtr.shape[0]} training images are identical; check the data "
                          f"(a blank export, a wrong array) before training on it")
 
