@@ -30,3 +30,12 @@ class ContainerError(InputError):
 
 class LockError(PipelineError):
     """Another run holds the artifacts folder's lock."""
+
+
+class UserCodeError(InputError):
+    """User-supplied code (a model file, its factory or its forward) failed, exited or timed out.
+
+    The message names the user function, the step (import, factory call, first forward) and the original error in
+    one line. ``SystemExit`` raised by user code is mapped to this class, so the CLI exits with ``exit_code`` (2),
+    never with the user's own code.
+    """

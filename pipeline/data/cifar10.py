@@ -142,6 +142,9 @@ def load_cifar10(path: str | None, seed: int, input_size: int | None) -> Dataset
     if not path:
         raise ConfigError("dataset 'cifar10' needs a folder: use 'cifar10:path/to/cifar-10-batches-bin'")
     root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"CIFAR-10 path {path!r} is a file, not a folder; pass the extracted cifar-10-batches-bin "
+                         f"folder")
     if not root.is_dir():
         raise InputError(f"CIFAR-10 folder {path!r} does not exist; download and extract the binary version there")
     folder, ext = _locate(root)

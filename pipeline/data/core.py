@@ -78,7 +78,8 @@ def split_indices(n: int, y: np.ndarray | None, seed: int,
     want_val, want_test = fractions[1] > 0, fractions[2] > 0
     need = 1 + int(want_val) + int(want_test)
     if n < need:
-        raise InputError(f"dataset has {n} samples; at least {need} are needed to form the train/val/test splits")
+        raise InputError(f"dataset has {n} samples; at least {need} are needed to form the train/val/test splits; "
+                         f"add samples or provide the splits yourself")
     rng = np.random.default_rng(seed)
     # A split asked for gets at least one sample, and train always keeps at least one.
     n_test = min(n - need + 1, max(1, int(round(n * fractions[2])))) if want_test else 0
@@ -123,6 +124,27 @@ def resize(x: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
     return torch.cat(out) if out else x.float().new_zeros((0, x.shape[1], size, size))
 
 
+def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[torch.Tensor | None, ...],
+                  num_classes: int) -> None:
+    """Refuse data nothing can be learned from: a single class, empty splits, or identical images everywhere.
+
+    Raises:
+        InputError: naming the dataset, the problem and the fix.
+    """
+    labelled = [y for y in y_parts if y is not None]
+    if labelled and int(num_classes) == 1:
+        raise InputError(f"dataset {name!r} has one class only; a classifier needs at least two: add a second class "
+                         f"folder/label")
+    for split, x in zip(("train", "val", "test"), x_parts):
+        if x.shape[0] == 0:
+            raise InputError(f"dataset {name!r}: the {split} split is empty; add samples so every split gets some")
+    xtr = x_parts[0]
+    # Comparing two images first keeps the common case cheap (no full-size boolean tensor).
+    if xtr.shape[0] > 1 and bool((xtr[1] == xtr[0]).all()) and bool((xtr == xtr[:1]).all()):
+        raise InputError(f"dataset {name!r}: all {xtr.shape[0]} training images are identical; check the data "
+                         f"(a blank export, a wrong array) before training on it")
+
+
 def finish(name: str, x_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
            y_parts: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None], num_classes: int,
            class_names: list[str], hflip: bool = True) -> DatasetSplits:
@@ -131,6 +153,7 @@ def finish(name: str, x_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     Statistics come from the train split only, so nothing about val/test leaks into preprocessing.
     """
     xtr, xva, xte = x_parts
+    check_content(name, x_parts, y_parts, num_classes)
     mean, std = channel_stats(xtr)
     splits = [Split(normalise(x, mean, std), None if y is None else y.long().contiguous(), hflip)
               for x, y in zip(x_parts, y_parts)]

@@ -1,7 +1,10 @@
 """``imagefolder:PATH``: one sub-folder per class of PNG/JPEG images (optionally pre-split into train/val/test)."""
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -9,7 +12,13 @@ import torch
 from pipeline.data.core import DATASETS, DatasetSplits, finish, resize, split_indices
 from pipeline.errors import ConfigError, InputError
 
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Pillow's decompression-bomb guard, set explicitly so a library default change cannot lift it: 64 megapixels is
+# far above any image this pipeline trains on; larger images are refused as InputError naming the file.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# Files that may sit in a class folder without being images.
+_IGNORED = {"thumbs.db", "desktop.ini", "readme", "readme.txt", "readme.md", "license", "license.txt"}
 
 
 def _class_dirs(root: Path, what: str) -> list[Path]:
@@ -27,8 +36,14 @@ def _scan(root: Path, class_names: list[str], what: str) -> list[tuple[Path, int
         if not d.is_dir():
             raise InputError(f"image folder {what} {str(root)!r} lacks class folder {name!r} that the train split has; "
                              f"every split needs the same class folders")
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                       and not f.name.startswith("."))
+        entries = [f for f in d.iterdir() if not f.name.startswith(".") and f.name.lower() not in _IGNORED]
+        strays = sorted(f for f in entries if f.is_file() and f.suffix.lower() not in IMAGE_EXTENSIONS)
+        if strays:
+            # Warned, not refused: stray notes or metadata files are common and harmless once skipped.
+            log.warning("image folder class %r contains non-image file %r%s; it is skipped: remove it or move it "
+                        "out of the class folder (only .png/.jpg/.jpeg files are read)", str(d), str(strays[0]),
+                        f" (and {len(strays) - 1} more)" if len(strays) > 1 else "")
+        files = sorted(f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise InputError(f"image folder class {str(d)!r} contains no PNG/JPEG images; add images or remove "
                              f"the folder")
@@ -39,17 +54,24 @@ def _scan(root: Path, class_names: list[str], what: str) -> list[tuple[Path, int
 def _read_images(items: list[tuple[Path, int]], input_size: int | None, gray: bool) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     arrays: list[np.ndarray] = []
     first: tuple[Path, tuple[int, int]] | None = None
     for f, _ in items:
         try:
-            with Image.open(f) as im:
-                im.load()
-                im = im.convert("L" if gray else "RGB")
-                size = im.size
-                if input_size is not None and size != (input_size, input_size):
-                    im = im.resize((input_size, input_size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
+            with warnings.catch_warnings():
+                # Pillow warns between 1x and 2x the limit and raises above; both are refused.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    im.load()
+                    im = _to_mode(im, gray)
+                    size = im.size
+                    if input_size is not None and size != (input_size, input_size):
+                        im = im.resize((input_size, input_size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.float32)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputError(f"image {str(f)!r} is too large ({e}); images above {MAX_IMAGE_PIXELS} pixels are "
+                             f"refused as possible decompression bombs: downscale or remove it") from e
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise InputError(f"image {str(f)!r} cannot be read ({type(e).__name__}: {e}); replace or delete it") from e
         if input_size is None:
@@ -61,11 +83,25 @@ def _read_images(items: list[tuple[Path, int]], input_size: int | None, gray: bo
                     f"is {size[0]}x{size[1]}; pass an input size to resize them all"
                 )
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
+    # _to_mode gives 8-bit-range values for every source depth, so one scale fits all.
     x = torch.from_numpy(np.stack(arrays)).float() / 255.0
     if input_size is None and x.shape[-1] != x.shape[-2]:
         raise InputError(f"images are {x.shape[-1]}x{x.shape[-2]} (e.g. {str(items[0][0])!r}), not square; pass an "
                          f"input size to resize them")
     return x
+
+
+def _to_mode(im: Any, gray: bool) -> Any:
+    """Convert to 8-bit L or RGB; 16/32-bit integer images are scaled by their bit depth, not clipped at 255."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        # I;16* are 16-bit by definition; mode I (a 16-bit PNG often decodes as I) is 16-bit when values fit.
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) <= 65535 else float(2 ** 31 - 1)
+        im = Image.fromarray(np.clip(np.rint(a / peak * 255.0), 0, 255).astype(np.uint8), "L")
+        return im if gray else im.convert("RGB")
+    return im.convert("L" if gray else "RGB")
 
 
 def _all_gray(items: list[tuple[Path, int]]) -> bool:
@@ -100,8 +136,11 @@ def load_imagefolder(path: str | None, seed: int, input_size: int | None) -> Dat
     if not path:
         raise ConfigError("dataset 'imagefolder' needs a folder: use 'imagefolder:path/to/folder'")
     root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"image folder {path!r} is a file, not a folder; pass 'imagefolder:PATH' with one "
+                         f"sub-folder per class")
     if not root.is_dir():
-        raise InputError(f"image folder {path!r} does not exist or is not a folder; pass 'imagefolder:PATH' with one "
+        raise InputError(f"image folder {path!r} does not exist; pass 'imagefolder:PATH' with one "
                          f"sub-folder per class")
     try:
         from PIL import Image  # noqa: F401

@@ -10,6 +10,9 @@ import torch
 from pipeline.data.core import DATASETS, DatasetSplits, finish, resize, split_indices
 from pipeline.errors import ConfigError, InputError
 
+# Largest class count accepted (ImageNet-21k-sized heads are far beyond what this pipeline deploys).
+MAX_CLASSES = 10_000
+
 
 def to_nchw(x: np.ndarray, where: str) -> np.ndarray:
     """Bring ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` images (C in 1, 3, 4) to ``(N, C, H, W)``.
@@ -86,6 +89,8 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
     if not path:
         raise ConfigError("dataset 'npz' needs a file: use 'npz:path/to/data.npz'")
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"npz dataset {path!r} is a directory, not a file; pass the .npz file inside it as 'npz:PATH'")
     if not p.is_file():
         raise InputError(f"npz dataset {path!r} does not exist; pass an existing .npz file as 'npz:PATH'")
     with open(p, "rb") as f:
@@ -147,6 +152,14 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
         if y is not None and len(y) and int(y.max()) >= num_classes:
             raise InputError(f"npz dataset {path!r} array {'y' + s!r}: label {int(y.max())} is outside "
                              f"[0, {num_classes}); fix the labels or the class_names/num_classes array")
+    n_samples = sum(len(t) for t, _ in splits.values())
+    # A label like 5e7 would make the classifier (and any one-hot/bincount) allocate gigabytes: bound the class
+    # count by a documented limit and, when inferred from labels, by the number of samples.
+    if num_classes > MAX_CLASSES or (labelled and class_names is None and "num_classes" not in arrays
+                                     and num_classes > n_samples):
+        raise InputError(f"npz dataset {path!r}: {num_classes} classes (largest label {num_classes - 1}) for "
+                         f"{n_samples} samples; at most {MAX_CLASSES} classes and no more classes than samples are "
+                         f"accepted: labels must be 0..K-1 class indices")
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
     size = int(input_size) if input_size else int(splits[""][0].shape[-1])

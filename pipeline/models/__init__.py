@@ -13,8 +13,6 @@ Public API (other subsystems code against exactly this):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import inspect
 import pickle
 import re
 import sys
@@ -26,6 +24,8 @@ from torch import nn
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.models.onnx import onnx_model_info, onnx_to_torch
+from pipeline.models.sanity import check_checkpoint_sanity
+from pipeline.models.user_code import call_factory, first_forward, import_user_file
 from pipeline.models.zoo import MODELS
 from pipeline.spec import FILE, ModelSpec
 
@@ -52,40 +52,12 @@ def _import_user_file(path: Path) -> Any:
     mod_name = f"lowrank_user_model_{digest}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise InputError(f"model file {str(path)!r} cannot be imported as a Python module; pass a .py file")
-    module = importlib.util.module_from_spec(spec)
-    # Registered before executing so dataclasses/pickling inside the user file can find their own module.
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[mod_name]
-        raise InputError(
-            f"model file {str(path)!r} failed to import: {type(e).__name__}: {e}; fix the file so that "
-            f"'python {path}' runs without error"
-        ) from e
-    return module
+    # Guarded: exceptions, sys.exit and endless loops at import become UserCodeError (see user_code).
+    return import_user_file(path, mod_name)
 
 
 def _call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int, where: str) -> Any:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # builtins/C callables without a signature: call with no arguments
-        params = {}
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs: dict[str, int] = {}
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if var_kw or name in params:
-            kwargs[name] = value
-    try:
-        return factory(**kwargs)
-    except Exception as e:
-        raise InputError(
-            f"model factory {where} raised {type(e).__name__}: {e}; it must be callable as "
-            f"factory(num_classes=..., in_channels=...) or factory() and return a torch.nn.Module"
-        ) from e
+    return call_factory(factory, num_classes, in_channels, where)
 
 
 def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
@@ -134,9 +106,11 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
                 f"{', '.join(public) or '(none)'}"
             )
         model = _call_factory(factory, int(num_classes), int(in_channels), f"{spec!r}")
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-        return model
+        # One guarded forward on zeros catches a failing forward, a tuple output or an ignored num_classes here,
+        # at the boundary, instead of as a traceback deep inside a stage.
+        first_forward(model, torch.zeros(1, int(in_channels), int(input_size), int(input_size)), int(num_classes),
+                      f"{spec!r}")
+        return model.train()
     factory = MODELS.get(spec)  # ConfigError listing the known names
     min_size = int(MODELS.meta(spec).get("min_input_size", 1))
     if int(input_size) < min_size:
@@ -247,6 +221,7 @@ def load_weights(model: nn.Module, path: str) -> None:
     if bad_dtype:
         raise InputError(f"weights file {str(path)!r}: tensors [{_listing(bad_dtype)}] are not floating point; "
                          f"save a float checkpoint")
+    check_checkpoint_sanity(state, f"weights file {str(path)!r}")
     model.load_state_dict(state, strict=False)
 
 

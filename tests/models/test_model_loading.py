@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.errors import UserCodeError, InputError
 from pipeline.models import build_model, load_weights
 
 USER_FILE = '''
@@ -60,8 +60,11 @@ def test_user_factory_with_args(user_file: Path) -> None:
 
 
 def test_user_factory_without_args(user_file: Path) -> None:
-    m = build_model(f"{user_file}:make_fixed", num_classes=4, in_channels=2, input_size=16)
+    m = build_model(f"{user_file}:make_fixed", num_classes=5, in_channels=1, input_size=8)
     assert m(torch.randn(1, 1, 8, 8)).shape == (1, 5)
+    # Since issue 17 a factory whose model ignores the dataset's class count is refused at build time.
+    with pytest.raises(UserCodeError, match="ignores num_classes=4"):
+        build_model(f"{user_file}:make_fixed", num_classes=4, in_channels=1, input_size=8)
 
 
 def test_user_file_errors(user_file: Path, tmp_path: Path) -> None:

@@ -1,0 +1,169 @@
+"""Run user-supplied model code at a guarded boundary: import, factory call and first forward.
+
+Every failure becomes a :class:`UserCodeError` naming the user function, the step and the original error in one
+line. ``SystemExit`` from user code is caught too (the CLI then exits with ``UserCodeError.exit_code``, 2, never the
+user's own code). Each step is bounded by ``timeout_s`` (default :data:`DEFAULT_TIMEOUT_S`): in the main thread via
+``SIGALRM``/``setitimer``; elsewhere (no signals there) the step runs in a daemon thread that is abandoned on timeout.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import io
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserCodeError
+
+DEFAULT_TIMEOUT_S = 120.0
+T = TypeVar("T")
+
+
+class _Timeout(BaseException):
+    """Raised by the alarm handler; a BaseException so user ``except Exception`` blocks cannot swallow it."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _alarm(timeout_s: float) -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Timeout()
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | None = None) -> T:
+    """Call ``fn()`` (user code); map any exception, ``SystemExit`` or timeout to :class:`UserCodeError`.
+
+    Args:
+        fn: the call into user code.
+        what: the user function, e.g. ``"factory 'tiny.py:make'"``.
+        step: the step, e.g. ``"import"``, ``"factory call"``, ``"first forward"``.
+        timeout_s: seconds allowed; None means the module's ``DEFAULT_TIMEOUT_S`` (read at call time, so it is
+            configurable in one place); 0 or less disables the bound.
+    """
+    fix = f"fix {what} so that its {step} completes"
+    if timeout_s is None:
+        timeout_s = DEFAULT_TIMEOUT_S
+    limit = timeout_s if timeout_s > 0 else None
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    try:
+        if limit is None:
+            return fn()
+        if main:
+            with _alarm(limit):
+                return fn()
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["v"] = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["e"] = e
+        t = threading.Thread(target=target, daemon=True, name="lrd-user-code")
+        t.start()
+        t.join(limit)
+        if t.is_alive():
+            raise _Timeout()
+        if "e" in box:
+            raise box["e"]
+        return box["v"]
+    except _Timeout:
+        raise UserCodeError(f"{what}: {step} did not finish within {limit:g} s (it may loop forever); {fix}, or "
+                            f"raise the limit with timeout_s / the model.user_code_timeout_s setting") from None
+    except SystemExit as e:
+        raise UserCodeError(f"{what} called sys.exit({e.code!r}) during {step}; user code must return or raise, "
+                            f"not exit; {fix}") from None
+    except UserCodeError:
+        raise
+    except Exception as e:
+        failed = "failed to import" if step == "import" else f"failed during {step}"
+        raise UserCodeError(f"{what} {failed}: {_one_line(e)}; {fix}") from e
+
+
+def import_user_file(path: Path, mod_name: str, timeout_s: float | None = None) -> ModuleType:
+    """Import ``path`` as module ``mod_name`` (registered in sys.modules only on success)."""
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise UserCodeError(f"model file {str(path)!r} cannot be imported as a Python module; pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before executing so dataclasses/pickling inside the user file can find their own module.
+    sys.modules[mod_name] = module
+    try:
+        run_guarded(lambda: spec.loader.exec_module(module), f"model file {str(path)!r}", "import", timeout_s)
+    except UserCodeError:
+        sys.modules.pop(mod_name, None)
+        raise
+    return module
+
+
+def call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int, where: str,
+                 timeout_s: float | None = None) -> nn.Module:
+    """Call a user factory with the arguments its signature accepts; check it returns a usable nn.Module."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins/C callables without a signature: call with no arguments
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {n: v for n, v in (("num_classes", num_classes), ("in_channels", in_channels)) if var_kw or n in params}
+    what = f"model factory {where}"
+    model = run_guarded(lambda: factory(**kwargs), what, "factory call", timeout_s)
+    if isinstance(model, tuple):
+        raise UserCodeError(f"{what} returned a tuple of {len(model)} items, not a torch.nn.Module; return only "
+                            f"the model")
+    if not isinstance(model, nn.Module):
+        raise UserCodeError(f"{what} returned {type(model).__name__}, not a torch.nn.Module; return the model")
+    if not any(True for _ in model.parameters()):
+        raise UserCodeError(f"{what} returned a {type(model).__name__} with no parameters; there is nothing to "
+                            f"factorize or train: return a model with weights")
+    return model
+
+
+def first_forward(model: nn.Module, example: torch.Tensor, num_classes: int, where: str,
+                  timeout_s: float | None = None) -> torch.Tensor:
+    """Run the first forward of a user model on ``example`` (N, C, H, W); check the output is (N, num_classes)."""
+    what = f"forward of model {where}"
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return model.eval()(example)
+    out = run_guarded(fwd, what, "first forward", timeout_s)
+    if isinstance(out, (tuple, list)):
+        raise UserCodeError(f"{what} returned a {type(out).__name__} of {len(out)} items; it must return one "
+                            f"logits tensor of shape (N, num_classes)")
+    if not isinstance(out, torch.Tensor):
+        raise UserCodeError(f"{what} returned {type(out).__name__}; it must return a logits tensor")
+    want = (example.shape[0], int(num_classes))
+    if tuple(out.shape) != want:
+        hint = (f"the factory ignores num_classes={num_classes}: build the classifier with it"
+                if out.dim() == 2 and out.shape[0] == want[0] else "return logits of shape (N, num_classes)")
+        raise UserCodeError(f"{what} returned shape {tuple(out.shape)}, expected {want}; {hint}")
+    return out
+
+
+def check_exportable(model: nn.Module, example: torch.Tensor, where: str = "model", opset: int = 17) -> None:
+    """Try ``torch.onnx.export`` to memory; raise UserCodeError naming the unsupported op if it fails."""
+    buf = io.BytesIO()
+    try:
+        torch.onnx.export(model.eval(), (example,), buf, opset_version=opset, dynamo=False)
+    except Exception as e:  # torch raises several types (UnsupportedOperatorError, RuntimeError, ...)
+        msg = _one_line(e)
+        raise UserCodeError(f"{where} cannot be exported to ONNX (opset {opset}): {msg}; replace that operator "
+                            f"in the forward with ONNX-exportable ops") from e
