@@ -20,7 +20,7 @@ from pipeline.entropy.container import GRAPH_KEY, INLINE_MAX_BYTES, pack_onnx, r
 from pipeline.entropy.fuzz import split_container
 from pipeline.errors import ContainerError, InputError
 from pipeline.quantize.ort_static import quantize_static
-from tests.quantize.tiny_models import export, images, run, tiny_net
+from tests.helpers.onnx_models import export, images, run, tiny_net
 
 
 @pytest.fixture(scope="module")

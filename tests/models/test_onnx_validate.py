@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.errors import InputError, NumericalError
 from pipeline.models import build_model
 from pipeline.models.onnx import check_onnx_file, onnx_to_torch
+from tests.helpers.ort import session
 
 
 def _save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
@@ -99,7 +99,7 @@ def test_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
     module = onnx_to_torch(path)
     torch.testing.assert_close(module.get_submodule("conv").weight, torch.from_numpy(w))
     x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     with torch.no_grad():
         np.testing.assert_allclose(module(x).numpy(), sess.run(None, {"x": x.numpy()})[0], atol=1e-5)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.runner import run
+from tests.helpers.ort import session
 
 from .conftest import FAST, fast_config
 
@@ -61,12 +62,10 @@ def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
     for name in DELIVERABLES:
         assert (res.deploy_dir / name).read_bytes() == (reference.deploy_dir / name).read_bytes(), name
     import numpy as np
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     outs = []
     for d in (res.deploy_dir, reference.deploy_dir):
-        sess = ort.InferenceSession(str(d / "model.ort"), providers=["CPUExecutionProvider"])
+        sess = session(str(d / "model.ort"))
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
     for stage in ("baseline", "factorize", "finetune", "quantize", "entropy-code"):
