@@ -14,6 +14,7 @@ from torch import nn
 
 from pipeline.data import DatasetSplits, Split
 from pipeline.finetune.trainer import make_optimizer, train_epochs
+from tests.helpers.trees import module_digest, tensors_digest
 
 NUM_CLASSES = 4
 
@@ -74,6 +75,17 @@ def data() -> DatasetSplits:
 def teacher(data: DatasetSplits) -> nn.Module:
     torch.manual_seed(0)
     return train_quick(TinyNet(), data)
+
+
+@pytest.fixture(autouse=True)
+def _session_fixtures_unchanged(request):
+    """A test may read the session-scoped ``data`` and ``teacher`` but never change them (weights, flags, tensors)."""
+    digests = {"teacher": module_digest, "data": tensors_digest}
+    used = {name: fn for name, fn in digests.items() if name in request.fixturenames}
+    before = {name: fn(request.getfixturevalue(name)) for name, fn in used.items()}
+    yield
+    changed = [name for name, fn in used.items() if fn(request.getfixturevalue(name)) != before[name]]
+    assert not changed, f"this test changed the session fixture(s) {changed}; work on a copy (e.g. teacher_copy)"
 
 
 @pytest.fixture()

@@ -94,11 +94,11 @@ def test_unpack_cli_reproduces_int8_model(e2e, tmp_path):
     assert np.array_equal(outs[0], outs[1])
 
 
-def test_second_run_is_fully_cached(e2e):
-    cfg, first = e2e
+def test_second_run_is_fully_cached(e2e_copy):
+    cfg, first, root = e2e_copy
     again = run(cfg, progress=False)
     assert [r.status for r in again.records] == ["cached"] * len(again.records)
     assert [r.artifact.key for r in again.records] == [r.artifact.key for r in first.records]
-    manifest = json.loads((first.root / "manifest.json").read_text())
+    manifest = json.loads((root / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["cached"] * len(again.records)
     assert manifest["stages"][1]["parent_key"] == manifest["stages"][0]["key"]

@@ -84,13 +84,3 @@ def prepare_models(job: FinetuneJob) -> tuple[nn.Module, nn.Module]:
     student = copy.deepcopy(job.student).to(job.device)
     teacher = freeze(copy.deepcopy(job.teacher).to(job.device))
     return student, teacher
-
-
-__all__ = [
-    "apply_structure",
-    "count_macs_params",
-    "distill_loss_fn",
-    "get_module",
-    "prepare_models",
-    "set_module",
-]
