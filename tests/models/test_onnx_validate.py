@@ -104,25 +104,21 @@ def test_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
         np.testing.assert_allclose(module(x).numpy(), sess.run(None, {"x": x.numpy()})[0], atol=1e-5)
 
 
-def test_external_data_escapes_are_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind, why", [("abs", "absolute"), ("dotdot", "escapes"), ("link", "symlink")])
+def test_external_data_escapes_are_rejected(tmp_path: Path, kind: str, why: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     w = np.zeros((2, 3, 1, 1), dtype=np.float32)
     (outside / "secret.bin").write_bytes(w.tobytes())
-    cases = {
-        "abs": (str(outside / "secret.bin"), "absolute"),
-        "dotdot": ("../outside/secret.bin", "escapes"),
-        "link": ("weights.bin", "symlink"),
-    }
-    for folder_name, (location, why) in cases.items():
-        folder = tmp_path / folder_name
-        folder.mkdir()
-        path, _ = _external_model(folder, location)
-        if folder_name == "link":
-            os.symlink(outside / "secret.bin", folder / "weights.bin")
-        with pytest.raises(InputError, match=why) as exc:
-            check_onnx_file(path)
-        assert "'w'" in str(exc.value) and location in str(exc.value)
+    location = {"abs": str(outside / "secret.bin"), "dotdot": "../outside/secret.bin", "link": "weights.bin"}[kind]
+    folder = tmp_path / kind
+    folder.mkdir()
+    path, _ = _external_model(folder, location)
+    if kind == "link":
+        os.symlink(outside / "secret.bin", folder / "weights.bin")
+    with pytest.raises(InputError, match=why) as exc:
+        check_onnx_file(path)
+    assert "'w'" in str(exc.value) and location in str(exc.value)
 
 
 def test_nan_initializer_is_a_numerical_error(tmp_path: Path) -> None:
