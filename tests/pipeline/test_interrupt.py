@@ -2,16 +2,15 @@
 deliverables are byte-identical to an uninterrupted run's (which also shows the artifacts are reproducible)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.runner import run
+from tests.helpers.cli import CLI_ENV, cli_command
 from tests.helpers.ort import session
 
 from .conftest import FAST, fast_config
@@ -23,12 +22,8 @@ DELIVERABLES = ("model.onnx", "model.int8.onnx", "weights.lrdc")
 
 def _kill_during(root: Path, stage_prefix: str, timeout: float = 240.0) -> bool:
     """Start the CLI in a subprocess and SIGKILL it as soon as the temp folder of ``stage_prefix`` exists."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts", str(root),
-           "--no-progress"]
-    for s in FAST:
-        cmd += ["--set", s]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_command(root, sets=FAST), env=CLI_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     killed = False
     try:
