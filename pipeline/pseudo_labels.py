@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import InputError
+from pipeline.torch_eval import eval_mode
 
 FILE = "pseudo_labels.npz"
 #: value of the ``labels`` metric / report entry when the labels are pseudo-labels
@@ -32,10 +34,8 @@ _SPLITS = ("train", "val", "test")
 @torch.no_grad()
 def predict_labels(model: torch.nn.Module, data, batch: int = 256) -> dict[str, np.ndarray]:  # data: DatasetSplits
     """Top-1 predictions of ``model`` (eval mode, restored afterwards) on every split, as int64 arrays."""
-    was_training = model.training
-    model.eval()
     out: dict[str, np.ndarray] = {}
-    try:
+    with eval_mode(model):
         for name in _SPLITS:
             x = getattr(data, name).x
             preds = []
@@ -44,8 +44,6 @@ def predict_labels(model: torch.nn.Module, data, batch: int = 256) -> dict[str, 
                 logits = logits[0] if isinstance(logits, (tuple, list)) else logits
                 preds.append(logits.argmax(dim=1).to(torch.int64).cpu())
             out[name] = (torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)).numpy()
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -69,8 +67,6 @@ def apply_labels(data, labels: dict[str, np.ndarray], num_classes: int):  # -> D
 
 def save_labels(folder: str | Path, labels: dict[str, np.ndarray]) -> str:
     """Write ``pseudo_labels.npz`` into ``folder`` atomically; returns the file name."""
-    from pipeline.artifacts import atomic_write_bytes
-
     buf = io.BytesIO()
     # np.savez stamps each member with the current time; a fixed stamp keeps the artifact's bytes (and so the cache
     # keys of every later stage) identical between runs. np.load reads the result like any .npz.

@@ -2,10 +2,11 @@
 
 Parent side (:func:`run_ddp`): the job is written to a temporary folder without pickle — model state dicts and
 data tensors as safetensors, everything else as JSON — and ``python -m torch.distributed.run --standalone
---nproc_per_node N -m pipeline.finetune.ddp JOB_DIR`` is started as a subprocess. ``--standalone`` picks a free
+--nproc_per_node N -m pipeline.finetune.worker JOB_DIR`` is started as a subprocess. ``--standalone`` picks a free
 rendezvous port, so concurrent runs on one machine do not collide.
 
-Worker side (:func:`main`): each process initialises the process group (gloo on CPU, nccl on CUDA, one GPU per
+Worker side (:func:`pipeline.finetune.worker.main`, a module of its own so ``-m`` does not run a second copy
+of this one, which the package imports): each process initialises the process group (gloo on CPU, nccl on CUDA, one GPU per
 local rank), rebuilds teacher and student from the job's model card (``pipeline.card.ModelCard``) plus the structure
 (``pipeline.factorize.swap``), loads the state dicts and runs the registered method. The shared training loop
 (``trainer.train_epochs``) sees the active process group and wraps the model in ``DistributedDataParallel`` with a
@@ -22,17 +23,21 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
+from pipeline.config import FinetuneConfig, from_dict, to_dict
+from pipeline.data import DatasetSplits, Split
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.finetune.job import FinetuneJob, FinetuneResult
+from pipeline.finetune.methods import apply_structure
+from pipeline.finetune.methods.svd_training import rebuild
 from pipeline.models import build_model
-
-if TYPE_CHECKING:
-    from pipeline.finetune import FinetuneJob, FinetuneResult
 
 JOB_JSON = "job.json"
 RESULT_JSON = "result.json"
@@ -61,11 +66,6 @@ def job_card(job: FinetuneJob) -> ModelCard:
 
 def write_job(job: FinetuneJob, job_dir: Path) -> None:
     """Serialise ``job`` into ``job_dir`` (safetensors + JSON; no pickle)."""
-    from safetensors.torch import save_file
-
-    from pipeline.artifacts import atomic_write_json
-    from pipeline.config import to_dict
-
     d = job.data
     save_file(_flat_state(job.student), str(job_dir / "student.safetensors"))
     save_file(_flat_state(job.teacher), str(job_dir / "teacher.safetensors"))
@@ -116,13 +116,6 @@ def _build(card: ModelCard) -> nn.Module:
 
 def read_job(job_dir: Path, device: str) -> FinetuneJob:
     """Rebuild the ``FinetuneJob`` written by :func:`write_job` (in a worker process)."""
-    from safetensors.torch import load_file
-
-    from pipeline.config import FinetuneConfig, from_dict
-    from pipeline.data import DatasetSplits, Split
-    from pipeline.finetune import FinetuneJob
-    from pipeline.finetune.methods import apply_structure
-
     spec = json.loads((job_dir / JOB_JSON).read_text())
     meta = spec["data"]
     card = ModelCard.from_json(spec["card"], str(job_dir / JOB_JSON))
@@ -151,10 +144,6 @@ def read_job(job_dir: Path, device: str) -> FinetuneJob:
 
 def write_result(result: FinetuneResult, job_dir: Path) -> None:
     """Rank 0: the finetuned weights (safetensors) and structure/history/metrics (JSON)."""
-    from safetensors.torch import save_file
-
-    from pipeline.artifacts import atomic_write_json
-
     tmp = job_dir / (RESULT_WEIGHTS + ".tmp")
     save_file(_flat_state(result.model), str(tmp))
     os.replace(tmp, job_dir / RESULT_WEIGHTS)
@@ -165,17 +154,10 @@ def write_result(result: FinetuneResult, job_dir: Path) -> None:
 
 def read_result(job: FinetuneJob, job_dir: Path) -> FinetuneResult:
     """Load the workers' result into a copy of the parent's modules."""
-    from safetensors.torch import load_file
-
-    from pipeline.finetune import FinetuneResult
-    from pipeline.finetune.methods import apply_structure
-
     res = json.loads((job_dir / RESULT_JSON).read_text())
     structure = res["structure"]
     if job.cfg.method == "svd_training":
         # The method rebuilt the teacher in its own SVD form with ranks of its choosing: rebuild the same layout.
-        from pipeline.finetune.methods.svd_training import rebuild
-
         model = rebuild(job.teacher, structure, job.cfg.svd.form)
     elif structure == job.structure:
         # kd/elrt train the student itself; lra returns the teacher truncated as the structure says, which is the
@@ -212,7 +194,7 @@ def run_ddp(job: FinetuneJob, timeout_s: float | None = None) -> FinetuneResult:
         job_dir = Path(tmp)
         write_job(job, job_dir)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-               "--nproc_per_node", str(n), "-m", "pipeline.finetune.ddp", str(job_dir)]
+               "--nproc_per_node", str(n), "-m", "pipeline.finetune.worker", str(job_dir)]
         env = dict(os.environ)
         env["PYTHONPATH"] = repo_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         # One thread per worker: N workers on a shared CPU must not oversubscribe it.
@@ -233,40 +215,3 @@ def run_ddp(job: FinetuneJob, timeout_s: float | None = None) -> FinetuneResult:
                 f"worker output tail:\n{tail}" + ("" if not job.progress else "\n(see stderr above for more)")
             )
         return read_result(job, job_dir)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Worker entry point: ``python -m pipeline.finetune.ddp JOB_DIR`` under torchrun."""
-    import torch.distributed as dist
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: torchrun --nproc_per_node N -m pipeline.finetune.ddp JOB_DIR", file=sys.stderr)
-        return 2
-    job_dir = Path(args[0])
-    spec = json.loads((job_dir / JOB_JSON).read_text())
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = spec["device"]
-    if device.startswith("cuda"):
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
-        backend = "nccl"
-    else:
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        backend = "gloo"
-    dist.init_process_group(backend=backend)
-    try:
-        from pipeline.finetune import FINETUNE_METHODS
-
-        job = read_job(job_dir, device)
-        result = FINETUNE_METHODS.get(job.cfg.method)(job)
-        if dist.get_rank() == 0:
-            write_result(result, job_dir)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import InputError
+from pipeline.data import DatasetSplits, Split, make_loader
+from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.torch_eval import eval_mode
 
-if TYPE_CHECKING:  # imported for annotations only: pipeline.data is a sibling subsystem
+if TYPE_CHECKING:  # annotations only
     from pipeline.config import BaselineConfig
-    from pipeline.data import DatasetSplits, Split
 
 LossFn = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, dict[str, float]]"]
 
@@ -92,16 +93,12 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 256, device: str 
     n = int(split.x.shape[0])
     if n == 0:
         return 0.0
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             x = split.x[i : i + batch_size].to(device)
             y = y_all[i : i + batch_size].to(device)
             correct += int((model(x).argmax(dim=1) == y).sum())
-    finally:
-        model.train(was_training)
     return correct / n
 
 
@@ -138,8 +135,6 @@ def make_optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    from pipeline.errors import ConfigError
-
     raise ConfigError(f"unknown optimizer {name!r}; use 'sgd' or 'adam'")
 
 
@@ -284,8 +279,6 @@ def train_epochs(
             logits = fwd(x)
             loss, parts = loss_fn(logits, x, y)
             if not torch.isfinite(loss):
-                from pipeline.errors import NumericalError
-
                 raise NumericalError(
                     f"{desc}: loss became {float(loss)} at epoch {ep + 1}, step {step + 1}; lower the learning rate"
                 )
@@ -372,8 +365,6 @@ def train_baseline(
     Returns:
         ``(trained model in eval mode, history)`` with history ``{"epochs": [...], "best_val", "seconds", ...}``.
     """
-    from pipeline.data import make_loader
-
     seed_everything(seed)
     t0 = time.perf_counter()
     net = copy.deepcopy(model).to(device)

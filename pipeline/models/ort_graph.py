@@ -23,8 +23,8 @@ from torch import nn
 
 from pipeline.errors import InputError
 from pipeline.models.onnx.prepare import fold_constant_nodes
-from pipeline.models.onnx.session import cpu_session
 from pipeline.models.onnx.validate import MAX_PROTO_BYTES, check_finite_weights, check_onnx_file
+from pipeline.ort_session import make_session
 
 __all__ = ["OrtGraphModel", "load_graph_model"]
 
@@ -55,7 +55,7 @@ class OrtGraphModel(nn.Module):
     def session(self) -> Any:
         """The cached ONNX Runtime session."""
         if self._session is None:
-            self._session = cpu_session(self.model_bytes)
+            self._session = make_session(self.model_bytes, threads=1)
         return self._session
 
     def extra_repr(self) -> str:

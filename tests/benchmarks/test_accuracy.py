@@ -11,12 +11,11 @@ from torch import nn
 from benchmarks.accuracy import onnx_accuracy, onnx_predict, torch_accuracy
 from exporters.onnx import export_onnx
 from pipeline.errors import PipelineError
+from tests.helpers.toy_models import plain_cnn
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                         nn.Linear(16, 3))
+    return plain_cnn(1, (4,), 3, pool=2)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ def _models(d: Path) -> list[Path]:
     from pipeline.models import build_model
     from pipeline.quantize.ort_static import quantize_static
     from pipeline.quantize.weights import apply_weight_bits_to_qdq
-    from tests.quantize.tiny_models import export, images, tiny_net
+    from tests.helpers.onnx_models import export, images, tiny_net
 
     d.mkdir(parents=True, exist_ok=True)
     export(tiny_net(0), d / "tiny.fp32.onnx")

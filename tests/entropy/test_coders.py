@@ -100,26 +100,32 @@ def test_quantize_frequencies_is_exact_and_positive() -> None:
     assert (f == 1).all()
 
 
+#: Broken forms of the rans payload of b"abcabcaab" (``g``), each of which the decoder must refuse.
+RANS_BAD = {
+    "too short": lambda g: g[:2],
+    "precision 16": lambda g: b"\x10" + g[1:],
+    "precision 7": lambda g: b"\x07" + g[1:],
+    "wrong count": lambda g: g[:2] + (10).to_bytes(8, "little") + g[10:],
+    "alphabet not increasing": lambda g: g[:10] + b"bac" + g[13:],
+    "frequencies over 2**p": lambda g: g[:13] + b"\xff" + g[14:],
+    "trailing word": lambda g: g + b"\x00\x00\x00\x00",
+    "words not a multiple of 4": lambda g: g[:-1],
+    "no words": lambda g: g[:14],
+}
+
+
+@pytest.mark.parametrize("what", RANS_BAD)
+def test_rans_rejects_a_broken_payload(what: str) -> None:
+    good = CODERS.get("rans").encode(b"abcabcaab")
+    with pytest.raises(ContainerError):
+        CODERS.get("rans").decode(RANS_BAD[what](good), 9)
+
+
 def test_rans_table_validation() -> None:
     dec = CODERS.get("rans").decode
     good = CODERS.get("rans").encode(b"abcabcaab")
     # u8 precision, u8 k-1, u64 n, then k=3 alphabet bytes at 10..12, then the frequency bit field, then words
     assert good[0] == 8 and good[1] == 2 and good[10:13] == b"abc" and dec(good, 9) == b"abcabcaab"
-    bads = {
-        "too short": good[:2],
-        "precision 16": b"\x10" + good[1:],
-        "precision 7": b"\x07" + good[1:],
-        "wrong count": good[:2] + (10).to_bytes(8, "little") + good[10:],
-        "alphabet not increasing": good[:10] + b"bac" + good[13:],
-        "frequencies over 2**p": good[:13] + b"\xff" + good[14:],
-        "trailing word": good + b"\x00\x00\x00\x00",
-        "words not a multiple of 4": good[:-1],
-        "no words": good[:14],
-    }
-    for what, bad in bads.items():
-        with pytest.raises(ContainerError):
-            dec(bad, 9)
-            pytest.fail(what)
     # > 32 symbols: a 32-byte bitmap whose popcount must match k
     big = bytes(range(40)) * 3
     p = CODERS.get("rans").encode(big)
@@ -343,26 +349,32 @@ def test_rans16_matches_a_plain_python_reference_decoder(data: bytes) -> None:
     assert _reference_rans16_decode(payload, len(data)) == data == CODERS.get("rans16").decode(payload, len(data))
 
 
+#: Broken forms of the rans16 payload of b"abcabcaab" (``g``), each of which the decoder must refuse.
+RANS16_BAD = {
+    "too short": lambda g: g[:2],
+    "precision 16": lambda g: b"\x10" + g[1:],
+    "precision 7": lambda g: b"\x07" + g[1:],
+    "wrong count": lambda g: g[:2] + b"\x0a" + g[3:],
+    "alphabet not increasing": lambda g: g[:3] + b"bac" + g[6:],
+    "trailing word": lambda g: g + b"\x00\x00",
+    "odd stream": lambda g: g[:-1],
+    "no states": lambda g: g[:9],
+    "state changed": lambda g: g[:9] + bytes([g[9] ^ 1]) + g[10:],
+}
+
+
+@pytest.mark.parametrize("what", RANS16_BAD)
+def test_rans16_rejects_a_broken_payload(what: str) -> None:
+    good = CODERS.get("rans16").encode(b"abcabcaab")
+    with pytest.raises(ContainerError):
+        CODERS.get("rans16").decode(RANS16_BAD[what](good), 9)
+
+
 def test_rans16_layout_and_strict_framing() -> None:
     dec = CODERS.get("rans16").decode
     good = CODERS.get("rans16").encode(b"abcabcaab")
     # u8 precision, u8 k-1, uleb 9, alphabet "abc", the 3-byte frequency field, two u32 states, u16 words
     assert good[:6] == b"\x08\x02\x09abc" and (len(good) - 9 - 8) % 2 == 0 and dec(good, 9) == b"abcabcaab"
-    bads = {
-        "too short": good[:2],
-        "precision 16": b"\x10" + good[1:],
-        "precision 7": b"\x07" + good[1:],
-        "wrong count": good[:2] + b"\x0a" + good[3:],
-        "alphabet not increasing": good[:3] + b"bac" + good[6:],
-        "trailing word": good + b"\x00\x00",
-        "odd stream": good[:-1],
-        "no states": good[:9],
-        "state changed": good[:9] + bytes([good[9] ^ 1]) + good[10:],
-    }
-    for what, bad in bads.items():
-        with pytest.raises(ContainerError):
-            dec(bad, 9)
-            pytest.fail(what)
     long = bytes(rng.integers(0, 200, 5000).astype(np.uint8))
     payload = CODERS.get("rans16").encode(long)
     for cut in (2, 10, len(payload) // 2):  # words missing: the decoder stops at the end of its array, never past

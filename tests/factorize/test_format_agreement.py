@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -13,6 +12,7 @@ from torch.nn import functional as F
 
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.formats.onnx_nodes import unique_namer
+from tests.helpers.ort import session
 
 # (stride, padding, dilation) of the conv under test
 GEOMETRIES = {"3x3 pad 1": (1, 1, 1), "3x3 stride 2": (2, 1, 1), "3x3 dilation 2 no pad": (1, 0, 2)}
@@ -60,9 +60,7 @@ def _run_chain(name: str, layer: nn.Module, factors: dict, x: np.ndarray) -> np.
     onnx.checker.check_model(model, full_check=True)
     assert {n.op_type for n in model.graph.node} <= {"Conv", "Gemm"}
     assert [n.name for n in nodes] == [f"layer.{i}" for i in range(len(nodes))]  # = the Sequential's children
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString())
     return sess.run(None, {"x": x.astype(np.float32)})[0]
 
 

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.formats.base import dense_macs
+from tests.helpers.ort import session
 
 TESTED_FORMATS = {"tucker2", "channel_svd", "spatial_svd", "cp", "linear_svd"}
 
@@ -182,11 +183,7 @@ def test_exported_onnx_has_only_standard_ops(name):
     ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     assert ops <= {"Conv", "Gemm", "MatMul", "Add"}, ops
     # ONNX Runtime runs it and agrees with torch.
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = session(buf.getvalue())
     (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(got), mod(x), rtol=1e-4, atol=1e-5)

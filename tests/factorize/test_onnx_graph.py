@@ -7,13 +7,13 @@ import dataclasses
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.config import FactorizeConfig
 from pipeline.errors import NumericalError
 from pipeline.factorize.onnx_graph import GRAPH_FORMATS, decompose, factorize_graph, reconstruct
+from tests.helpers.ort import session
 
 C_IN, C_OUT, SIZE = 12, 16, 11
 
@@ -41,9 +41,7 @@ def _conv_model(weight: np.ndarray, bias: np.ndarray | None = None, **attrs: obj
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString())
     return sess.run(None, {"x": x})[0]
 
 

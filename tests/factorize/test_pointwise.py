@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from pipeline.config import FactorizeConfig
 from pipeline.factorize.onnx_graph import factorize_graph
 from pipeline.factorize.plan import out_of_reach_macs
 from pipeline.factorize.swap import factorize_model
+from tests.helpers.ort import session
 
 SIZE = 8
 CFG = FactorizeConfig(skip_first=False, min_channels=16, align=1)  # the default method (tucker2) and rules
@@ -68,7 +68,7 @@ def test_a_paying_1x1_conv_takes_channel_svd_in_both_paths(both_paths) -> None:
     assert isinstance(pair, nn.Sequential) and [m.kernel_size for m in pair] == [(1, 1), (1, 1)]
     with torch.no_grad():
         want = fact(x).numpy()
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(proto.SerializeToString())
     np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want, rtol=1e-4, atol=1e-4)
 
 

@@ -10,6 +10,7 @@ from pipeline.config import BudgetConfig, FactorizeConfig
 from pipeline.errors import ConfigError
 from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank, effective_rank, energy_rank, vbmf_rank
 from pipeline.factorize.swap import count_macs_params, factorize_model
+from tests.helpers.toy_models import plain_cnn
 
 TESTED_SELECTORS = {"energy", "erank", "vbmf", "fixed", "budget"}
 
@@ -70,11 +71,7 @@ def test_align_rank(r, align, mx, expect):
 
 
 def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
-    ).eval()
+    return plain_cnn(3, (32, 64, 64), 10)
 
 
 def test_budget_reaches_mac_target_with_and_without_eval():

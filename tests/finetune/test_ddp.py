@@ -9,8 +9,7 @@ import torch
 from pipeline.config import FinetuneConfig, SVDTrainingConfig, replace
 from pipeline.finetune import FinetuneJob, finetune
 from pipeline.finetune.trainer import evaluate
-
-from .conftest import train_quick
+from tests.helpers.toy_models import train_quick
 
 SPEC = "tiny"
 

@@ -8,8 +8,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.errors import ConfigError
 from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, finetune
 from pipeline.finetune.trainer import evaluate
-
-from .conftest import TinyNet
+from tests.helpers.toy_models import TinyNet
 
 
 def test_methods_registered() -> None:

@@ -11,8 +11,7 @@ from pipeline.config import BaselineConfig
 from pipeline.errors import InputError
 from pipeline.finetune.distill import FeatureDistiller, kd_loss
 from pipeline.finetune.trainer import evaluate, train_baseline
-
-from .conftest import TinyNet
+from tests.helpers.toy_models import TinyNet
 
 
 class _Fixed(torch.nn.Module):

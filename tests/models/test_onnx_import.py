@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from pipeline.models.onnx import (
     onnx_model_info,
     onnx_to_torch,
 )
+from tests.helpers.ort import session
 
 SIZES = (16, 24)  # two spatial sizes: the imported model must honour dynamic H/W
 
@@ -111,7 +111,7 @@ def _export(model: nn.Module, path: Path, opset: int) -> Path:
 
 
 def _ort(path: Path, x: torch.Tensor) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
 
 

@@ -8,12 +8,12 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.models.onnx import onnx_to_torch
+from tests.helpers.ort import session
 
 IN_SHAPE = (4, 6, 6)  # C, H, W after the dynamic batch axis
 RNG = np.random.default_rng(7)
@@ -162,7 +162,7 @@ PARAMS = [(name, opset) for name, (first, _) in CASES.items() for opset in (11, 
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     return sess.run(None, {"x": x})[0]
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.errors import InputError, NumericalError
 from pipeline.models import build_model
 from pipeline.models.onnx import check_onnx_file, onnx_to_torch
+from tests.helpers.ort import session
 
 
 def _save(graph: onnx.GraphProto, path: Path, opset: int = 17) -> Path:
@@ -99,30 +99,26 @@ def test_external_data_inside_the_folder_loads(tmp_path: Path) -> None:
     module = onnx_to_torch(path)
     torch.testing.assert_close(module.get_submodule("conv").weight, torch.from_numpy(w))
     x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     with torch.no_grad():
         np.testing.assert_allclose(module(x).numpy(), sess.run(None, {"x": x.numpy()})[0], atol=1e-5)
 
 
-def test_external_data_escapes_are_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind, why", [("abs", "absolute"), ("dotdot", "escapes"), ("link", "symlink")])
+def test_external_data_escapes_are_rejected(tmp_path: Path, kind: str, why: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     w = np.zeros((2, 3, 1, 1), dtype=np.float32)
     (outside / "secret.bin").write_bytes(w.tobytes())
-    cases = {
-        "abs": (str(outside / "secret.bin"), "absolute"),
-        "dotdot": ("../outside/secret.bin", "escapes"),
-        "link": ("weights.bin", "symlink"),
-    }
-    for folder_name, (location, why) in cases.items():
-        folder = tmp_path / folder_name
-        folder.mkdir()
-        path, _ = _external_model(folder, location)
-        if folder_name == "link":
-            os.symlink(outside / "secret.bin", folder / "weights.bin")
-        with pytest.raises(InputError, match=why) as exc:
-            check_onnx_file(path)
-        assert "'w'" in str(exc.value) and location in str(exc.value)
+    location = {"abs": str(outside / "secret.bin"), "dotdot": "../outside/secret.bin", "link": "weights.bin"}[kind]
+    folder = tmp_path / kind
+    folder.mkdir()
+    path, _ = _external_model(folder, location)
+    if kind == "link":
+        os.symlink(outside / "secret.bin", folder / "weights.bin")
+    with pytest.raises(InputError, match=why) as exc:
+        check_onnx_file(path)
+    assert "'w'" in str(exc.value) and location in str(exc.value)
 
 
 def test_nan_initializer_is_a_numerical_error(tmp_path: Path) -> None:

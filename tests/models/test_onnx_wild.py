@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from pipeline.errors import InputError
 from pipeline.factorize.onnx_graph import factorize_graph
 from pipeline.models.onnx import fold_constant_nodes, load_for_import, onnx_to_torch
 from pipeline.models.ort_graph import load_graph_model
+from tests.helpers.ort import session
 
 
 class DenseMapNet(nn.Module):
@@ -80,7 +80,7 @@ def dense_files(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 

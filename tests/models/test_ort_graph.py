@@ -16,6 +16,7 @@ from pipeline.errors import InputError
 from pipeline.models import load_onnx_model, onnx_model_info
 from pipeline.models.onnx import OnnxGraphModule
 from pipeline.models.ort_graph import OrtGraphModel
+from tests.helpers.ort import session
 
 SHAPE = (3, 8, 8)
 
@@ -51,9 +52,7 @@ def test_unsupported_standard_op_falls_back_to_the_graph(tmp_path: Path) -> None
     model, why = load_onnx_model(str(path), SHAPE)
     assert isinstance(model, OrtGraphModel) and "Elu" in why and "'act'" in why
     x = torch.randn(3, *SHAPE)
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     np.testing.assert_array_equal(model(x).numpy(), sess.run(None, {"x": x.numpy()})[0])
     assert list(model.parameters()) == [] and model.state_dict() == {}
 

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from pipeline.config import QuantizeConfig
 from pipeline.quantize.ort_static import quantize_static
-from tests.quantize.tiny_models import export, images, tiny_net
+from tests.helpers.onnx_models import export, images, tiny_net
 
 ROOT = Path(__file__).resolve().parents[2]
 ASAN = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

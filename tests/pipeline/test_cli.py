@@ -55,8 +55,12 @@ def test_unpack_missing_container(tmp_path, capsys):
     assert "none.lrdc" in capsys.readouterr().err
 
 
+BAD_INPUTS = ["garbage_onnx", "missing_factory", "bad_labels", "no_x", "missing_npz", "empty_folder", "evil_pickle",
+              "budget_unmet"]
+
+
 def _bad_inputs(tmp_path):
-    """Files a user might hand the CLI by mistake: each must fail clearly before any stage completes."""
+    """Files a user might hand the CLI by mistake (by case name): each must fail clearly before any stage completes."""
     import numpy as np
     import torch
 
@@ -77,28 +81,33 @@ def _bad_inputs(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"x": Boom()}, evil)
-    return [
-        (["--model", str(garbage), "--data", "digits"], "garbage.onnx"),
-        (["--model", f"{text_py}:nothere", "--data", "digits"], "nothere"),
-        (["--model", "tiny", "--data", f"npz:{labels_bad}"], "labels.npz"),
-        (["--model", "tiny", "--data", f"npz:{no_x}"], "nox.npz"),
-        (["--model", "tiny", "--data", f"npz:{tmp_path / 'missing.npz'}"], "missing.npz"),
-        (["--model", "tiny", "--data", f"imagefolder:{empty}"], "emptyfolder"),
-        (["--model", "tiny", "--data", "digits", "--weights", str(evil)], "evil.pt"),
-        (["--model", "tiny", "--data", "digits", "--set", "factorize.selector=budget", "--set", "factorize.budget.macs=0.0001",
-          "--set", "baseline.epochs=0"], "cannot be met"),
-    ]
+    return {
+        "garbage_onnx": (["--model", str(garbage), "--data", "digits"], "garbage.onnx"),
+        "missing_factory": (["--model", f"{text_py}:nothere", "--data", "digits"], "nothere"),
+        "bad_labels": (["--model", "tiny", "--data", f"npz:{labels_bad}"], "labels.npz"),
+        "no_x": (["--model", "tiny", "--data", f"npz:{no_x}"], "nox.npz"),
+        "missing_npz": (["--model", "tiny", "--data", f"npz:{tmp_path / 'missing.npz'}"], "missing.npz"),
+        "empty_folder": (["--model", "tiny", "--data", f"imagefolder:{empty}"], "emptyfolder"),
+        "evil_pickle": (["--model", "tiny", "--data", "digits", "--weights", str(evil)], "evil.pt"),
+        "budget_unmet": (["--model", "tiny", "--data", "digits", "--set", "factorize.selector=budget",
+                          "--set", "factorize.budget.macs=0.0001", "--set", "baseline.epochs=0"], "cannot be met"),
+    }
 
 
-def test_bad_files_exit_nonzero_and_write_nothing(tmp_path, capsys):
-    for args, match in _bad_inputs(tmp_path):
-        root = tmp_path / "art"
-        code = main(["run", "--artifacts", str(root), "--no-progress", *args])
-        err = capsys.readouterr().err
-        assert code != 0, args
-        assert match in err, (args, err)
-        # stages before the failing one may complete; the failing one leaves no folder that looks complete
-        assert not (root / "tiny" / "deploy").exists()
+def test_every_bad_input_is_a_case(tmp_path):
+    assert list(_bad_inputs(tmp_path)) == BAD_INPUTS
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_files_exit_nonzero_and_write_nothing(case, tmp_path, capsys):
+    args, match = _bad_inputs(tmp_path)[case]
+    root = tmp_path / "art"
+    code = main(["run", "--artifacts", str(root), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code != 0, args
+    assert match in err, (args, err)
+    # stages before the failing one may complete; the failing one leaves no folder that looks complete
+    assert not (root / "tiny" / "deploy").exists()
     assert not (tmp_path / "pwned").exists(), "a pickle payload was executed"
 
 

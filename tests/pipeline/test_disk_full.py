@@ -3,13 +3,12 @@ as they fail with ENOSPC on a full disk) gives a clear error; completed stages s
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
-import sys
 
 from pipeline.runner import run
+from tests.helpers.cli import CLI_ENV, cli_command
 
 from .conftest import FAST, fast_config
 
@@ -24,11 +23,7 @@ def test_write_failure_keeps_completed_stages_and_resumes(tmp_path):
     first = run(fast_config(root), upto="baseline", progress=False)
     base = first.artifact("baseline")
     marker = (base.dir / "artifact.json").read_bytes()
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts", str(root),
-           "--no-progress", "--upto", "factorize"]
-    for s in FAST:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=_limit_file_size,
+    proc = subprocess.run(cli_command(root, "--upto", "factorize", sets=FAST), env=CLI_ENV, preexec_fn=_limit_file_size,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "cannot write" in proc.stderr and str(root) in proc.stderr, proc.stderr[-2000:]

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from pipeline.runner import run, stage_names
+from tests.helpers.ort import session
 
 
 def test_all_stages_ran_in_order(e2e):
@@ -80,8 +81,6 @@ def test_report_schema_and_variants(e2e):
 
 
 def test_unpack_cli_reproduces_int8_model(e2e, tmp_path):
-    import onnxruntime as ort
-
     from pipeline.cli import main
 
     _, result = e2e
@@ -90,16 +89,16 @@ def test_unpack_cli_reproduces_int8_model(e2e, tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
     outs = []
     for p in (result.deploy_dir / "model.int8.onnx", out):
-        s = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        s = session(str(p))
         outs.append(s.run(None, {s.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
 
 
-def test_second_run_is_fully_cached(e2e):
-    cfg, first = e2e
+def test_second_run_is_fully_cached(e2e_copy):
+    cfg, first, root = e2e_copy
     again = run(cfg, progress=False)
     assert [r.status for r in again.records] == ["cached"] * len(again.records)
     assert [r.artifact.key for r in again.records] == [r.artifact.key for r in first.records]
-    manifest = json.loads((first.root / "manifest.json").read_text())
+    manifest = json.loads((root / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["cached"] * len(again.records)
     assert manifest["stages"][1]["parent_key"] == manifest["stages"][0]["key"]

@@ -2,16 +2,16 @@
 deliverables are byte-identical to an uninterrupted run's (which also shows the artifacts are reproducible)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.runner import run
+from tests.helpers.cli import CLI_ENV, cli_command
+from tests.helpers.ort import session
 
 from .conftest import FAST, fast_config
 
@@ -22,12 +22,8 @@ DELIVERABLES = ("model.onnx", "model.int8.onnx", "weights.lrdc")
 
 def _kill_during(root: Path, stage_prefix: str, timeout: float = 240.0) -> bool:
     """Start the CLI in a subprocess and SIGKILL it as soon as the temp folder of ``stage_prefix`` exists."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts", str(root),
-           "--no-progress"]
-    for s in FAST:
-        cmd += ["--set", s]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_command(root, sets=FAST), env=CLI_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     killed = False
     try:
@@ -61,12 +57,10 @@ def test_kill_and_resume(stage_prefix, index, e2e, tmp_path):
     for name in DELIVERABLES:
         assert (res.deploy_dir / name).read_bytes() == (reference.deploy_dir / name).read_bytes(), name
     import numpy as np
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     outs = []
     for d in (res.deploy_dir, reference.deploy_dir):
-        sess = ort.InferenceSession(str(d / "model.ort"), providers=["CPUExecutionProvider"])
+        sess = session(str(d / "model.ort"))
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     assert np.array_equal(outs[0], outs[1])
     for stage in ("baseline", "factorize", "finetune", "quantize", "entropy-code"):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch import nn
 from pipeline.models.onnx import SUPPORTED_OPS
 from pipeline.pseudo_labels import PSEUDO
 from pipeline.runner import run, stage_names
+from tests.helpers.ort import session
 from tests.pipeline.conftest import fast_config
 
 SIZE, CLASSES = 16, 10
@@ -89,7 +89,7 @@ def _unlabelled_npz(path: Path, n: int = 160) -> Path:
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = session(str(path))
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 

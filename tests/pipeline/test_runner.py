@@ -104,9 +104,9 @@ def test_changed_cross_section_key_reruns_the_stage_that_reads_it(tmp_path):
     assert status["export"] == "ran" and status["quantize"] == "cached"  # same model.onnx: nothing to redo
 
 
-def test_changed_stage_config_reruns_that_stage_and_later(e2e):
-    cfg, first = e2e
-    changed = fast_config(first.root.parent, "benchmark.samples=6")
+def test_changed_stage_config_reruns_that_stage_and_later(e2e_copy):
+    _, _, root = e2e_copy
+    changed = fast_config(root.parent, "benchmark.samples=6")
     res = run(changed, progress=False)
     status = {r.artifact.stage: r.status for r in res.records}
     assert status["benchmark"] == "ran"
@@ -126,8 +126,8 @@ def test_an_earlier_stage_change_reruns_every_stage_that_reads_it(tmp_path):
     assert all(status[n] == "cached" for n in ("baseline", "factorize", "finetune", "export"))
 
 
-def test_from_and_only(e2e):
-    cfg, first = e2e
+def test_from_and_only(e2e_copy):
+    cfg, _, _ = e2e_copy
     res = run(cfg, from_stage="quantize", progress=False)
     status = {r.artifact.stage: r.status for r in res.records}
     assert status["quantize"] == "ran" and status["benchmark"] == "ran" and status["export"] == "cached"
@@ -136,21 +136,21 @@ def test_from_and_only(e2e):
     assert res.records[-1].artifact.stage == "entropy-code"
 
 
-def test_unknown_stage_names_listed(e2e):
-    cfg, _ = e2e
+def test_unknown_stage_names_listed(e2e_copy):
+    cfg, _, _ = e2e_copy
     with pytest.raises(ConfigError, match="known stages: baseline, factorize"):
         run(cfg, only="compress", progress=False)
 
 
-def test_incomplete_stage_folder_is_not_reused(e2e):
-    cfg, first = e2e
-    art = first.artifact("finetune")
-    (art.dir / "artifact.json").unlink()  # simulate a folder whose completion marker never got written
+def test_incomplete_stage_folder_is_not_reused(e2e_copy):
+    cfg, first, root = e2e_copy
+    folder = root / first.artifact("finetune").dir.name
+    (folder / "artifact.json").unlink()  # simulate a folder whose completion marker never got written
     res = run(cfg, progress=False)
     status = {r.artifact.stage: r.status for r in res.records}
     assert status["finetune"] == "ran"
     assert status["factorize"] == "cached"
-    assert (art.dir / "artifact.json").is_file()
+    assert (folder / "artifact.json").is_file()
 
 
 def test_only_without_cached_inputs_fails_clearly(tmp_path):

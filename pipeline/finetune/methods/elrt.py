@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
-from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
-from pipeline.finetune.methods import distill_loss_fn, get_module, prepare_models
+from pipeline.finetune.job import FINETUNE_METHODS, FinetuneJob, FinetuneResult
+from pipeline.finetune.methods.common import distill_loss_fn, get_module, prepare_models
 from pipeline.finetune.regularizers import double_orthogonality
 from pipeline.finetune.trainer import dist_info, evaluate, make_optimizer, seed_everything, train_epochs
 

@@ -5,9 +5,9 @@ import contextlib
 import copy
 import time
 
-from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
 from pipeline.finetune.distill import FeatureDistiller
-from pipeline.finetune.methods import distill_loss_fn, prepare_models
+from pipeline.finetune.job import FINETUNE_METHODS, FinetuneJob, FinetuneResult
+from pipeline.finetune.methods.common import distill_loss_fn, prepare_models
 from pipeline.finetune.trainer import dist_info, evaluate, make_optimizer, seed_everything, train_epochs
 
 

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from pipeline.errors import ConfigError
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.swap import factorize_with_structure
-from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
-from pipeline.finetune.methods import distill_loss_fn, get_module
+from pipeline.finetune.job import FINETUNE_METHODS, FinetuneJob, FinetuneResult
+from pipeline.finetune.methods.common import distill_loss_fn, get_module
 from pipeline.finetune.trainer import dist_info, evaluate, freeze, make_optimizer, seed_everything, train_epochs
 
 #: formats with an exact projection (``Format.exact_projection``), in registration order

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from pipeline.errors import ConfigError
 from pipeline.factorize.formats import CONV_FORMATS, FORMATS
 from pipeline.factorize.formats.base import MatrixFormat
-from pipeline.finetune import FINETUNE_METHODS, FinetuneJob, FinetuneResult
-from pipeline.finetune.methods import distill_loss_fn, get_module, set_module
+from pipeline.finetune.job import FINETUNE_METHODS, FinetuneJob, FinetuneResult
+from pipeline.finetune.methods.common import distill_loss_fn, get_module, set_module
 from pipeline.finetune.regularizers import SPARSITY, aligned_rank, energy_keep_mask, orthogonality
 from pipeline.finetune.trainer import (
     dist_info,

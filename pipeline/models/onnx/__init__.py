@@ -5,7 +5,7 @@
 * :mod:`.ops` / :mod:`.resize` -- the torch implementations of the supported operators and their registry;
 * :mod:`.graph_module` -- :class:`OnnxGraphModule`, the torch module that runs an imported graph;
 * :mod:`.builder`, :mod:`.symbolic`, :mod:`.layer_ops`, :mod:`.op_attrs`, :mod:`.convert` -- the converter;
-* :mod:`.info` -- probing a file's geometry and class count; :mod:`.session` -- ONNX Runtime sessions.
+* :mod:`.info` -- probing a file's geometry and class count (sessions come from :mod:`pipeline.ort_session`).
 
 Nothing here imports :mod:`pipeline.models.ort_graph` (the ORT-run fallback builds on this package, not the reverse).
 """

@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.errors import InputError
 from pipeline.models.onnx.convert import onnx_to_torch
 from pipeline.models.onnx.ops import unsupported_ops
 from pipeline.models.onnx.prepare import fold_constant_nodes
-from pipeline.models.onnx.session import run_first_output
 from pipeline.models.onnx.validate import check_onnx_file
+from pipeline.ort_session import make_session
 
 __all__ = ["onnx_model_info"]
 
 # Spatial side used only when the model's input side is dynamic and the class count must be found by running it.
 _PROBE_SIZE = 224
+
+
+def _run_first_output(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """The first output of a single-input model for ``x`` (float32), run by ONNX Runtime on one thread."""
+    sess = make_session(model_bytes, threads=1)
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0])
 
 
 def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -63,7 +70,7 @@ def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | No
         try:
             if unsupported_ops(model):
                 fold_constant_nodes(model)
-                y = torch.from_numpy(run_first_output(model.SerializeToString(), probe.numpy()))
+                y = torch.from_numpy(_run_first_output(model.SerializeToString(), probe.numpy()))
             else:
                 with torch.no_grad():
                     y = onnx_to_torch(path)(probe)
