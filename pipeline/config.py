@@ -82,7 +82,7 @@ class FactorizeConfig:
 
 @dataclass(frozen=True)
 class SVDTrainingConfig:
-    """Yang et al. 2020 hyper-parameters (METHODS.md, CIFAR defaults)."""
+    """Yang et al. 2020 hyper-parameters (CIFAR defaults; see docs/methods.md)."""
 
     form: str = "channel"           # channel | spatial
     lambda_o: float = 1.0

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from pipeline.errors import ConfigError
+from pipeline.finetune.methods import distill_loss_fn
+from pipeline.finetune.trainer import evaluate, freeze, make_optimizer, seed_everything, train_epochs
 
 
 class FakeQuant(nn.Module):
@@ -75,8 +77,6 @@ def qat_finetune(model: nn.Module, teacher: nn.Module, data: Any, bits: int, epo
         ``(model with every conv weight on its b-bit grid, in eval mode; training history)``. The history's
         ``val_before`` is the validation accuracy of the fake-quantized model before training.
     """
-    from pipeline.finetune.methods import distill_loss_fn
-    from pipeline.finetune.trainer import evaluate, freeze, make_optimizer, seed_everything, train_epochs
 
     if epochs < 1:
         raise ConfigError(f"quantize.qat_epochs must be >= 1 to train (got {epochs})")
