@@ -12,6 +12,7 @@ from typing import Sequence
 from pipeline import __version__
 from pipeline.catalog import WHAT, describe
 from pipeline.errors import PipelineError
+from pipeline.validate_args import check_device, check_output_file, check_seed
 
 
 def _add_inputs(r: argparse.ArgumentParser) -> None:
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "unpack":
             from pipeline.entropy.container import unpack_to_onnx
 
-            out = unpack_to_onnx(args.container, args.output)
+            out = unpack_to_onnx(args.container, check_output_file(args.output, "-o"))
             print(f"wrote {out}")
             return 0
         if args.command == "bench":
@@ -124,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.config import build_config, to_dict
 
         overrides = list(args.overrides)
+        if args.seed is not None:
+            check_seed(args.seed)
+        if args.device is not None:
+            check_device(args.device)
         if args.nproc is not None:
             overrides.append(f"finetune.nproc={args.nproc}")
         cfg = build_config(

@@ -4,8 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 from pipeline.errors import ConfigError, InputError
 
 _DEVICE = re.compile(r"^(cpu|cuda)(:(\d+))?$")
@@ -32,6 +30,8 @@ def check_device(device: str) -> str:
         if m.group(2):
             raise ConfigError(f"--device {device!r}: the CPU takes no index; use --device cpu")
         return "cpu"
+    import torch  # heavy: only when a device is named, so `list`/`unpack` start fast
+
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {device!r}: this torch build has no usable CUDA device "
                           f"(torch {torch.__version__}, cuda {torch.version.cuda}); use --device cpu")

@@ -42,3 +42,23 @@ def test_output_file(tmp_path: Path) -> None:
         check_output_file(tmp_path)
     with pytest.raises(InputError, match=r"does not exist; create it first"):
         check_output_file(tmp_path / "nope" / "m.onnx")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--model", "tiny", "--seed", str(2**64 + 5), "--upto", "baseline"], "seed"),
+    (["run", "--model", "tiny", "--device", "cuda:abc", "--upto", "baseline"], "device"),
+    (["config", "--device", "cpu:1"], "device"),
+])
+def test_cli_refuses_bad_seed_and_device_before_any_work(tmp_path, capsys, argv, needle):
+    from pipeline.cli import main
+
+    assert main(argv + ["--artifacts", str(tmp_path)]) == 2
+    assert needle in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_unpack_to_a_directory_is_refused(tmp_path, capsys):
+    from pipeline.cli import main
+
+    assert main(["unpack", str(tmp_path / "missing.lrdc"), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
