@@ -156,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # `lowrank-deploy list coders | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as e:
         print("interrupted: completed stages are kept; rerun to resume", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
