@@ -255,7 +255,7 @@ def factorize_graph(model: Any, cfg: FactorizeConfig, input_shape: tuple[int, in
         wt = _torch(w)
         mats = fmt.matrices(wt)
         st = stats.get(c.name)
-        spectra = fmt.data_spectra(wt, st) if st is not None else [gram_spectrum(m) for m in mats]
+        spectra = fmt.data_spectra(wt, st.centred()) if st is not None else [gram_spectrum(m) for m in mats]
         ranks, rank_note = select_ranks(spectra, [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
         rank_note = "; ".join(x for x in (scope_note, rank_note) if x)
         known_in = in_shape is not None and len(in_shape) == 4

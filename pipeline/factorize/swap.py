@@ -94,8 +94,9 @@ def _check_finite(name: str, layer: nn.Module) -> None:
 def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str,
                stats: LayerStats | None = None) -> tuple[tuple[int, ...], str]:
     mats = fmt.matrices(layer.weight.detach())
-    # With calibration statistics the selectors see the whitened spectra: energy then keeps output energy.
-    spectra = fmt.data_spectra(layer.weight.detach(), stats) if stats is not None else fmt.spectra(layer)
+    # With calibration statistics the selectors see the whitened spectra of the output variation (centred moments):
+    # energy then keeps that fraction of the variance of the layer's outputs.
+    spectra = fmt.data_spectra(layer.weight.detach(), stats.centred()) if stats is not None else fmt.spectra(layer)
     return select_ranks(spectra, [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
 
 

@@ -33,15 +33,18 @@ class LayerStats:
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     eps: float = DEFAULT_EPS
+    #: per kind, the sum of the samples (the mean's numerator)
+    firsts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, kind: str, x: torch.Tensor) -> None:
         """Accumulate ``x`` (d x m: m samples as columns) into ``kind``."""
         x64 = x.detach().to(torch.float64)
-        g = x64 @ x64.T
+        g, f = x64 @ x64.T, x64.sum(dim=1)
         if kind in self.sums:
             self.sums[kind] += g
+            self.firsts[kind] += f
         else:
-            self.sums[kind] = g
+            self.sums[kind], self.firsts[kind] = g, f
         self.counts[kind] = self.counts.get(kind, 0) + int(x64.shape[1])
 
     def has(self, kind: str) -> bool:
@@ -57,6 +60,21 @@ class LayerStats:
         if not self.has(kind):
             raise KeyError(f"statistic {kind!r} was not collected for this layer (collected: {sorted(self.sums)})")
         return self.sums[kind] / self.counts[kind]
+
+    def centred(self) -> "LayerStats":
+        """The same statistics about their means (covariances): the variation a layer's rank has to carry.
+
+        Post-ReLU inputs have a large mean that holds most of the uncentred output energy, so an energy threshold
+        on uncentred spectra says little about the class-carrying variation; rank selection uses these instead.
+        """
+        out = LayerStats(eps=self.eps)
+        for k, g in self.sums.items():
+            n = self.counts[k]
+            mu = self.firsts[k] / n
+            out.sums[k] = g - n * torch.outer(mu, mu)
+            out.firsts[k] = torch.zeros_like(mu)
+            out.counts[k] = n
+        return out
 
     def regularised(self, kind: str) -> torch.Tensor:
         """``E[x x^T] + eps * tr/d * I``: positive definite whenever the moment is not all zero."""
