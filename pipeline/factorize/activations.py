@@ -74,21 +74,26 @@ def accumulate(stats: LayerStats, kinds: Iterable[str], x: torch.Tensor, y: torc
                 stats.add("channel_out", ys[i:i + 1].T)
         return
     (kh, kw), (t, l, b, r) = geom.kernel, geom.pads
+    picked: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
     for i in range(x.shape[0]):
         xi = x[i:i + 1].detach()
         if "patch" in kinds:
             cols = F.unfold(F.pad(xi, (l, r, t, b)), geom.kernel, dilation=geom.dilation, stride=geom.stride)[0]
-            stats.add("patch", sampler.take("patch", cols, positions))
+            picked["patch"].append(sampler.take("patch", cols, positions))
         if "vertical" in kinds:
             # The vertical kh x 1 conv of spatial SVD runs over every input column with the row padding only.
             cols = F.unfold(F.pad(xi, (0, 0, t, b)), (kh, 1), dilation=(geom.dilation[0], 1),
                             stride=(geom.stride[0], 1))[0]
-            stats.add("vertical", sampler.take("vertical", cols, positions))
+            picked["vertical"].append(sampler.take("vertical", cols, positions))
         if "channel_in" in kinds:
-            stats.add("channel_in", sampler.take("channel_in", xi[0].reshape(xi.shape[1], -1), positions))
+            picked["channel_in"].append(sampler.take("channel_in", xi[0].reshape(xi.shape[1], -1), positions))
         if "channel_out" in kinds:
             yi = y[i].detach()
-            stats.add("channel_out", sampler.take("channel_out", yi.reshape(yi.shape[0], -1), positions))
+            picked["channel_out"].append(sampler.take("channel_out", yi.reshape(yi.shape[0], -1), positions))
+    # One Gram per batch and statistic (a larger product runs faster than one per image).
+    for k, cols_list in picked.items():
+        if cols_list:
+            stats.add(k, torch.cat(cols_list, dim=1))
 
 
 def _check_kinds(kinds: dict[str, tuple[str, ...]]) -> None:

@@ -7,6 +7,7 @@ The plan and report types live in :mod:`pipeline.factorize.plan` (re-exported he
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -266,11 +267,14 @@ def factorize_model(
     data_aware = check_config(cfg, calib_images)
     src = copy.deepcopy(model).eval()
     sizes = probe_sizes(src, example_input)
-    plans = plan_layers(src, cfg, sizes)
     stats: dict[str, LayerStats] = {}
-    if data_aware:
-        # One calibration pass for every layer that may be factorized, then re-plan on the whitened spectra.
-        stats = model_stats(src, plans, cfg, calib_images)
+    if not data_aware:
+        plans = plan_layers(src, cfg, sizes)
+    else:
+        # One calibration pass for every layer a format applies to (also those the weight spectra left without a
+        # MAC saving: their whitened ranks may be lower), then re-plan on the whitened spectra.
+        every = plan_layers(src, dataclasses.replace(cfg, min_mac_saving=-0.99), sizes)
+        stats = model_stats(src, every, cfg, calib_images)
         plans = plan_layers(src, cfg, sizes, stats)
     scope = model_selector(cfg.selector)
     if scope is not None:

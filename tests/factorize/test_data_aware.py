@@ -142,3 +142,14 @@ def test_weight_space_path_unchanged_by_stats_argument() -> None:
         fmt = FORMATS.get(name)
         a, b = fmt.decompose(w, ranks), fmt.decompose(w, ranks, stats=None)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_expanding_layer_uses_the_smaller_gram_and_still_matches_numpy() -> None:
+    """More outputs than inputs (a 1x1 expansion): the d x d path gives the same whitened solution."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((50, 12))
+    x = _correlated(300, 12, 4, seed=7)
+    fmt = FORMATS.get("linear_svd")
+    for r in (3, 12):
+        data = fmt.reconstruct(fmt.decompose(torch.from_numpy(w), (r,), stats=_stats("patch", x))).numpy()
+        np.testing.assert_allclose(data, _numpy_whitened(w, x, r), atol=1e-8 * np.abs(w).max())

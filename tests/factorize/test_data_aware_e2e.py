@@ -105,14 +105,24 @@ def test_sequential_and_energy_on_whitened_spectra(trained) -> None:
     assert errs[True] < 1.2 * errs[False], errs  # sequential: same ranks, factors fitted to the perturbed inputs
 
 
-def test_budget_selector_uses_output_error(trained) -> None:
+@pytest.mark.parametrize("with_eval", [False, True])
+def test_budget_selector_uses_output_error(trained, with_eval: bool) -> None:
     model, xtr, xte = trained
+    with torch.no_grad():
+        ref = model(xte[:64]).argmax(1)
+
+    def eval_fn(m: nn.Module) -> float:  # agreement with the dense model on a validation subset
+        with torch.no_grad():
+            return float((m(xte[:64]).argmax(1) == ref).float().mean())
+
     cfg = dataclasses.replace(BASE, objective="outputs", selector="budget",
                               budget=dataclasses.replace(BASE.budget, macs=0.4))
-    fact, rows, _ = factorize_model(model, cfg, xte[:1], calib_images=xtr[:64])
+    fact, rows, _ = factorize_model(model, cfg, xte[:1], eval_fn=eval_fn if with_eval else None,
+                                    calib_images=xtr[:64])
     macs0, _ = count_macs_params(model, xte[:1])
     macs1, _ = count_macs_params(fact, xte[:1])
     assert macs1 <= 0.4 * macs0 * 1.001
+    assert all("output error" in r.reason for r in rows if r.status == "factorized")
 
 
 def test_outputs_objective_needs_images(trained) -> None:

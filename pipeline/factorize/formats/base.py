@@ -17,7 +17,7 @@ from onnx import NodeProto, TensorProto
 from torch import nn
 
 from pipeline.factorize.formats.onnx_nodes import Step, chain
-from pipeline.factorize.formats.stats import LayerStats, output_weighted_eig, whitened_projection
+from pipeline.factorize.formats.stats import LayerStats, whitened_eigvals, whitened_projection
 
 
 def resolved_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
@@ -288,7 +288,7 @@ class MatrixFormat(Format):
 
     def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
         wo = self.output_matrix(weight)
-        ev, _ = output_weighted_eig(wo, stats.regularised(self.stat_kinds[0]))
+        ev = whitened_eigvals(wo, stats.regularised(self.stat_kinds[0]))
         return [ev[:min(wo.shape)].sqrt().numpy()]
 
     def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:

@@ -98,7 +98,7 @@ class Tucker2(Format):
     def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
         w = weight.detach().to(torch.float64)
         l, ev_in, _ = self._input_side(w, stats)
-        ev_out, _ = leading_eig(self._output_moment(w, l, stats))
+        ev_out = torch.linalg.eigvalsh(self._output_moment(w, l, stats)).flip(0).clamp_min(0)
         return [ev_in.sqrt().numpy(), ev_out.sqrt().numpy()]
 
     def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:
