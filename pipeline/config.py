@@ -78,6 +78,13 @@ class FactorizeConfig:
     cp_time_limit_s: float = 2.0     # per-layer wall-time cap for CP-ALS
     break_even: bool = False         # keep a layer dense unless its factorized form measures faster on the target
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    objective: str = "weights"       # weights (minimise the weight error) | outputs (the layer outputs on calibration data)
+    sequential: bool = False         # objective=outputs: each layer's statistics after its predecessors are factorized
+    calib_images: int = 64           # calibration images for objective=outputs / layerwise_steps
+    calib_positions: int = 128       # sampled positions per image and statistic (bounds the moment cost)
+    whiten_eps: float = 1e-6         # ridge eps * tr(C)/d added to each input moment before it is factored
+    layerwise_steps: int = 0         # Adam steps per factorized layer matching the dense layer's outputs (0 = off)
+    layerwise_lr: float = 1e-3
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ of the original.
 
 Greedy by sensitivity, as AIMET's greedy compression-ratio selection does: each eligible layer gets candidate rank
 ratios; its sensitivity at each ratio is the validation-accuracy drop when only that layer is compressed (or the
-relative reconstruction error when no evaluation callback is given); then, starting from the dense model, the step
+relative reconstruction error when no evaluation callback is given; with calibration statistics, objective=outputs,
+the relative output error on the calibration data instead, from the whitened spectrum where that is exact, and
+beside a validation drop as its tie-break); then, starting from the dense model, the step
 with the smallest sensitivity increase per unit of cost saved is taken until the budget holds. Sensitivities are
 computed once per (layer, ratio) within the call.
 
@@ -23,12 +25,17 @@ from torch import nn
 
 from pipeline.config import FactorizeConfig
 from pipeline.errors import ConfigError
+from pipeline.factorize.data_aware import OutputErrors
 from pipeline.factorize.formats.base import dense_macs, dense_params
+from pipeline.factorize.formats.stats import LayerStats
 from pipeline.factorize.latency import measure_variants
 from pipeline.factorize.plan import Plan, set_module
 from pipeline.factorize.ranks import SELECTORS, ModelSelector, align_rank
 
 RATIOS = (0.75, 0.5, 0.375, 0.25, 0.125, 0.0625)
+#: weight of the output error beside a measured validation drop: small, so it orders layers whose drop is the same
+#: (accuracy on a few hundred images moves in steps) without outvoting a measured drop
+OUTPUT_TIE_BREAK = 0.01
 
 
 def allocate(
@@ -37,8 +44,12 @@ def allocate(
     cfg: FactorizeConfig,
     example_input: torch.Tensor,
     eval_fn: Callable[[nn.Module], float] | None,
+    stats: dict[str, LayerStats] | None = None,
 ) -> None:
-    """Set ``fmt``/``ranks`` of the eligible plans (those the per-layer rules allow) to meet ``cfg.budget``; others stay dense."""
+    """Set ``fmt``/``ranks`` of the eligible plans (those the per-layer rules allow) to meet ``cfg.budget``; others stay dense.
+
+    ``stats`` (objective=outputs): each candidate is decomposed data-aware and its cost includes the output error.
+    """
     b = cfg.budget
     given = [(k, v) for k, v in (("macs", b.macs), ("params", b.params), ("latency", b.latency)) if v is not None]
     if len(given) != 1:
@@ -90,13 +101,19 @@ def allocate(
     base_acc = eval_fn(model) if eval_fn else None
     # options[i] = list of (cost, sensitivity, ranks): dense first, then only candidates cheaper than the last kept.
     options: list[list[tuple[float, float, tuple[int, ...]]]] = []
+    dopts = {"hooi_iters": cfg.hooi_iters, "cp_max_iters": cfg.cp_max_iters, "cp_time_limit_s": cfg.cp_time_limit_s}
     for p, ranks_list, costs in zip(eligible, cand_ranks, cand_cost):
         opts: list[tuple[float, float, tuple[int, ...]]] = [(dense_cost[p.name], 0.0, ())]
+        st = (stats or {}).get(p.name)
+        curve = OutputErrors(p.fmt, p.layer.weight, st, **dopts) if st is not None else None
         for ranks, c in zip(ranks_list, costs):
             if c >= opts[-1][0]:
                 continue
-            factors = p.fmt.decompose(p.layer.weight.detach(), ranks, hooi_iters=cfg.hooi_iters,
-                                      cp_max_iters=cfg.cp_max_iters, cp_time_limit_s=cfg.cp_time_limit_s)
+            if curve is not None and eval_fn is None:
+                # Output-error curve only: no decomposition needed where the whitened spectrum gives it exactly.
+                opts.append((c, curve.at(ranks), ranks))
+                continue
+            factors = p.fmt.decompose(p.layer.weight.detach(), ranks, stats=st, **dopts)
             if eval_fn is not None:
                 # Sensitivity = accuracy drop when only this layer is compressed at this ratio.
                 set_module(model, p.name, p.fmt.to_module(p.layer, factors))
@@ -104,6 +121,8 @@ def allocate(
                     sens = float(base_acc - eval_fn(model))
                 finally:
                     set_module(model, p.name, p.layer)
+                if curve is not None:
+                    sens += OUTPUT_TIE_BREAK * curve.at(ranks, factors)
             else:
                 w = p.layer.weight.detach().to(torch.float64)
                 sens = float((w - p.fmt.reconstruct(factors).reshape(w.shape)).norm() / w.norm().clamp_min(1e-30))
@@ -146,9 +165,9 @@ class BudgetSelector(ModelSelector):
     per_layer = "fixed"
 
     def allocate(self, model: nn.Module, plans: list[Plan], cfg: FactorizeConfig, example_input: torch.Tensor,
-                 eval_fn: Callable[[nn.Module], float] | None) -> None:
+                 eval_fn: Callable[[nn.Module], float] | None, stats: dict[str, LayerStats] | None = None) -> None:
         """See :func:`allocate`."""
-        allocate(model, plans, cfg, example_input, eval_fn)
+        allocate(model, plans, cfg, example_input, eval_fn, stats)
 
 
 SELECTORS.add("budget", BudgetSelector())

@@ -14,6 +14,11 @@ The planning rules are the torch path's: 1x1 convs take the channel SVD under fo
 (:func:`pipeline.factorize.ranks.select_ranks`; a model-scope selector such as ``budget`` needs the torch model and
 uses ``energy``) aligned to ``factorize.align``, and ``skip_first``, ``min_channels`` and ``min_mac_saving`` keep
 layers dense the same way. ``break_even`` (per-layer latency measurement) is a torch-path feature.
+
+``factorize.objective=outputs`` calibrates through ONNX Runtime (each Conv's input and output become extra graph
+outputs, :func:`pipeline.factorize.activations.collect_stats_onnx`): the decompositions then minimise each node's
+output error and the selectors see the whitened spectra, so graphs that cannot be finetuned still come out usable.
+``factorize.sequential`` is a torch-path feature (one calibration pass here).
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from torch import nn
 
 from pipeline.config import FactorizeConfig
 from pipeline.errors import InputError, NumericalError
+from pipeline.factorize.activations import collect_stats_onnx
+from pipeline.factorize.data_aware import check_config
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.formats.base import gram_spectrum
 from pipeline.factorize.formats.onnx_nodes import unique_namer
@@ -137,8 +144,23 @@ def _geometry(w: np.ndarray, attrs: dict[str, Any], has_bias: bool) -> nn.Conv2d
 
 
 # ----------------------------------------------------------------------------------------------- the rewrite
-def factorize_graph(model: Any, cfg: FactorizeConfig,
-                    input_shape: tuple[int, int, int]) -> tuple[Any, list[LayerReport], dict[str, dict[str, Any]]]:
+def _calibration(model: Any, convs: list[_Conv], cfg: FactorizeConfig, images: np.ndarray) -> dict[str, Any]:
+    """Statistics (ORT) of every Conv node the configured format could take; a few may later stay dense."""
+    kinds: dict[str, tuple[str, ...]] = {}
+    for c in convs:
+        if c.weight is None or c.weight.ndim != 4 or int(c.attrs.get("group", 1)) > 1:
+            continue
+        fmt = FORMATS.get(_format_for(cfg.method, tuple(c.weight.shape[2:]))[0])
+        if fmt.check(_geometry(c.weight, c.attrs, c.has_bias)) is None:
+            kinds[c.name] = fmt.stat_kinds
+    if not kinds:
+        return {}
+    return collect_stats_onnx(model, kinds, images, max_images=cfg.calib_images, positions=cfg.calib_positions,
+                              eps=cfg.whiten_eps)
+
+
+def factorize_graph(model: Any, cfg: FactorizeConfig, input_shape: tuple[int, int, int],
+                    calib_images: np.ndarray | None = None) -> tuple[Any, list[LayerReport], dict[str, dict[str, Any]]]:
     """Factorize the Conv nodes of an ONNX ``ModelProto`` as ``cfg`` says (the input is not modified).
 
     Per Conv node: dense with the reason (not a constant 2-D kernel, grouped/depthwise, first conv with
@@ -149,6 +171,7 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
         model: the graph (standard-domain operators; ORT must run it).
         cfg: the factorize config.
         input_shape: ``(C, H, W)`` of one sample (gives each conv's input and output size for the MAC counts).
+        calib_images: calibration inputs (N, C, H, W) float32, needed by ``cfg.objective=outputs``.
 
     Returns:
         ``(new_model, per-layer reports, structure)``; structure maps node name -> ``{"format", "ranks"}``.
@@ -156,8 +179,16 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
     Raises:
         NumericalError: NaN/Inf in a kernel or in its decomposition (the node is named).
     """
+    data_aware = check_config(cfg, calib_images)
     new = copy.deepcopy(model)
     convs = _find_convs(new)
+    stats: dict[str, Any] = {}
+    if data_aware:
+        # Node names key the statistics: unnamed Conv nodes take the planner's fallback name.
+        for c in convs:
+            if not c.node.name:
+                c.node.name = c.name
+        stats = _calibration(new, convs, cfg, calib_images)
     names = sorted({n for c in convs for n in (c.node.input[0], c.node.output[0])} - {i.name for i in new.graph.input})
     try:
         shapes = _probe_shapes(new, names, input_shape) if names else {}
@@ -223,8 +254,9 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
             continue
         wt = _torch(w)
         mats = fmt.matrices(wt)
-        ranks, rank_note = select_ranks([gram_spectrum(m) for m in mats], [tuple(m.shape) for m in mats],
-                                        fmt.max_ranks(layer), cfg, selector)
+        st = stats.get(c.name)
+        spectra = fmt.data_spectra(wt, st.centred()) if st is not None else [gram_spectrum(m) for m in mats]
+        ranks, rank_note = select_ranks(spectra, [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
         rank_note = "; ".join(x for x in (scope_note, rank_note) if x)
         known_in = in_shape is not None and len(in_shape) == 4
         macs1 = fmt.macs(layer, ranks, out_hw, in_hw=in_hw if known_in else None)
@@ -232,10 +264,14 @@ def factorize_graph(model: Any, cfg: FactorizeConfig,
             row.reason = "; ".join(x for x in (fmt_note, f"{fname} at ranks {list(ranks)} would not save MACs "
                                                          f"({macs1:,} vs {macs0:,})") if x)
             continue
-        factors = fmt.decompose(wt, ranks, hooi_iters=cfg.hooi_iters, cp_max_iters=cfg.cp_max_iters,
+        factors = fmt.decompose(wt, ranks, stats=st, hooi_iters=cfg.hooi_iters, cp_max_iters=cfg.cp_max_iters,
                                 cp_time_limit_s=cfg.cp_time_limit_s)
         w64 = wt.to(torch.float64)
-        err = float((w64 - fmt.reconstruct(factors).reshape(w64.shape)).norm() / w64.norm().clamp_min(1e-30))
+        approx = fmt.reconstruct(factors).reshape(w64.shape)
+        err = float((w64 - approx).norm() / w64.norm().clamp_min(1e-30))
+        if st is not None:
+            rank_note = "; ".join(x for x in (rank_note, f"output error {fmt.output_error(wt, approx, st):.4f} "
+                                                         "on calibration data") if x)
         if not np.isfinite(err):
             raise NumericalError(f"Conv node {c.name!r}: {fname} decomposition produced NaN/Inf")
         try:

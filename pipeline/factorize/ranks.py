@@ -52,8 +52,11 @@ class ModelSelector(ABC):
 
     @abstractmethod
     def allocate(self, model: "nn.Module", plans: "list[Plan]", cfg: FactorizeConfig, example_input: Any,
-                 eval_fn: Callable[["nn.Module"], float] | None) -> None:
-        """Set ``fmt``/``ranks`` (or dense with a reason) of the eligible plans so the model meets the target."""
+                 eval_fn: Callable[["nn.Module"], float] | None, stats: dict[str, Any] | None = None) -> None:
+        """Set ``fmt``/``ranks`` (or dense with a reason) of the eligible plans so the model meets the target.
+
+        ``stats``: calibration statistics per layer (objective=outputs): decompose data-aware and measure the
+        output error."""
 
 
 SELECTORS: Registry[Union[LayerSelector, ModelSelector]] = Registry("selector")

@@ -7,6 +7,7 @@ The plan and report types live in :mod:`pipeline.factorize.plan` (re-exported he
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -16,7 +17,9 @@ from torch import nn
 from pipeline.config import FactorizeConfig
 from pipeline.errors import ConfigError, NumericalError
 from pipeline.factorize.formats import CONV_FORMATS, FORMATS, Format
+from pipeline.factorize.data_aware import check_config, layer_stats, model_stats
 from pipeline.factorize.formats.base import conv_check, dense_macs, dense_params
+from pipeline.factorize.formats.stats import LayerStats
 from pipeline.factorize.latency import measure_variants
 from pipeline.factorize.plan import LayerReport, Plan, pointwise_format, set_module, target_layers
 from pipeline.factorize.ranks import SELECTORS, model_selector, select_ranks
@@ -89,9 +92,13 @@ def _check_finite(name: str, layer: nn.Module) -> None:
             raise NumericalError(f"layer {name!r}: {pname} contains NaN/Inf; fix or retrain the model before factorizing")
 
 
-def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str) -> tuple[tuple[int, ...], str]:
+def _ranks_for(fmt: Format, layer: nn.Module, cfg: FactorizeConfig, selector: str,
+               stats: LayerStats | None = None) -> tuple[tuple[int, ...], str]:
     mats = fmt.matrices(layer.weight.detach())
-    return select_ranks(fmt.spectra(layer), [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
+    # With calibration statistics the selectors see the whitened spectra of the output variation (centred moments):
+    # energy then keeps that fraction of the variance of the layer's outputs.
+    spectra = fmt.data_spectra(layer.weight.detach(), stats.centred()) if stats is not None else fmt.spectra(layer)
+    return select_ranks(spectra, [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
 
 
 def _modelled_cost(macs: int, nodes: int) -> int:
@@ -99,8 +106,10 @@ def _modelled_cost(macs: int, nodes: int) -> int:
 
 
 def plan_layers(model: nn.Module, cfg: FactorizeConfig,
-                sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]]) -> list[Plan]:
-    """Decide format and ranks (or dense + reason) for every conv/linear layer."""
+                sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]],
+                stats: dict[str, LayerStats] | None = None) -> list[Plan]:
+    """Decide format and ranks (or dense + reason) for every conv/linear layer (``stats``: calibration statistics
+    per layer; the rank selectors then use the whitened spectra)."""
     plans: list[Plan] = []
     layers = target_layers(model)
     convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
@@ -154,7 +163,7 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig,
             if why:
                 reasons.append(why)
                 continue
-            ranks, note = _ranks_for(fmt, layer, cfg, selector)
+            ranks, note = _ranks_for(fmt, layer, cfg, selector, (stats or {}).get(name))
             note = "; ".join(x for x in (kernel_note, note) if x)
             macs1 = fmt.macs(layer, ranks, p.out_hw)
             if macs1 > (1 - cfg.min_mac_saving) * macs0:
@@ -204,16 +213,20 @@ def break_even(plans: list[Plan], cfg: FactorizeConfig) -> None:
             p.note = "; ".join(x for x in (note, f"break_even: {measured}") if x)
 
 
-def _decompose_into(model: nn.Module, plan: Plan, cfg: FactorizeConfig | None) -> float:
+def _decompose_into(model: nn.Module, plan: Plan, cfg: FactorizeConfig | None,
+                    stats: LayerStats | None = None) -> tuple[float, float | None]:
+    """Replace the plan's layer in ``model`` by its factorized module; ``(weight error, output error or None)``."""
     fmt, layer = plan.fmt, plan.layer
     opts = {"hooi_iters": cfg.hooi_iters, "cp_max_iters": cfg.cp_max_iters, "cp_time_limit_s": cfg.cp_time_limit_s} if cfg else {}
-    factors = fmt.decompose(layer.weight.detach(), plan.ranks, **opts)
+    factors = fmt.decompose(layer.weight.detach(), plan.ranks, stats=stats, **opts)
     w = layer.weight.detach().to(torch.float64)
-    err = float((w - fmt.reconstruct(factors).reshape(w.shape)).norm() / w.norm().clamp_min(1e-30))
+    approx = fmt.reconstruct(factors).reshape(w.shape)
+    err = float((w - approx).norm() / w.norm().clamp_min(1e-30))
     if not math.isfinite(err):
         raise NumericalError(f"layer {plan.name!r}: {fmt.name} decomposition produced NaN/Inf")
+    out_err = fmt.output_error(layer.weight.detach(), approx, stats) if stats is not None else None
     set_module(model, plan.name, fmt.to_module(layer, factors))
-    return err
+    return err, out_err
 
 
 def factorize_model(
@@ -221,6 +234,7 @@ def factorize_model(
     cfg: FactorizeConfig,
     example_input: torch.Tensor,
     eval_fn: Callable[[nn.Module], float] | None = None,
+    calib_images: torch.Tensor | None = None,
 ) -> tuple[nn.Module, list[LayerReport], dict[str, dict[str, Any]]]:
     """Factorize ``model`` as ``cfg`` says.
 
@@ -233,6 +247,10 @@ def factorize_model(
         cfg: the factorize config (method, selector, alignment, rules for keeping layers dense).
         example_input: one batch used to find each layer's output size.
         eval_fn: validation accuracy of a model; the ``budget`` selector uses it to measure sensitivity.
+        calib_images: calibration inputs (N, C, H, W), needed by ``cfg.objective=outputs``: their statistics make
+            every decomposition minimise the layer's output error, the selectors use the whitened spectra, and the
+            budget selector's cost is the measured output error (beside the validation drop when ``eval_fn``).
+            With ``cfg.sequential`` each layer's statistics are collected after its predecessors are factorized.
 
     Returns:
         ``(new_model, per-layer reports, structure)`` where structure maps layer name -> {"format", "ranks"}.
@@ -246,12 +264,21 @@ def factorize_model(
     if cfg.linear_method not in ("none",):
         FORMATS.get(cfg.linear_method)
     SELECTORS.get(cfg.selector)
+    data_aware = check_config(cfg, calib_images)
     src = copy.deepcopy(model).eval()
     sizes = probe_sizes(src, example_input)
-    plans = plan_layers(src, cfg, sizes)
+    stats: dict[str, LayerStats] = {}
+    if not data_aware:
+        plans = plan_layers(src, cfg, sizes)
+    else:
+        # One calibration pass for every layer a format applies to (also those the weight spectra left without a
+        # MAC saving: their whitened ranks may be lower), then re-plan on the whitened spectra.
+        every = plan_layers(src, dataclasses.replace(cfg, min_mac_saving=-0.99), sizes)
+        stats = model_stats(src, every, cfg, calib_images)
+        plans = plan_layers(src, cfg, sizes, stats)
     scope = model_selector(cfg.selector)
     if scope is not None:
-        scope.allocate(src, plans, cfg, example_input, eval_fn)
+        scope.allocate(src, plans, cfg, example_input, eval_fn, stats=stats or None)
     if cfg.break_even:
         break_even(plans, cfg)
     new = copy.deepcopy(src)
@@ -268,8 +295,14 @@ def factorize_model(
             rel_error=None, status="dense", reason=p.reason,
         )
         if p.fmt is not None:
-            row.rel_error = _decompose_into(new, p, cfg)
-            row.format, row.ranks, row.status, row.reason = p.fmt.name, list(p.ranks), "factorized", p.note
+            st = None
+            if data_aware:
+                # Sequential: statistics of this layer's inputs in the partly factorized model.
+                st = layer_stats(new, p, cfg, calib_images) if cfg.sequential else stats.get(p.name)
+            row.rel_error, out_err = _decompose_into(new, p, cfg, st)
+            note = p.note if out_err is None else "; ".join(
+                x for x in (p.note, f"output error {out_err:.4f} on calibration data") if x)
+            row.format, row.ranks, row.status, row.reason = p.fmt.name, list(p.ranks), "factorized", note
             row.macs_after = p.fmt.macs(layer, p.ranks, p.out_hw)
             row.params_after = p.fmt.params(layer, p.ranks)
             structure[p.name] = {"format": p.fmt.name, "ranks": list(p.ranks)}
@@ -299,11 +332,13 @@ def apply_structure(model: nn.Module, structure: dict[str, dict[str, Any]]) -> n
     return new
 
 
-def factorize_with_structure(model: nn.Module, structure: dict[str, dict[str, Any]], **opts: Any) -> nn.Module:
-    """A copy of ``model`` decomposed at exactly the structure's formats and ranks."""
+def factorize_with_structure(model: nn.Module, structure: dict[str, dict[str, Any]],
+                             stats: dict[str, LayerStats] | None = None, **opts: Any) -> nn.Module:
+    """A copy of ``model`` decomposed at exactly the structure's formats and ranks (data-aware for the layers
+    ``stats`` has)."""
     new = copy.deepcopy(model)
     for name, layer, fmt, ranks in list(_structure_items(new, structure)):
         _check_finite(name, layer)
-        factors = fmt.decompose(layer.weight.detach(), ranks, **opts)
+        factors = fmt.decompose(layer.weight.detach(), ranks, stats=(stats or {}).get(name), **opts)
         set_module(new, name, fmt.to_module(layer, factors))
     return new

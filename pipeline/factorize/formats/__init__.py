@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pipeline.factorize.formats.base import Format
+from pipeline.factorize.formats.base import MatrixFormat as MatrixFormatType
 from pipeline.factorize.formats.channel_svd import ChannelSVD
 from pipeline.factorize.formats.cp import CP
 from pipeline.factorize.formats.linear_svd import LinearSVD
@@ -15,4 +16,4 @@ for _cls in (Tucker2, ChannelSVD, SpatialSVD, CP, LinearSVD):
 
 CONV_FORMATS = ("tucker2", "channel_svd", "spatial_svd", "cp")
 
-__all__ = ["FORMATS", "CONV_FORMATS", "Format"]
+__all__ = ["FORMATS", "CONV_FORMATS", "Format", "MatrixFormatType"]

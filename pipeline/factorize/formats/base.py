@@ -17,6 +17,7 @@ from onnx import NodeProto, TensorProto
 from torch import nn
 
 from pipeline.factorize.formats.onnx_nodes import Step, chain
+from pipeline.factorize.formats.stats import LayerStats, whitened_eigvals, whitened_projection
 
 
 def resolved_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
@@ -133,6 +134,8 @@ class Format(ABC):
     layer_types: tuple[type, ...] = (nn.Conv2d,)
     #: ``project`` gives the nearest tensor of the form (False: only an approximation, e.g. CP-ALS)
     exact_projection: bool = True
+    #: the statistics (:mod:`pipeline.factorize.formats.stats`) the data-aware ``decompose`` needs
+    stat_kinds: tuple[str, ...] = ()
 
     def check(self, layer: nn.Module) -> str | None:
         """Why ``layer`` cannot take this format, or None when it can."""
@@ -150,9 +153,26 @@ class Format(ABC):
         """Singular values per rank dimension (descending, float64)."""
         return [gram_spectrum(m) for m in self.matrices(layer.weight.detach())]
 
+    def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
+        """Per rank dimension, the singular values of the *whitened* matricisation (descending, float64).
+
+        Their squared tail beyond rank r, over the total, is the relative squared output error of truncating that
+        dimension on the calibration distribution: the energy selector applied to them keeps output energy.
+        """
+        raise NotImplementedError(f"{self.name} has no data-aware spectra")
+
+    def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:
+        """Relative output error ``||(W - approx) x|| / ||W x||`` (RMS over the calibration distribution)."""
+        raise NotImplementedError(f"{self.name} has no data-aware output error")
+
     @abstractmethod
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
-        """Factors of ``weight`` at ``ranks`` (float64)."""
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], stats: LayerStats | None = None,
+                  **opts: Any) -> dict[str, torch.Tensor]:
+        """Factors of ``weight`` at ``ranks`` (float64).
+
+        ``stats=None`` minimises the weight error; with the layer's calibration statistics (``stat_kinds``) the
+        factors minimise the error of the layer's outputs on that distribution instead.
+        """
 
     @abstractmethod
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -241,13 +261,42 @@ class MatrixFormat(Format):
     def split(self, left: torch.Tensor, right: torch.Tensor, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """The format's factors for ``matrix(W) ~= left (rows x r) @ right (r x cols)``, ``W`` of ``shape``."""
 
+    #: which side of ``matrix`` the layer's input enters: "cols" (``y = M x``) or "rows" (``y = M^T x``)
+    input_side: str = "cols"
+    #: the statistic whose moment weights the input side
+    stat_kinds = ("patch",)
+
     def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [self.matrix(weight)]
 
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+    def output_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The matricisation with outputs on rows and the input vectorisation (``stat_kinds[0]``) on columns."""
+        m = self.matrix(weight.detach().to(torch.float64))
+        return m if self.input_side == "cols" else m.T
+
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], stats: LayerStats | None = None,
+                  **opts: Any) -> dict[str, torch.Tensor]:
         (r,) = ranks
-        left, right = balanced_factors(self.matrix(weight), r)
+        if stats is None:
+            left, right = balanced_factors(self.matrix(weight), r)
+            return self.split(left, right, tuple(weight.shape))
+        # Whitened SVD: minimise ||(Wo - A B) L|| with C = L L^T the regularised input moment.
+        left, right = whitened_projection(self.output_matrix(weight), stats.regularised(self.stat_kinds[0]), int(r))
+        if self.input_side == "rows":  # M = Wo^T ~= right^T left^T
+            left, right = right.T.contiguous(), left.T.contiguous()
         return self.split(left, right, tuple(weight.shape))
+
+    def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
+        wo = self.output_matrix(weight)
+        ev = whitened_eigvals(wo, stats.regularised(self.stat_kinds[0]))
+        return [ev[:min(wo.shape)].sqrt().numpy()]
+
+    def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:
+        c = stats.regularised(self.stat_kinds[0])
+        wo = self.output_matrix(weight)
+        e = wo - self.output_matrix(approx.reshape(weight.shape))
+        den = float(torch.einsum("ij,jk,ik->", wo, c, wo))
+        return float(torch.einsum("ij,jk,ik->", e, c, e)) ** 0.5 / max(den, 1e-300) ** 0.5
 
     def project(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> torch.Tensor:
         return self.fold(truncated(self.matrix(weight.detach()), int(ranks[0])), tuple(weight.shape))

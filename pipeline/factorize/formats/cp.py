@@ -17,12 +17,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from pipeline.factorize.formats.base import (Format, conv_check, conv_geometry, copy_, input_hw, leading_subspace,
-                                             unfold)
+from pipeline.factorize.formats.base import (Format, conv_check, conv_geometry, copy_, gram_spectrum, input_hw,
+                                             leading_subspace, unfold)
 from pipeline.factorize.formats.onnx_nodes import POINTWISE, Step, axis_attrs, numeric_pads
+from pipeline.factorize.formats.stats import LayerStats, channel_output_error, sqrt_factor
 
 
 def _khatri_rao(mats: list[torch.Tensor]) -> torch.Tensor:
@@ -136,6 +138,7 @@ class CP(Format):
     name = "cp"
     # The best rank-R CP approximation may not exist (the set is not closed); ALS gives an approximation only.
     exact_projection = False
+    stat_kinds = ("channel_in",)
 
     def check(self, layer: nn.Module) -> str | None:
         reason = conv_check(layer)
@@ -151,15 +154,34 @@ class CP(Format):
     def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [unfold(weight, 0)]
 
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], stats: LayerStats | None = None,
+                  **opts: Any) -> dict[str, torch.Tensor]:
         """CP-ALS factors; opts ``cp_max_iters`` (50), ``cp_time_limit_s`` (2.0), ``cp_refine_iters`` (5), ``cp_tol``
-        (1e-8: stop once the relative fit changes less), ``seed`` (0)."""
+        (1e-8: stop once the relative fit changes less), ``seed`` (0).
+
+        With ``stats``: CP-ALS of the input-whitened kernel ``W x_in L^T`` (``C = L L^T``, the input-channel moment),
+        whose squared error is the output error with C per kernel offset; its compression step is the data-aware
+        Tucker-2 subspace, so ALS starts from that solution. The input factor is un-whitened at the end.
+        """
         (r,) = ranks
-        (a, b, h, x), _ = cp_als(weight, int(r), int(opts.get("cp_max_iters", 50)),
+        w = weight.detach().to(torch.float64)
+        l = sqrt_factor(stats.regularised("channel_in")) if stats is not None else None
+        if l is not None:
+            w = torch.einsum("oihw,ij->ojhw", w, l)
+        (a, b, h, x), _ = cp_als(w, int(r), int(opts.get("cp_max_iters", 50)),
                                  float(opts.get("cp_time_limit_s", 2.0)), int(opts.get("seed", 0)),
                                  tol=float(opts.get("cp_tol", 1e-8)), refine_iters=int(opts.get("cp_refine_iters", 5)))
+        if l is not None:
+            b = torch.linalg.solve(l.T, b)  # W_hat L = CP(A, L^T B, H, X)
         return {"first": b.T.contiguous()[:, :, None, None], "vertical": h.T.contiguous()[:, None, :, None],
                 "horizontal": x.T.contiguous()[:, None, None, :], "last": a.contiguous()[:, :, None, None]}
+
+    def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
+        l = sqrt_factor(stats.regularised("channel_in"))
+        return [gram_spectrum(unfold(torch.einsum("oihw,ij->ojhw", weight.detach().to(torch.float64), l), 0))]
+
+    def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:
+        return channel_output_error(weight, approx, stats)
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         b = factors["first"][:, :, 0, 0].T

@@ -20,6 +20,10 @@ class SpatialSVD(MatrixFormat):
     """Vertical then horizontal separable convs from the SVD of the (c k) x (n k) matricisation."""
 
     name = "spatial_svd"
+    # The vertical conv sees (c kh) vertical patches: the rows of the matricisation. The data-aware error treats the
+    # patches of neighbouring columns as uncorrelated (the horizontal conv sums kw of them).
+    input_side = "rows"
+    stat_kinds = ("vertical",)
 
     def check(self, layer: nn.Module) -> str | None:
         reason = conv_check(layer)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.factorize.formats.base import Format, conv_check, conv_geometry, copy_, input_hw, leading_subspace
 from pipeline.factorize.formats.onnx_nodes import POINTWISE, Step, spatial_attrs
+from pipeline.factorize.formats.stats import LayerStats, channel_output_error, leading_eig, sqrt_factor
 
 
 def _mode0(w: torch.Tensor) -> torch.Tensor:
@@ -26,6 +28,7 @@ class Tucker2(Format):
     """Tucker decomposition along the output- and input-channel modes."""
 
     name = "tucker2"
+    stat_kinds = ("channel_in", "channel_out")
 
     def check(self, layer: nn.Module) -> str | None:
         reason = conv_check(layer)
@@ -40,7 +43,10 @@ class Tucker2(Format):
     def matrices(self, weight: torch.Tensor) -> list[torch.Tensor]:
         return [_mode1(weight), _mode0(weight)]
 
-    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], **opts: Any) -> dict[str, torch.Tensor]:
+    def decompose(self, weight: torch.Tensor, ranks: tuple[int, ...], stats: LayerStats | None = None,
+                  **opts: Any) -> dict[str, torch.Tensor]:
+        if stats is not None:
+            return self._decompose_data(weight, ranks, stats)
         r1, r2 = ranks
         w = weight.detach().to(torch.float64)
         u_in = leading_subspace(_mode1(w), r1)    # (c, r1)
@@ -52,6 +58,51 @@ class Tucker2(Format):
         core = torch.einsum("oihw,or,is->rshw", w, u_out, u_in)  # (r2, r1, kh, kw)
         return {"first": u_in.T.contiguous()[:, :, None, None], "core": core.contiguous(),
                 "last": u_out.contiguous()[:, :, None, None]}
+
+    def _input_side(self, w: torch.Tensor, stats: LayerStats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(L, eigenvalues, eigenvectors)`` of the whitened mode-1 Gram ``L^T W_(1) W_(1)^T L`` (descending)."""
+        l = sqrt_factor(stats.regularised("channel_in"))
+        z = l.T @ _mode1(w)                      # whitened input-mode unfolding (c x n kh kw)
+        ev, vec = leading_eig(z @ z.T)
+        return l, ev, vec
+
+    def _output_moment(self, w: torch.Tensor, l: torch.Tensor, stats: LayerStats) -> torch.Tensor:
+        """Second moment of the layer outputs: measured, or ``sum_hw W_hw C W_hw^T`` when it was not collected."""
+        if stats.has("channel_out"):
+            return stats.regularised("channel_out")
+        wl = _mode0(torch.einsum("oihw,ij->ojhw", w, l))
+        return wl @ wl.T
+
+    def _decompose_data(self, weight: torch.Tensor, ranks: tuple[int, ...],
+                        stats: LayerStats) -> dict[str, torch.Tensor]:
+        """Output-error Tucker-2 (input moment C = L L^T per kernel offset, output moment C_y).
+
+        Input side: minimising ``sum_hw ||W_hw (I - Q) L||^2`` over rank-r1 maps Q gives ``Q = L V V^T L^{-1}`` with V
+        the leading eigenvectors of ``L^T W_(1) W_(1)^T L`` (the generalized eigenproblem of the input-mode Gram
+        weighted by C): the first 1x1 conv is ``V^T L^{-1}``. Output side: the leading eigenvectors of C_y (the
+        output error of an orthogonal output projection is the C_y energy it drops). The core is the least-squares
+        fit given both factors, ``U_out^T W_hw L V`` (exact because ``V^T L^{-1} C L^{-T} V = I``).
+        """
+        r1, r2 = (int(r) for r in ranks)
+        w = weight.detach().to(torch.float64)
+        l, _, vec = self._input_side(w, stats)
+        v = vec[:, :r1]
+        first = torch.linalg.solve(l.T, v).T    # V^T L^{-1}  (r1 x c)
+        core_in = torch.einsum("oihw,is->oshw", w, l @ v)
+        _, u = leading_eig(self._output_moment(w, l, stats))
+        u_out = u[:, :r2].contiguous()
+        core = torch.einsum("oshw,or->rshw", core_in, u_out)
+        return {"first": first.contiguous()[:, :, None, None], "core": core.contiguous(),
+                "last": u_out[:, :, None, None]}
+
+    def data_spectra(self, weight: torch.Tensor, stats: LayerStats) -> list[np.ndarray]:
+        w = weight.detach().to(torch.float64)
+        l, ev_in, _ = self._input_side(w, stats)
+        ev_out = torch.linalg.eigvalsh(self._output_moment(w, l, stats)).flip(0).clamp_min(0)
+        return [ev_in.sqrt().numpy(), ev_out.sqrt().numpy()]
+
+    def output_error(self, weight: torch.Tensor, approx: torch.Tensor, stats: LayerStats) -> float:
+        return channel_output_error(weight, approx, stats)
 
     def reconstruct(self, factors: dict[str, torch.Tensor]) -> torch.Tensor:
         u_in = factors["first"][:, :, 0, 0].T
