@@ -5,6 +5,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
@@ -32,8 +34,10 @@ def run(ctx: StageContext) -> StageOutput:
     n_eval = min(len(data.val.x), ctx.cfg.factorize.budget.eval_samples)
     sub = Split(data.val.x[:n_eval], data.val.y[:n_eval] if data.val.y is not None else None)
     eval_fn = (lambda m: float(evaluate(m, sub, batch_size=EVAL_BATCH))) if sub.y is not None else None
+    calib = _calibration_images(ctx, data)
     t0 = time.perf_counter()
-    fact, layers, structure = factorize_model(model, ctx.cfg.factorize, example_input(card), eval_fn=eval_fn)
+    fact, layers, structure = factorize_model(model, ctx.cfg.factorize, example_input(card), eval_fn=eval_fn,
+                                              calib_images=calib)
     seconds = time.perf_counter() - t0
     fact.eval()
     files = save_model(fact, card.with_structure(structure), ctx.out_dir)
@@ -67,11 +71,24 @@ def _metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[i
     }
 
 
+def _calibration_images(ctx: StageContext, data) -> torch.Tensor | None:
+    """Training images for the output objective (``factorize.objective=outputs``): a seeded subset, as the model
+    sees them (the loaders normalise); None for the weight-space objective, which needs no data."""
+    fcfg = ctx.cfg.factorize
+    if fcfg.objective != "outputs":
+        return None
+    n = min(len(data.train.x), int(fcfg.calib_images))
+    idx = torch.randperm(len(data.train.x), generator=torch.Generator().manual_seed(int(ctx.cfg.seed)))[:n]
+    return data.train.x[idx]
+
+
 def _factorize_graph(ctx: StageContext, model, card: ModelCard) -> StageOutput:
     """Factorize stage for a graph-only model: its Conv nodes rewritten on the graph (pipeline.factorize.onnx_graph)."""
     data = ctx.data()
+    calib = _calibration_images(ctx, data)
     t0 = time.perf_counter()
-    proto, layers, structure = factorize_graph(model.proto, ctx.cfg.factorize, card.input_shape)
+    proto, layers, structure = factorize_graph(model.proto, ctx.cfg.factorize, card.input_shape,
+                                               calib_images=None if calib is None else calib.numpy().astype("float32"))
     seconds = time.perf_counter() - t0
     fact = OrtGraphModel.from_proto(proto, source=model.source)
     card = card.with_structure(structure)
