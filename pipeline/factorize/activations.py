@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.factorize.formats.base import resolved_padding
 from pipeline.factorize.formats.onnx_nodes import numeric_pads
 from pipeline.factorize.formats.stats import DEFAULT_EPS, KINDS, LayerStats
+from pipeline.ort_session import make_session
 
 #: sampled positions per image and statistic (bounds the moment cost to d^2 * positions per image)
 DEFAULT_POSITIONS = 128
@@ -184,7 +185,6 @@ def collect_stats_onnx(proto: Any, kinds: dict[str, tuple[str, ...]], images: np
         kinds: ``{Conv node name: statistics}``.
         images: calibration inputs (N, C, H, W) float32.
     """
-    import onnxruntime as ort  # heavy, only when a graph is calibrated
 
     _check_kinds(kinds)
     m = copy.deepcopy(proto)
@@ -202,10 +202,8 @@ def collect_stats_onnx(proto: Any, kinds: dict[str, tuple[str, ...]], images: np
                 known.add(v)
             if v not in fetch:
                 fetch.append(v)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    # No graph optimisation: fused/renamed nodes must not hide the values we ask for.
+    sess = make_session(m.SerializeToString(), threads=None, inter_threads=None, opt_level="disabled")
     inp = sess.get_inputs()[0].name
     stats = {n: LayerStats(eps=eps) for n in kinds}
     samplers = {n: _Sampler(seed) for n in kinds}

@@ -41,6 +41,7 @@ from pipeline.factorize.formats.base import gram_spectrum
 from pipeline.factorize.formats.onnx_nodes import unique_namer
 from pipeline.factorize.plan import LayerReport, pointwise_format
 from pipeline.factorize.ranks import model_selector, select_ranks
+from pipeline.ort_session import make_session
 
 __all__ = ["GRAPH_FORMATS", "decompose", "factorize_graph", "reconstruct"]
 
@@ -77,7 +78,6 @@ def _probe_shapes(model: Any, names: list[str], input_shape: tuple[int, int, int
     ORT, not ONNX shape inference: the fallback exists for graphs with operators the importer does not know, and
     ORT runs every graph this module sees (the baseline stage checked that), whereas shape inference may give up.
     """
-    import onnxruntime as ort  # heavy, only when a graph is actually rewritten
 
     m = copy.deepcopy(model)
     known = {o.name for o in m.graph.output}
@@ -85,12 +85,8 @@ def _probe_shapes(model: Any, names: list[str], input_shape: tuple[int, int, int
         if name not in known:
             m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             known.add(name)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
     # No graph optimisation: fused/renamed nodes must not hide the values we ask for.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    sess = make_session(m.SerializeToString(), threads=1, opt_level="disabled")
     inp = sess.get_inputs()[0]
     dim0 = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else 1
     outs = sess.run(names, {inp.name: np.zeros((dim0, *input_shape), np.float32)})
