@@ -26,6 +26,9 @@ class DatasetConfig:
     train_size: Optional[int] = None
     val_size: Optional[int] = None
     test_size: Optional[int] = None
+    # [H, W] the images are resized to (bilinear per axis, aspect not kept, no padding); None: the ONNX model's fixed
+    # input when it declares one, else the size the files store. Generated datasets take square sizes only.
+    input_size: Optional[tuple[int, int]] = None
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -185,6 +188,8 @@ class PipelineConfig:
     seed: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
+    # what the model's outputs are: auto (detected from their shapes) | classify | dense | sequence | embedding
+    task: str = "auto"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
@@ -202,6 +207,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "dataset.train_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.val_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.test_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
+    "dataset.input_size": (lambda v: v is None or (4 <= min(v) and max(v) <= 1024), "[H, W] with 4..1024 per side"),
+    "task": (lambda v: v in ("auto", "classify", "dense", "sequence", "embedding"),
+             "auto|classify|dense|sequence|embedding"),
     "baseline.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
     "baseline.batch_size": (lambda v: v >= 1, ">= 1"),
     "baseline.lr": (lambda v: v > 0, "> 0"),
