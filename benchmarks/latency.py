@@ -116,6 +116,7 @@ def measure_latency(
     threads: int | None = None,
     seed: int = 0,
     chunk: int = 5,
+    raw: bool = False,
 ) -> dict[str, dict]:
     """Time several model files against each other in one run.
 
@@ -135,9 +136,11 @@ def measure_latency(
         threads: ``intra_op_num_threads`` override (default: the target's).
         seed: seeds the visiting order and the input values.
         chunk: consecutive runs per visit.
+        raw: also return the wall-time samples in timing order (``"samples_ms"``), for a ratio's interval.
 
     Returns:
-        ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``.
+        ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``
+        (plus ``"samples_ms"`` when ``raw``).
 
     Raises:
         ConfigError: bad counts, or a model with more than one input.
@@ -168,7 +171,11 @@ def measure_latency(
         "order": "interleaved, random per round",
         "cpu_time_note": "cpu_p50 from time.thread_time: meaningful at 1 intra-op thread",
     }
-    return {n: {**_stats(wall[n], cpu[n]), "settings": settings} for n in names}
+    out = {n: {**_stats(wall[n], cpu[n]), "settings": settings} for n in names}
+    if raw:
+        for n in names:
+            out[n]["samples_ms"] = [float(v) * 1e3 for v in wall[n]]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- node profiles

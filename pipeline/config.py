@@ -176,6 +176,9 @@ class BenchmarkConfig:
     warmup: int = 10
     batch: int = 1
     html: bool = True
+    # fidelity gate: largest accuracy drop (fraction; top-1/step agreement floors 1 - max_drop) a shipped variant may
+    # have against the original; dense/sequence/embedding outputs also meet the fixed floors of pipeline.heads.gate
+    max_drop: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "benchmark.samples": (lambda v: v >= 1, ">= 1"),
     "benchmark.warmup": (lambda v: v >= 0, ">= 0"),
     "benchmark.batch": (lambda v: v >= 1, ">= 1"),
+    "benchmark.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
