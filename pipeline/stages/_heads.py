@@ -117,7 +117,7 @@ def distill_heads(student: nn.Module, teacher: nn.Module, heads: Sequence[HeadSp
                 opt.step()
                 step += 1
                 seen += int(xb.shape[0])
-                run_loss += float(value) * int(xb.shape[0])
+                run_loss += float(value.detach()) * int(xb.shape[0])
             v = _split_loss(net, val_teacher, val, heads, loss, device)
             epochs.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), "val_loss": v})
             if v < best_val:
