@@ -25,7 +25,10 @@ def declared_input_hw(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     loaded: only the graph's input declaration is read)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # missing or corrupt: onnx_model_info (check_onnx_file) names the problem and the fix
+        return None
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in init_names]
     if len(inputs) != 1:
