@@ -135,6 +135,7 @@ def measure_latency(
     seed: int = 0,
     chunk: int = 5,
     shipped_ort: ShippedOrt | None = None,
+    raw: bool = False,
 ) -> dict[str, dict]:
     """Time several model files against each other in one run.
 
@@ -156,9 +157,11 @@ def measure_latency(
         chunk: consecutive runs per visit.
         shipped_ort: for ORT-format targets, the shipped ``.ort`` file (and its session options) to time for a
             variant instead of converting its ``.onnx``.
+        raw: also return the wall-time samples in timing order (``"samples_ms"``), for a ratio's interval.
 
     Returns:
-        ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``.
+        ``{name: {"p50", "p90", "p99", "mean", "min", "max", "std", "cpu_p50" (ms), "samples", "settings": {...}}}``
+        (plus ``"samples_ms"`` when ``raw``).
 
     Raises:
         ConfigError: bad counts, or a model with more than one input.
@@ -194,6 +197,9 @@ def measure_latency(
     for n in names:
         if target.model_format == "ort" and shipped_ort and n in shipped_ort:
             out[n]["timed_file"] = Path(shipped_ort[n][0]).name  # the shipped file itself, not a re-conversion
+    if raw:
+        for n in names:
+            out[n]["samples_ms"] = [float(v) * 1e3 for v in wall[n]]
     return out
 
 

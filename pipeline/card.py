@@ -16,8 +16,10 @@ from pipeline.spec import ModelSpec
 CARD_VERSION = 1
 #: ``form`` of a model kept as an ONNX graph (the importer's fallback), else ``"torch"``
 TORCH_FORM, GRAPH_FORM = "torch", "onnx_graph"
-TASKS = ("classify",)
-OUTPUTS = ("logits",)
+#: ``classify`` for a single-logits model; the other head kinds of ``pipeline.heads.kinds``; ``multi`` for several
+TASKS = ("classify", "dense", "sequence", "embedding", "multi")
+#: ``logits``: one classifier output; ``heads``: the outputs ``heads`` describes
+OUTPUTS = ("logits", "heads")
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,13 @@ class ModelCard:
         spec: the model spec string as given (zoo name, ``file.py:factory`` or ``.onnx``).
         num_classes: classifier outputs.
         in_channels: input channels (C).
-        input_size: square input side (H = W).
+        input_size: input width W (the square side when ``input_hw`` is None).
+        input_hw: ``(H, W)`` of the input (None: square, ``input_size`` on each side).
         mean, std: per-channel input normalisation the deployed model expects (0/1 for an ONNX model's raw inputs).
         class_names: class labels when the dataset names them.
         task: what the model does (``"classify"``).
         output: what its output is (``"logits"``).
+        heads: one ``pipeline.heads.HeadSpec.as_dict()`` per model output (empty: one classifier output).
         structure: the factorization structure (layer name -> form and ranks; empty for a dense model).
         form: ``"torch"`` or ``"onnx_graph"`` (how the checkpoint stores it).
     """
@@ -44,6 +48,8 @@ class ModelCard:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] | None = None
+    input_hw: tuple[int, int] | None = None
+    heads: tuple[dict[str, Any], ...] = ()
     task: str = "classify"
     output: str = "logits"
     structure: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +60,7 @@ class ModelCard:
         problems = []
         if int(self.num_classes) < 1:
             problems.append(f"num_classes={self.num_classes} (must be >= 1)")
-        if int(self.in_channels) < 1 or int(self.input_size) < 1:
+        if int(self.in_channels) < 1 or int(self.input_size) < 1 or min(self.input_shape) < 1:
             problems.append(f"input shape {self.input_shape} (must be positive)")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             problems.append(f"mean/std of {len(self.mean)}/{len(self.std)} values for {self.in_channels} channels")
@@ -73,6 +79,8 @@ class ModelCard:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one input image."""
+        if self.input_hw is not None:
+            return (int(self.in_channels), int(self.input_hw[0]), int(self.input_hw[1]))
         return (int(self.in_channels), int(self.input_size), int(self.input_size))
 
     def with_structure(self, structure: dict[str, Any]) -> "ModelCard":
@@ -88,6 +96,8 @@ class ModelCard:
         d = dataclasses.asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
+        d["input_hw"] = None if self.input_hw is None else [int(v) for v in self.input_hw]
+        d["heads"] = [dict(h) for h in self.heads]
         return {"version": CARD_VERSION, **d}
 
     @classmethod
@@ -111,4 +121,6 @@ class ModelCard:
             "std": tuple(float(v) for v in record["std"]),
             "class_names": None if names is None else tuple(str(n) for n in names),
             "structure": dict(record.get("structure") or {}),
+            "input_hw": None if record.get("input_hw") is None else tuple(int(v) for v in record["input_hw"]),
+            "heads": tuple(dict(h) for h in record.get("heads") or ()),
         })

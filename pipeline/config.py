@@ -27,6 +27,9 @@ class DatasetConfig:
     train_size: Optional[int] = None
     val_size: Optional[int] = None
     test_size: Optional[int] = None
+    # [H, W] the images are resized to (bilinear per axis, aspect not kept, no padding); None: the ONNX model's fixed
+    # input when it declares one, else the size the files store. Generated datasets take square sizes only.
+    input_size: Optional[tuple[int, int]] = None
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -186,6 +189,9 @@ class BenchmarkConfig:
     warmup: int = 10
     batch: int = 1
     html: bool = True
+    # fidelity gate: largest accuracy drop (fraction; top-1/step agreement floors 1 - max_drop) a shipped variant may
+    # have against the original; dense/sequence/embedding outputs also meet the fixed floors of pipeline.heads.gate
+    max_drop: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,8 @@ class PipelineConfig:
     seed: int = 0
     device: str = "cpu"
     artifacts: str = "artifacts"
+    # what the model's outputs are: auto (detected from their shapes) | classify | dense | sequence | embedding
+    task: str = "auto"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
@@ -215,6 +223,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "dataset.train_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.val_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.test_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
+    "dataset.input_size": (lambda v: v is None or (4 <= min(v) and max(v) <= 1024), "[H, W] with 4..1024 per side"),
+    "task": (lambda v: v in ("auto", "classify", "dense", "sequence", "embedding"),
+             "auto|classify|dense|sequence|embedding"),
     "baseline.epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
     "baseline.batch_size": (lambda v: v >= 1, ">= 1"),
     "baseline.lr": (lambda v: v > 0, "> 0"),
@@ -258,6 +269,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "benchmark.samples": (lambda v: v >= 1, ">= 1"),
     "benchmark.warmup": (lambda v: v >= 0, ">= 0"),
     "benchmark.batch": (lambda v: v >= 1, ">= 1"),
+    "benchmark.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 

@@ -21,6 +21,7 @@ from pipeline.checkpoint import load_card
 from pipeline.entropy.container import unpack_to_onnx
 from pipeline.pseudo_labels import NOTE, PSEUDO
 from pipeline.stage_api import StageContext
+from pipeline.fidelity_gate import apply_gate, measure_fidelity
 
 #: config of other stages the report's "settings" block records (the benchmark stage declares these as reads)
 REPORT_READS = (
@@ -102,7 +103,9 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
 
     ctx.log.info("benchmark: timing %d variants interleaved (%d samples each, %d thread(s))", len(files), bcfg.samples, bcfg.threads)
     lat = measure_latency(files, target, shape, batch=bcfg.batch, samples=bcfg.samples, warmup=bcfg.warmup,
-                          threads=bcfg.threads, seed=cfg.seed, shipped_ort=_shipped_ort(ctx, mobile))
+                          threads=bcfg.threads, seed=cfg.seed, shipped_ort=_shipped_ort(ctx, mobile), raw=True)
+    raw_ms = {n: lat[n].pop("samples_ms") for n in lat}  # for the gate's ratio interval, not the report
+    card = load_card(ctx.inputs["baseline"].dir)
     variants: list[dict[str, Any]] = []
     for name, path in files.items():
         stats = onnx_layer_stats(path, shape)
@@ -138,6 +141,9 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
                 "note": "graph rebuilt by `lowrank-deploy unpack` from the container; latency is the int8 graph's",
             }
         )
+        fid = measure_fidelity(card, {**files, "unpacked": rebuilt}, x, y)  # per head, against the original
+    for v in variants:
+        v["outputs"] = fid[v["name"]]
     by = {v["name"]: v for v in variants}
     orig, ship = by["original"], by["int8"]
     headline = {
@@ -149,6 +155,11 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         "basis": "size: fp32 original ONNX vs entropy-coded container; speed: p50 of original fp32 vs int8 "
                  "(faster_fp32: vs decomposed fp32); accuracy: original vs model unpacked from the container",
     }
+    # max_drop applied to every variant that could ship; raises FidelityGateError (nothing ships) when none passes
+    gate = apply_gate(cfg.benchmark.max_drop, target.name, variants, fid, raw_ms, chunk=5)
+    shipped = gate.shipped[target.name]
+    headline.update({"text": gate.headline[target.name], "shipped": shipped.variant,
+                     "shipped_speed_ratio": shipped.speed_ratio, "shipped_smaller": shipped.smaller})
     try:
         node_profile = profile_nodes(files["finetuned"], target, shape, runs=20)
     except Exception as e:  # profiling is a diagnostic: never fail the report on it
@@ -190,6 +201,7 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
                                                   "table_bits_per_weight", "decode_mb_s", "read_mb_s")}, "streams": len(ent.get("streams", []))},
         "layers": json.loads((ctx.inputs["factorize"].dir / "layers.json").read_text()),
         "node_profile": node_profile,
+        "gate": gate.as_dict(),
         "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images",
                                                          "reduce_range")},
         "finetune": {k: v for k, v in fin.items() if not isinstance(v, (list, dict))},

@@ -18,6 +18,7 @@ from pipeline.config import PipelineConfig, to_dict
 from pipeline.data import DatasetSplits, load_dataset
 from pipeline.data.core import unnormalised
 from pipeline.errors import PipelineError
+from pipeline.geometry import resolve_input_size
 from pipeline.pseudo_labels import apply_labels, load_labels
 from pipeline.registry import Registry
 from pipeline.spec import ModelSpec
@@ -94,7 +95,8 @@ class StageContext:
                                 f"otherwise miss the dataset settings); add it to the stage's @stage(reads=...)")
         if "data" not in self.cache:
             d = self.cfg.dataset
-            data = load_dataset(self.cfg.data, seed=self.cfg.seed, split_sizes=(d.train_size, d.val_size, d.test_size))
+            data = load_dataset(self.cfg.data, seed=self.cfg.seed, input_size=resolve_input_size(self.cfg),
+                                split_sizes=(d.train_size, d.val_size, d.test_size))
             if ModelSpec.parse(self.cfg.model).is_onnx:
                 data = unnormalised(data)
             base = self.inputs.get("baseline")

@@ -46,6 +46,8 @@ def fmt(v: Any) -> str:
 def headline_text(report: dict) -> str:
     """``"N x smaller, M x faster, accuracy a% -> b%"``: the first line of the Markdown report."""
     h = report["headline"]
+    if h.get("text"):  # the fidelity gate's line: names the shipped variant, never "faster" for a slower one
+        return str(h["text"])
     return (f"{h['smaller']:.1f}x smaller, {h['faster']:.2f}x faster, "
             f"accuracy {_pct(h.get('acc_from'))} -> {_pct(h.get('acc_to'))}")
 

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from pipeline.data.core import DATASETS, DatasetSplits, Loader, Split
+from pipeline.data.core import DATASETS, DatasetSplits, Loader, Split, as_hw
 from pipeline.errors import ConfigError
 
 # Importing the loader modules registers them (order = the order `list datasets` shows).
@@ -26,7 +26,7 @@ from pipeline.data import npz as _npz  # noqa: E402,F401
 from pipeline.data import imagefolder as _imagefolder  # noqa: E402,F401
 from pipeline.data import cifar10 as _cifar10  # noqa: E402,F401
 
-__all__ = ["DATASETS", "NO_SIZES", "DatasetSplits", "Split", "SplitSizes", "check_split_sizes", "dataset_names",
+__all__ = ["DATASETS", "NO_SIZES", "DatasetSplits", "Split", "SplitSizes", "as_hw", "check_split_sizes", "dataset_names",
            "load_dataset", "make_loader"]
 
 
@@ -58,14 +58,15 @@ def check_split_sizes(spec: str, split_sizes: SplitSizes) -> None:
             raise ConfigError(f"dataset.{key}={s} must be >= 1 (or null for the dataset's default)")
 
 
-def load_dataset(spec: str, seed: int = 0, input_size: int | None = None,
+def load_dataset(spec: str, seed: int = 0, input_size: "int | tuple[int, int] | None" = None,
                  split_sizes: SplitSizes = NO_SIZES) -> DatasetSplits:
     """Load a dataset into memory, split and normalised.
 
     Args:
         spec: ``name`` or ``name:PATH`` (e.g. ``"digits"``, ``"npz:data/x.npz"``).
         seed: the only randomness (splits; generation for ``shapes``).
-        input_size: square side to produce/resize to; None keeps the dataset's natural size.
+        input_size: ``(H, W)`` (or one side for a square) to produce/resize to; None keeps the dataset's natural
+            size. Files (npz, image folders) take any H x W; generated datasets are square.
         split_sizes: ``(train, val, test)`` image counts for a generated dataset (config section ``dataset``);
             None entries keep the dataset's defaults.
 
@@ -81,15 +82,20 @@ def load_dataset(spec: str, seed: int = 0, input_size: int | None = None,
         raise ConfigError(f"dataset spec {spec!r} is empty; use one of: {', '.join(DATASETS.names())}")
     name, _, path = spec.partition(":")
     loader = DATASETS.get(name)
-    if input_size is not None and (int(input_size) < 4 or int(input_size) > 1024):
-        raise ConfigError(f"dataset {spec!r}: input_size={input_size} is out of range; use 4..1024")
+    hw = None if input_size is None else as_hw(input_size)
+    if hw is not None and (min(hw) < 4 or max(hw) > 1024):
+        raise ConfigError(f"dataset {spec!r}: input_size={input_size} is out of range; use 4..1024 per side")
+    any_hw = DATASETS.meta(name).get("any_hw", False)
+    if hw is not None and hw[0] != hw[1] and not any_hw:
+        raise ConfigError(f"dataset {name!r} is generated square; input_size={list(hw)} is not; use a square size, "
+                          f"or an npz/imagefolder dataset for H != W")
     needs_path = DATASETS.meta(name).get("needs_path", False)
     if needs_path and not path:
         raise ConfigError(f"dataset {name!r} needs a path: write it as '{name}:PATH'")
     if not needs_path and path:
         raise ConfigError(f"dataset {name!r} takes no path (got {path!r}); write plain '{name}'")
     check_split_sizes(spec, split_sizes)
-    size = None if input_size is None else int(input_size)
+    size = None if hw is None else (hw if any_hw else hw[0])
     if DATASETS.meta(name).get("split_sizes", False):
         return loader(path or None, int(seed), size, split_sizes=tuple(split_sizes))
     return loader(path or None, int(seed), size)

@@ -47,6 +47,19 @@ class DatasetSplits:
     std: tuple[float, ...]
     class_names: list[str]
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(H, W)`` of the images (``input_size`` is kept as W for square-only callers)."""
+        return int(self.train.x.shape[-2]), int(self.train.x.shape[-1])
+
+
+def as_hw(size: "int | tuple[int, int] | list[int]") -> tuple[int, int]:
+    """``(H, W)`` from one side (square) or a pair."""
+    if isinstance(size, (tuple, list)):
+        h, w = size
+        return int(h), int(w)
+    return int(size), int(size)
+
 
 #: name -> loader(path: str | None, seed: int, input_size: int | None) -> DatasetSplits
 DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
@@ -114,14 +127,17 @@ def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return ((x.float() - m) / s).contiguous()
 
 
-def resize(x: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Bilinear resize of ``(N, C, H, W)`` float images to ``size x size`` (antialiased when shrinking), chunked."""
-    if x.shape[-2:] == (size, size):
+def resize(x: torch.Tensor, size: "int | tuple[int, int]", chunk: int = 1024) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` float images to ``size`` (one side: square; or ``(H, W)``), antialiased
+    when shrinking, chunked. The aspect ratio is not kept (each axis is scaled on its own, no padding): a model with
+    a fixed input expects the whole image in its frame, and padding would feed it borders it never saw."""
+    h, w = as_hw(size)
+    if tuple(x.shape[-2:]) == (h, w):
         return x
-    shrink = size < max(x.shape[-2:])
-    out = [F.interpolate(x[i:i + chunk].float(), size=(size, size), mode="bilinear", align_corners=False,
+    shrink = h < x.shape[-2] or w < x.shape[-1]
+    out = [F.interpolate(x[i:i + chunk].float(), size=(h, w), mode="bilinear", align_corners=False,
                          antialias=shrink) for i in range(0, x.shape[0], chunk)]
-    return torch.cat(out) if out else x.float().new_zeros((0, x.shape[1], size, size))
+    return torch.cat(out) if out else x.float().new_zeros((0, x.shape[1], h, w))
 
 
 def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[torch.Tensor | None, ...],

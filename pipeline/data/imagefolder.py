@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.core import DATASETS, DatasetSplits, finish, resize, split_indices
+from pipeline.data.core import DATASETS, DatasetSplits, as_hw, finish, resize, split_indices
 from pipeline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _scan(root: Path, class_names: list[str], what: str) -> list[tuple[Path, int
     return items
 
 
-def _read_images(items: list[tuple[Path, int]], input_size: int | None, gray: bool) -> torch.Tensor:
+def _read_images(items: list[tuple[Path, int]], input_size: "tuple[int, int] | None", gray: bool) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -66,8 +66,9 @@ def _read_images(items: list[tuple[Path, int]], input_size: int | None, gray: bo
                     im.load()
                     im = _to_mode(im, gray)
                     size = im.size
-                    if input_size is not None and size != (input_size, input_size):
-                        im = im.resize((input_size, input_size), Image.BILINEAR)
+                    # PIL sizes are (W, H); the policy is a plain bilinear resize to (H, W), aspect not kept, no pad
+                    if input_size is not None and size != (input_size[1], input_size[0]):
+                        im = im.resize((input_size[1], input_size[0]), Image.BILINEAR)
                     a = np.asarray(im, dtype=np.float32)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise InputError(f"image {str(f)!r} is too large ({e}); images above {MAX_IMAGE_PIXELS} pixels are "
@@ -80,14 +81,11 @@ def _read_images(items: list[tuple[Path, int]], input_size: int | None, gray: bo
             elif size != first[1]:
                 raise InputError(
                     f"images have different sizes: {str(first[0])!r} is {first[1][0]}x{first[1][1]} but {str(f)!r} "
-                    f"is {size[0]}x{size[1]}; pass an input size to resize them all"
+                    f"is {size[0]}x{size[1]} (W x H); set dataset.input_size: [H, W] to resize them all"
                 )
         arrays.append(a[None] if gray else a.transpose(2, 0, 1))
     # _to_mode gives 8-bit-range values for every source depth, so one scale fits all.
     x = torch.from_numpy(np.stack(arrays)).float() / 255.0
-    if input_size is None and x.shape[-1] != x.shape[-2]:
-        raise InputError(f"images are {x.shape[-1]}x{x.shape[-2]} (e.g. {str(items[0][0])!r}), not square; pass an "
-                         f"input size to resize them")
     return x
 
 
@@ -117,8 +115,8 @@ def _all_gray(items: list[tuple[Path, int]]) -> bool:
     return True
 
 
-@DATASETS.register("imagefolder", needs_path=True)
-def load_imagefolder(path: str | None, seed: int, input_size: int | None) -> DatasetSplits:
+@DATASETS.register("imagefolder", needs_path=True, any_hw=True)
+def load_imagefolder(path: str | None, seed: int, input_size: "int | tuple[int, int] | None") -> DatasetSplits:
     """Load ``PATH/<class>/*.png|jpg``; or ``PATH/{train,val,test}/<class>/...`` when those split folders exist.
 
     Grayscale-only folders give 1 channel, anything else RGB. Without split folders the images are split
@@ -127,7 +125,8 @@ def load_imagefolder(path: str | None, seed: int, input_size: int | None) -> Dat
     Args:
         path: the root folder.
         seed: split seed.
-        input_size: resize every image to this side; without it all images must share one square size.
+        input_size: resize every image to this ``(H, W)`` (or square side) by bilinear interpolation of each axis
+            on its own (aspect ratio not kept, no padding or cropping); without it all images must share one size.
 
     Raises:
         ConfigError: no path.
@@ -156,7 +155,7 @@ def load_imagefolder(path: str | None, seed: int, input_size: int | None) -> Dat
     every = [it for items in split_items.values() for it in items]
     gray = _all_gray(every)
     # Read everything in one pass so the mixed-size check compares files across splits too.
-    x_all = _read_images(every, input_size, gray)
+    x_all = _read_images(every, None if input_size is None else as_hw(input_size), gray)
     y_all = torch.tensor([label for _, label in every], dtype=torch.int64)
     bounds, start = {}, 0
     for s, items in split_items.items():
@@ -178,5 +177,5 @@ def load_imagefolder(path: str | None, seed: int, input_size: int | None) -> Dat
             tr, va, _ = split_indices(len(ytr), ytr.numpy(), seed, (0.9, 0.1, 0.0))
             parts = [(xtr[torch.from_numpy(tr)], ytr[torch.from_numpy(tr)]),
                      (xtr[torch.from_numpy(va)], ytr[torch.from_numpy(va)]), part("test")]
-    xs = tuple(resize(x, int(x_all.shape[-1])) for x, _ in parts)
+    xs = tuple(resize(x, tuple(x_all.shape[-2:])) for x, _ in parts)
     return finish(f"imagefolder:{root.name}", xs, tuple(y for _, y in parts), len(class_names), class_names)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.core import DATASETS, DatasetSplits, finish, resize, split_indices
+from pipeline.data.core import DATASETS, DatasetSplits, as_hw, finish, resize, split_indices
 from pipeline.errors import ConfigError, InputError
 
 # Largest class count accepted (ImageNet-21k-sized heads are far beyond what this pipeline deploys).
@@ -70,8 +70,8 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y
 
 
-@DATASETS.register("npz", needs_path=True)
-def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSplits:
+@DATASETS.register("npz", needs_path=True, any_hw=True)
+def load_npz(path: str | None, seed: int, input_size: "int | tuple[int, int] | None") -> DatasetSplits:
     """Load images ``x`` and optional labels ``y`` (plus optional ``x_val/y_val``, ``x_test/y_test``).
 
     Optional ``class_names`` (string array) or ``num_classes`` (scalar) fix the class count; otherwise it is
@@ -80,7 +80,8 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
     Args:
         path: the ``.npz`` file.
         seed: split seed.
-        input_size: resize to this side; required when images are not square.
+        input_size: resize to this ``(H, W)`` (or square side); None keeps the stored size (any H x W, the same in
+            every split).
 
     Raises:
         ConfigError: no path.
@@ -119,8 +120,6 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
         if x.shape[0] == 0:
             raise InputError(f"{where} is empty; store at least one image")
         h, w = x.shape[2], x.shape[3]
-        if input_size is None and h != w:
-            raise InputError(f"{where}: images are {h}x{w}, not square; pass an input size to resize them")
         if min(h, w) < 4 or max(h, w) > 8 * min(h, w):
             raise InputError(f"{where}: image size {h}x{w} is not a usable image (too small or too elongated)")
         xt = images_to_float(x, where)
@@ -133,9 +132,10 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
     if len(set(chans.values())) > 1:
         raise InputError(f"npz dataset {path!r}: splits have different channel counts {chans}; make them equal")
     if input_size is None:
-        sizes = {s: t.shape[-1] for s, (t, _) in splits.items()}
+        sizes = {s: tuple(t.shape[-2:]) for s, (t, _) in splits.items()}
         if len(set(sizes.values())) > 1:
-            raise InputError(f"npz dataset {path!r}: splits have different image sizes {sizes}; pass an input size")
+            raise InputError(f"npz dataset {path!r}: splits have different image sizes (H, W) {sizes}; set "
+                             f"dataset.input_size: [H, W] to resize them all")
     class_names: list[str] | None = None
     if "class_names" in arrays:
         class_names = [str(c) for c in np.asarray(arrays["class_names"]).reshape(-1)]
@@ -162,7 +162,7 @@ def load_npz(path: str | None, seed: int, input_size: int | None) -> DatasetSpli
                          f"accepted: labels must be 0..K-1 class indices")
     if class_names is None:
         class_names = [str(i) for i in range(num_classes)]
-    size = int(input_size) if input_size else int(splits[""][0].shape[-1])
+    size = as_hw(input_size) if input_size else tuple(int(v) for v in splits[""][0].shape[-2:])
     x, y = splits[""]
     if "_val" in splits and "_test" in splits:
         parts = [splits[""], splits["_val"], splits["_test"]]

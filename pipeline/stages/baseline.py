@@ -8,6 +8,8 @@ from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
 from pipeline.errors import InputError
 from pipeline.finetune.trainer import train_baseline
+from pipeline.heads.kinds import HeadSpec
+from pipeline.heads.measure import probe_onnx_heads
 from pipeline.models import build_model, class_count_from_weights, load_onnx_model, load_weights, onnx_model_info
 from pipeline.spec import ModelSpec
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
@@ -18,15 +20,29 @@ def _check_onnx_fits(cfg, info: dict[str, Any], data) -> None:
     """Raise InputError when the ONNX model's geometry does not match the dataset's."""
     want = {"in_channels": data.in_channels, "num_classes": data.num_classes}
     bad = {k: (info[k], v) for k, v in want.items() if v and info.get(k) and info[k] != v}
-    if info.get("input_size") and info["input_size"] != data.input_size:
-        bad["input_size"] = (info["input_size"], data.input_size)
+    if info.get("input_hw") and tuple(info["input_hw"]) != data.input_hw:
+        bad["input (H, W)"] = (tuple(info["input_hw"]), data.input_hw)
     if bad:
         detail = ", ".join(f"{k}: model {m} vs dataset {d}" for k, (m, d) in bad.items())
         raise InputError(f"ONNX model {cfg.model!r} does not fit dataset {cfg.data!r} ({detail}); "
                          f"use a dataset of the model's geometry (images are fed as stored, not normalised)")
 
 
-@stage("baseline", reads=("baseline", DATASET), version=2)
+def _heads(cfg, data) -> list[HeadSpec]:
+    """The ONNX model's output heads, probed once at the data's real (C, H, W) on two validation images."""
+    x = data.val.x[:2] if len(data.val) >= 2 else data.train.x[:2]
+    return probe_onnx_heads(cfg.model, x.numpy(), task=cfg.task)
+
+
+def _card_task(heads: list[HeadSpec]) -> tuple[str, str]:
+    """``(task, output)`` of the card: a single classifier keeps ``classify/logits``, anything else is heads."""
+    if len(heads) == 1 and heads[0].kind == "classify":
+        return "classify", "logits"
+    kinds = {h.kind for h in heads}
+    return (kinds.pop() if len(kinds) == 1 else "multi"), "heads"
+
+
+@stage("baseline", reads=("baseline", DATASET, "task"), version=3)
 def run(ctx: StageContext) -> StageOutput:
     """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
 
@@ -51,42 +67,56 @@ def run(ctx: StageContext) -> StageOutput:
     num_classes = data.num_classes
     history: dict[str, Any] = {}
     fallback: str | None = None
+    heads: list[HeadSpec] = []
+    hw = data.input_hw
     if is_onnx:
         # An imported ONNX model is already trained: check it fits the data, then use it as is.
         if cfg.weights:
             raise InputError(f"--weights is not used with an ONNX model ({cfg.model!r} carries its weights); "
                              f"drop --weights")
-        info = onnx_model_info(cfg.model)
+        info = onnx_model_info(cfg.model, probe_hw=hw)
         _check_onnx_fits(cfg, info, data)
-        num_classes = int(info["num_classes"])  # the model's output; the dataset may declare none
-        model, fallback = load_onnx_model(cfg.model, (data.in_channels, data.input_size, data.input_size))
+        heads = _heads(cfg, data)
+        # the first output's classes (K, C or D); the dataset may declare none
+        num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
+        model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
         if fallback:
             ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
                             "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
         source = "onnx"
     elif cfg.weights:
         if not num_classes:  # unlabelled and undeclared: the checkpoint's classifier says how many
-            num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, data.input_size)
-        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
+            num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, min(hw))
+        model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
         load_weights(model, cfg.weights)
         source = "weights"
     else:
-        model = build_model(cfg.model, num_classes, data.in_channels, data.input_size)
+        model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
         model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
         source = "trained"
     model = model.cpu().eval()
     check_finite(model, "baseline")
+    task, output = _card_task(heads) if heads else ("classify", "logits")
+    classify = task == "classify"
     card = ModelCard(
         spec=cfg.model,
-        num_classes=int(num_classes),
+        num_classes=max(1, int(num_classes)),
         in_channels=int(data.in_channels),
-        input_size=int(data.input_size),
+        input_size=int(hw[1]),
+        input_hw=None if hw[0] == hw[1] else (int(hw[0]), int(hw[1])),
+        heads=tuple(h.as_dict() for h in heads),
+        task=task,
+        output=output,
         mean=tuple(float(m) for m in data.mean),
         std=tuple(float(s) for s in data.std),
-        class_names=tuple(data.class_names) if len(data.class_names) == int(num_classes) else None,
+        class_names=tuple(data.class_names) if classify and len(data.class_names) == int(num_classes) else None,
     )
     files = save_model(model, card, ctx.out_dir)
-    if not labelled:
+    if not labelled and not classify:
+        # argmax of a map, a sequence or an embedding is no label: later stages distil from the raw outputs
+        ctx.log.info("baseline: dataset %s has no labels and the model's outputs are %s; fidelity to the original's "
+                     "raw outputs is measured instead of accuracy", cfg.data, ", ".join(h.kind for h in heads))
+    elif not labelled:
         labels = pseudo_labels.predict_labels(model, data, batch=EVAL_BATCH)
         files.append(pseudo_labels.save_labels(ctx.out_dir, labels))
         data = pseudo_labels.apply_labels(data, labels, int(num_classes))
@@ -96,9 +126,11 @@ def run(ctx: StageContext) -> StageOutput:
     macs, params = macs_params(model, card, ctx.out_dir)
     metrics = {
         "source": source,
-        "labels": pseudo_labels.DATASET if labelled else pseudo_labels.PSEUDO,
-        "val_accuracy": accuracy(model, data.val),
-        "test_accuracy": accuracy(model, data.test),
+        "labels": pseudo_labels.DATASET if labelled else (pseudo_labels.PSEUDO if classify else "none"),
+        "val_accuracy": accuracy(model, data.val) if classify else float("nan"),
+        "test_accuracy": accuracy(model, data.test) if classify else float("nan"),
+        "input_shape": list(card.input_shape),
+        "heads": [dict(h) for h in card.heads],
         "macs": macs,
         "params": params,
         "train_seconds": history.get("seconds"),

@@ -3,6 +3,8 @@ finetune (``quantize.qat_epochs``), so the checkpoint this stage writes is the o
 """
 from __future__ import annotations
 
+import dataclasses
+
 from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
@@ -11,6 +13,7 @@ from pipeline.finetune import FinetuneJob, finetune as run_finetune
 from pipeline.quantize.qat import qat_finetune
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
 from pipeline.stages._common import accuracy, check_finite, example_input, is_graph, load, macs_params, seed
+from pipeline.stages._heads import card_heads, distill_heads, fidelity, summary, torch_outputs, uses_heads
 
 FINETUNE_SKIPPED = ("the model exists only as an ONNX graph (the torch importer cannot convert it), which cannot be "
                     "trained; the factorized graph is used as is")
@@ -29,6 +32,8 @@ def run(ctx: StageContext) -> StageOutput:
         return _skip(ctx, student, card, labels)
     teacher, _ = load(ctx, "baseline")
     seed(ctx.cfg.seed)
+    if uses_heads(card):
+        return _distil_heads(ctx, student, teacher, card, labels)
     job = FinetuneJob(
         student=student,
         teacher=teacher,
@@ -64,6 +69,46 @@ def run(ctx: StageContext) -> StageOutput:
     if qat is not None:
         metrics["qat"] = qat_metrics
     ctx.log.info("finetune (%s): test accuracy %.4f", metrics["method"], metrics["test_accuracy"])
+    return StageOutput(files + ["history.json"], metrics)
+
+
+def _distil_heads(ctx: StageContext, student, teacher, card: ModelCard, labels: str) -> StageOutput:
+    """Outputs that are not one classifier (maps, sequences, embeddings, several): distil from the original's raw
+    outputs per head, whatever ``finetune.method`` says (its losses need class labels), and measure fidelity."""
+    data = ctx.data()
+    heads = card_heads(card)
+    if ctx.cfg.finetune.method not in ("kd", "none"):
+        ctx.log.warning("finetune: method %s needs class labels; the model's outputs are %s, so it is distilled "
+                        "from the original's raw outputs instead", ctx.cfg.finetune.method,
+                        ", ".join(h.kind for h in heads))
+    if ctx.cfg.quantize.qat_epochs > 0:
+        ctx.log.warning("finetune: quantization-aware training needs class labels; skipped for %s outputs",
+                        ", ".join(h.kind for h in heads))
+    cfg = ctx.cfg.finetune
+    if cfg.method == "none":
+        cfg = dataclasses.replace(cfg, epochs=0)
+    model, history = distill_heads(student, teacher, heads, data.train, data.val, cfg, ctx.cfg.seed,
+                                   ctx.cfg.device)
+    model = model.cpu().eval()
+    check_finite(model, "finetune")
+    ref = torch_outputs(teacher.cpu(), data.test.x, heads)
+    entries = fidelity(heads, ref, torch_outputs(model, data.test.x, heads))
+    files = save_model(model, card, ctx.out_dir)
+    atomic_write_json(ctx.out_dir / "history.json", history)
+    macs, params = count_macs_params(model, example_input(card))
+    metrics = {
+        "method": "distill_heads" if cfg.method != "none" else "none",
+        "configured_method": ctx.cfg.finetune.method,
+        "labels": labels,
+        "test_accuracy": float("nan"),
+        "val_accuracy": float("nan"),
+        "fidelity": entries,
+        "best_val_loss": history["best_val_loss"],
+        "seconds": history["seconds"],
+        "macs": macs,
+        "params": params,
+    }
+    ctx.log.info("finetune (distillation per head): test fidelity %s", summary(entries))
     return StageOutput(files + ["history.json"], metrics)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from benchmarks.accuracy import onnx_accuracy, onnx_predict
 from exporters.metadata import write_metadata
 from pipeline.checkpoint import load_card
+from pipeline.fidelity_gate import onnx_fidelity
 from pipeline.quantize.ort_static import output_sqnr, quantize_static
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
 from pipeline.stages._deliver import DELIVERABLES, ship
@@ -52,9 +53,17 @@ def run(ctx: StageContext) -> StageOutput:
         y = data.test.y.numpy()
         metrics["fp32_test_accuracy"] = float((ref.argmax(1) == y).mean())
         metrics["test_accuracy"] = float((q.argmax(1) == y).mean())
-    ctx.log.info("quantize: int8 test accuracy %s, top-1 agreement %.4f, SQNR %.1f dB",
-                 metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
-    meta = deploy_meta(load_card(ctx.inputs["baseline"].dir))
+    card = load_card(ctx.inputs["baseline"].dir)
+    if card.output == "heads":  # outputs that are not one classifier: per-head fidelity, no argmax agreement
+        metrics["fidelity"] = onnx_fidelity(card, fp32, out, test_x)
+        metrics["agreement"] = None
+        ctx.log.info("quantize: int8 fidelity to the fp32 model: %s", "; ".join(
+            ", ".join(f"{k} {v:.4f}" for k, v in e.items() if isinstance(v, float)) + f" ({e['name']})"
+            for e in metrics["fidelity"]))
+    else:
+        ctx.log.info("quantize: int8 test accuracy %s, top-1 agreement %.4f, SQNR %.1f dB",
+                     metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
+    meta = deploy_meta(card)
     write_metadata(out, meta)
     shipped, ship_metrics = ship(cfg, ctx.out_dir, fp32, out, meta)
     metrics.update(ship_metrics)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pipeline.data import load_dataset
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 
 
 def _npz(tmp_path: Path, name: str = "d.npz", **arrays: np.ndarray) -> str:
@@ -54,10 +54,21 @@ def test_npz_presplit_resize_and_unlabelled(tmp_path: Path) -> None:
     assert len(d.test) == 5 and len(d.train) + len(d.val) == 30
 
 
+def test_npz_any_geometry(tmp_path: Path) -> None:
+    """Non-square images load at their stored H x W; ``input_size`` (H, W) resizes each axis on its own."""
+    x = np.random.default_rng(0).random((20, 3, 12, 40)).astype(np.float32)
+    d = load_dataset(_npz(tmp_path, "r.npz", x=x), seed=0)
+    assert d.input_hw == (12, 40) and d.test.x.shape[1:] == (3, 12, 40)
+    d = load_dataset(_npz(tmp_path, "r.npz", x=x), seed=0, input_size=(6, 20))
+    assert d.input_hw == (6, 20)
+    with pytest.raises(ConfigError, match="generated square"):
+        load_dataset("digits", seed=0, input_size=(16, 32))
+
+
 @pytest.mark.parametrize("case,arrays,match", [
     ("no_x", {"images": np.zeros((4, 8, 8))}, "no array 'x'"),
     ("bad_rank", {"x": np.zeros((4, 8))}, "3 or 4 dimensions"),
-    ("not_square", {"x": np.zeros((4, 8, 12))}, "not square"),
+    ("mixed_sizes", {"x": np.zeros((4, 8, 12)), "x_test": np.zeros((4, 8, 8))}, r"dataset.input_size: \[H, W\]"),
     ("len_mismatch", {"x": np.zeros((4, 8, 8)), "y": np.zeros(5, dtype=np.int64)}, "5 labels for 4 images"),
     ("negative", {"x": np.zeros((4, 8, 8)), "y": np.array([0, 1, -1, 0])}, "negative"),
     ("float_labels", {"x": np.zeros((4, 8, 8)), "y": np.array([0.5, 1, 0, 0])}, "integers"),
@@ -106,6 +117,10 @@ def test_imagefolder_good(tmp_path: Path) -> None:
     assert sorted(np.bincount(d.test.y.numpy()).tolist()) == [3, 3, 3]
     d16 = load_dataset(f"imagefolder:{tmp_path / 'ds'}", seed=0, input_size=16)
     assert d16.train.x.shape[1:] == (3, 16, 16)
+    d_rect = load_dataset(f"imagefolder:{tmp_path / 'ds'}", seed=0, input_size=(8, 24))
+    assert d_rect.input_hw == (8, 24)
+    _write_folder(tmp_path / "wide", {"a": 5, "b": 5}, size=(30, 12))  # PIL (W, H): 12 high, 30 wide
+    assert load_dataset(f"imagefolder:{tmp_path / 'wide'}", seed=0).input_hw == (12, 30)
 
 
 def test_imagefolder_gray_and_presplit(tmp_path: Path) -> None:

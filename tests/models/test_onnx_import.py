@@ -292,14 +292,16 @@ def test_build_model_and_model_info(exported: dict[tuple[str, int], Path], tmp_p
     model = build_model(str(path), num_classes=3, in_channels=3, input_size=16)
     assert isinstance(model, OnnxGraphModule)
     info = onnx_model_info(path)
-    assert info == {"num_classes": 3, "in_channels": 3, "input_size": None, "input_name": "input"}
+    assert info == {"num_classes": 3, "in_channels": 3, "input_size": None, "input_hw": None,
+                    "input_name": "input"}
     fixed = tmp_path / "fixed.onnx"
     m = ConvBnRelu().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(m, (torch.randn(1, 3, 20, 20),), str(fixed), dynamo=False, opset_version=13,
                           input_names=["img"])
-    assert onnx_model_info(fixed) == {"num_classes": 5, "in_channels": 3, "input_size": 20, "input_name": "img"}
+    assert onnx_model_info(fixed) == {"num_classes": 5, "in_channels": 3, "input_size": 20, "input_hw": (20, 20),
+                                      "input_name": "img"}
 
 
 # ------------------------------------------------------------------------------------------ hand-built ONNX graphs

@@ -66,6 +66,12 @@ def _reduce_mean(g: G, x: str, axes: list[int], keepdims: int) -> str:
     return g.op("ReduceMean", [x], axes=axes, keepdims=keepdims)[0]
 
 
+def _reduce(g: G, op: str, x: str, axes: list[int], keepdims: int, input_from: int) -> str:
+    if g.opset >= input_from:
+        return g.op(op, [x, g.ints(axes)], keepdims=keepdims)[0]
+    return g.op(op, [x], axes=axes, keepdims=keepdims)[0]
+
+
 def _resize(g: G, x: str, scales: list[float] | None = None, sizes: str | None = None, **attrs: Any) -> str:
     roi = g.const(np.zeros(0))
     sc = g.const(scales) if scales is not None else g.const(np.zeros(0))
@@ -140,6 +146,14 @@ CASES: dict[str, tuple[int, Callable[[G, str], str]]] = {
     "layernorm_last_axis": (17, lambda g, x: g.op("LayerNormalization", [x, g.w(6), g.w(6)], axis=-1,
                                                   epsilon=1e-5)[0]),
     "layernorm_two_axes_no_bias": (17, lambda g, x: g.op("LayerNormalization", [x, g.w(6, 6)], axis=-2)[0]),
+    "logsoftmax_channels": (11, lambda g, x: g.op("LogSoftmax", [x], axis=1)[0]),
+    "logsoftmax_last": (11, lambda g, x: g.op("LogSoftmax", [x], axis=-1)[0]),
+    "reducesum_spatial_keepdims": (11, lambda g, x: _reduce(g, "ReduceSum", x, [2, 3], 1, 13)),
+    "reducesum_channels_dropped": (11, lambda g, x: _reduce(g, "ReduceSum", x, [1], 0, 13)),
+    "reducel2_channels_normalise": (11, lambda g, x: g.op("Div", [x, _reduce(g, "ReduceL2", x, [1], 1, 18)])[0]),
+    "reducel2_all_axes": (11, lambda g, x: g.op("Mul", [x, g.op("ReduceL2", [x], keepdims=1)[0]])[0]),
+    "expand_const_shape": (11, lambda g, x: g.op("Add", [x, g.op("Expand", [g.w(1, 4, 1, 1), g.ints([1, 1, 6, 6])])[0]])[0]),
+    "expand_runtime_shape": (11, lambda g, x: g.op("Mul", [x, g.op("Expand", [g.w(4, 1, 6), g.op("Shape", [x])[0]])[0]])[0]),
     "softmax_channels": (11, lambda g, x: g.op("Softmax", [x], axis=1)[0]),
     "softmax_last": (11, lambda g, x: g.op("Softmax", [x], axis=-1)[0]),
     "hardsigmoid": (11, lambda g, x: g.op("HardSigmoid", [x], alpha=0.3, beta=0.4)[0]),

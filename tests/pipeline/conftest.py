@@ -19,6 +19,9 @@ FAST = [
     "benchmark.samples=8",
     "benchmark.warmup=2",
     "benchmark.html=true",
+    # 4 baseline epochs on 1078 digits leave a model whose factorized variants drift ~2 points: the gate is
+    # loosened for these shared fast runs (its refusals are tested on their own)
+    "benchmark.max_drop=0.15",
 ]
 
 

@@ -101,7 +101,10 @@ def _pipeline(tmp: Path, elu: bool):
     torch.manual_seed(0)
     data = _unlabelled_npz(tmp / "images.npz")
     model = _export(TinyCNN(elu=elu), tmp / ("elu_cnn.onnx" if elu else "tiny_cnn.onnx"), _raw_images(data))
-    cfg = fast_config(tmp / "artifacts", model=str(model), data=f"npz:{data}")
+    # This random-weight CNN is not low rank: after one finetune epoch its variants agree with it on ~30% of the
+    # images, which the fidelity gate refuses. These tests are about the plumbing; the gate is tested in
+    # test_wild_e2e.py, so it is opened here.
+    cfg = fast_config(tmp / "artifacts", "benchmark.max_drop=1.0", model=str(model), data=f"npz:{data}")
     return cfg, run(cfg, progress=False), model, data
 
 

@@ -15,7 +15,7 @@ from pipeline.models.onnx.prepare import fold_constant_nodes
 from pipeline.models.onnx.validate import check_onnx_file
 from pipeline.ort_session import make_session
 
-__all__ = ["onnx_model_info"]
+__all__ = ["declared_input_hw", "onnx_model_info"]
 
 # Spatial side used only when the model's input side is dynamic and the class count must be found by running it.
 _PROBE_SIZE = 224
@@ -27,6 +27,26 @@ def _run_first_output(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x, np.float32)})[0])
 
 
+def declared_input_hw(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(H, W)`` the model's single NCHW input fixes, or None when either spatial axis is dynamic (weights are not
+    loaded: only the graph's input declaration is read)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # missing or corrupt: onnx_model_info (check_onnx_file) names the problem and the fix
+        return None
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    if len(inputs) != 1:
+        return None  # onnx_model_info names the problem
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[2] is None or dims[3] is None:
+        return None
+    return int(dims[2]), int(dims[3])
+
+
 def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | None = None) -> dict[str, Any]:
     """Geometry of an ONNX classifier, to check a dataset against it before any work is done.
 
@@ -36,8 +56,9 @@ def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | No
             spatial axes are dynamic (the data's real size); 224 x 224 when not given.
 
     Returns:
-        ``{"num_classes": int, "in_channels": int, "input_size": int | None, "input_name": str}``; ``input_size`` is
-        the square input side when the graph fixes it, ``None`` when the spatial axes are dynamic (or not square).
+        ``{"num_classes": int, "in_channels": int, "input_size": int | None, "input_hw": (H, W) | None,
+        "input_name": str}``; ``input_size`` is the square input side when the graph fixes it, ``None`` when the
+        spatial axes are dynamic (or not square); ``input_hw`` the fixed ``(H, W)``, None when either is dynamic.
 
     Raises:
         InputError: invalid file, not exactly one input, a non NCHW input, or a dynamic channel axis.
@@ -83,4 +104,5 @@ def onnx_model_info(path: str | os.PathLike[str], probe_hw: tuple[int, int] | No
         y = y[0] if isinstance(y, tuple) else y
         num_classes = int(y.shape[class_axis])
     return {"num_classes": int(num_classes), "in_channels": int(dims[1]),
-            "input_size": h if h is not None and h == w else None, "input_name": inp.name}
+            "input_size": h if h is not None and h == w else None,
+            "input_hw": (int(h), int(w)) if h is not None and w is not None else None, "input_name": inp.name}

@@ -81,9 +81,29 @@ class InterpretedOps(GraphBuilder):
         self.generic(n, {"axes": self.axes(n, 18) or [], "keepdims": bool(self.attr(n, "keepdims", 1)),
                           "noop": bool(self.attr(n, "noop_with_empty_axes", 0))}, [n.input[0]])
 
+    def _reduce(self, n: Any, axes_input_from: int) -> None:
+        self.generic(n, {"axes": self.axes(n, axes_input_from) or [], "keepdims": bool(self.attr(n, "keepdims", 1)),
+                          "noop": bool(self.attr(n, "noop_with_empty_axes", 0))}, [n.input[0]])
+
+    def op_ReduceSum(self, n: Any) -> None:
+        self._reduce(n, 13)  # axes became an input at opset 13 for ReduceSum, at 18 for the others
+
+    def op_ReduceL2(self, n: Any) -> None:
+        self._reduce(n, 18)
+
+    def op_Expand(self, n: Any) -> None:
+        if self.is_const(n.input[1]):
+            self.generic(n, {"shape": self.ints(self.consts[n.input[1]])}, [n.input[0]])
+        else:  # a run-time shape (e.g. from Shape of the batch)
+            self.generic(n, {"shape": None})
+
     def op_Softmax(self, n: Any) -> None:
         legacy = self.opset < 13
         self.generic(n, {"axis": int(self.attr(n, "axis", 1 if legacy else -1)), "legacy": legacy})
+
+    def op_LogSoftmax(self, n: Any) -> None:
+        legacy = self.opset < 13
+        self.generic(n, {"axis": int(self.attr(n, "axis", 1 if legacy else -1)), "legacy": legacy, "log": True})
 
     def op_Transpose(self, n: Any) -> None:
         perm = self.attr(n, "perm", None)

@@ -21,9 +21,9 @@ __all__ = ["ONNX_TO_TORCH_DTYPE", "OPS", "SUPPORTED_OPS", "check_supported", "de
 
 SUPPORTED_OPS: frozenset[str] = frozenset({
     "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Div", "Dropout", "Erf", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
-    "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad",
-    "Pow", "ReduceMean", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt",
+    "ConvTranspose", "Div", "Dropout", "Erf", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
+    "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul", "Pad",
+    "Pow", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt",
     "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Upsample",
 })
 
@@ -106,11 +106,12 @@ def _flatten(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
 
 def _softmax(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
     x = args[0]
+    fn = torch.log_softmax if a.get("log") else torch.softmax
     axis = a["axis"] + x.dim() if a["axis"] < 0 else a["axis"]
     if not a["legacy"] or axis == x.dim() - 1:
-        return torch.softmax(x, dim=axis)
-    # Opset < 13: softmax over all dims from `axis` on, flattened together.
-    return torch.softmax(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)
+        return fn(x, dim=axis)
+    # Opset < 13: (log-)softmax over all dims from `axis` on, flattened together.
+    return fn(x.reshape(*x.shape[:axis], -1), dim=-1).reshape(x.shape)
 
 
 def _gather(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
@@ -178,13 +179,28 @@ def _constant_of_shape(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
     return torch.full(shape, a["value"].reshape(()).item(), dtype=a["value"].dtype)
 
 
-def _reduce_mean(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
-    x = args[0]
-    if not a["axes"]:
-        if a["noop"]:
-            return x
-        return x.mean(dim=tuple(range(x.dim())), keepdim=a["keepdims"])
-    return x.mean(dim=tuple(a["axes"]), keepdim=a["keepdims"])
+def _reducer(reduce: Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """An ONNX Reduce* op from ``reduce(x, dims, keepdim)``: empty axes reduce every axis unless
+    ``noop_with_empty_axes`` (then the input passes through)."""
+    def op(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
+        x = args[0]
+        if not a["axes"]:
+            if a["noop"]:
+                return x
+            return reduce(x, tuple(range(x.dim())), a["keepdims"])
+        return reduce(x, tuple(a["axes"]), a["keepdims"])
+    return op
+
+
+_reduce_mean = _reducer(lambda x, d, k: x.mean(dim=d, keepdim=k))
+_reduce_sum = _reducer(lambda x, d, k: x.sum(dim=d, keepdim=k))
+_reduce_l2 = _reducer(lambda x, d, k: torch.sqrt((x * x).sum(dim=d, keepdim=k)))
+
+
+def _expand(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
+    # ONNX Expand broadcasts both ways (a 1 in `shape` keeps the input's size), unlike torch's expand
+    shape = a["shape"] if a.get("shape") is not None else [int(v) for v in args[1].reshape(-1).tolist()]
+    return args[0].expand(torch.broadcast_shapes(tuple(args[0].shape), tuple(shape)))
 
 
 def _div(args: list[Any], a: dict[str, Any]) -> torch.Tensor:
@@ -259,9 +275,13 @@ OPS: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
     "Softmax": _softmax,
+    "LogSoftmax": _softmax,
     "Pad": _pad,
     "Transpose": _transpose,
     "ReduceMean": _reduce_mean,
+    "ReduceSum": _reduce_sum,
+    "ReduceL2": _reduce_l2,
+    "Expand": _expand,
     "Slice": _slice,
     "Cast": lambda args, a: args[0].to(a["dtype"]),
     "MatMul": lambda args, a: torch.matmul(args[0], args[1]),
