@@ -195,7 +195,7 @@ def _onnx_ops(path: Path) -> Counter:
 
 
 def fix_batch(src: str | Path, dst: str | Path, batch: int = 1, meta: DeployMeta | None = None) -> dict:
-    """Copy of ``src`` with the symbolic batch axis (axis 0 of inputs and outputs) fixed to ``batch``.
+    """Copy of ``src`` with the symbolic batch axis (axis 0 of the inputs, the same symbol in the outputs) fixed.
 
     NNAPI and CoreML only take static shapes. Shapes inside the graph are re-inferred. Metadata is kept; with
     ``meta`` the ``lowrank.*`` keys are rewritten for this copy (``lowrank.batch`` = ``batch``).
@@ -209,14 +209,21 @@ def fix_batch(src: str | Path, dst: str | Path, batch: int = 1, meta: DeployMeta
     if not src.is_file():
         raise InputError(f"fix_batch: {src} does not exist; export the model first")
     proto = onnx.load(str(src))
+    # The batch is axis 0 of the inputs; an output carries it wherever its symbol appears (a CTC head's [T, N, K]
+    # has it on axis 1), so outputs are fixed by symbol, never by position.
     params: set[str] = set()
-    for v in list(proto.graph.input) + list(proto.graph.output):
+    for v in proto.graph.input:
         dims = v.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_param"):
             params.add(dims[0].dim_param)
         if dims:
             dims[0].Clear()
             dims[0].dim_value = int(batch)
+    for v in proto.graph.output:
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in params:
+                d.Clear()
+                d.dim_value = int(batch)
     del proto.graph.value_info[:]  # stale symbolic shapes; re-inferred below
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     if meta is not None:
