@@ -13,6 +13,7 @@ process would have drawn, so 1-process and W-process runs see the same global ba
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import sys
@@ -36,6 +37,16 @@ LossFn = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, dict[str, float]]"]
 
 
 # ----------------------------------------------------------------------------------------------- basics
+
+_log = logging.getLogger("lowrank_deploy")  # the runner's logger: stderr and run.log
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so a run is reproducible on CPU for a given seed."""
     random.seed(seed)
@@ -268,7 +279,9 @@ def train_epochs(
             desc=f"{desc} {ep + 1}",
             leave=False,
             file=sys.stderr,
-            disable=not (progress and info.is_main),
+            # Off a terminal tqdm's carriage-return updates flood the log (95 KB for a tiny run): one line per
+            # epoch is logged below instead.
+            disable=not (progress and info.is_main and _stderr_is_tty()),
             dynamic_ncols=True,
         )
         for x, y in bar:
@@ -324,6 +337,9 @@ def train_epochs(
         if epoch_end is not None:
             entry.update(epoch_end(model))
         hist.append(entry)
+        if progress and info.is_main and not _stderr_is_tty():
+            _log.info("%s epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f", desc, ep + 1, epochs + epoch_offset,
+                      entry["loss"], entry["train_acc"], entry["val_acc"])
         score = float(entry[score_key])
         if score > best_score:
             best_score, best_epoch = score, ep + 1

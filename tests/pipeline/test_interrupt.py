@@ -2,8 +2,10 @@
 deliverables are byte-identical to an uninterrupted run's (which also shows the artifacts are reproducible)."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 

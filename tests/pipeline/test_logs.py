@@ -1,0 +1,18 @@
+"""Logs of a run whose stderr is not a terminal stay small: one line per epoch and stage, no progress-bar updates."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_non_tty_run_writes_little_to_stderr_and_everything_to_run_log(tmp_path):
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts",
+           str(tmp_path), "--upto", "finetune", "--set", "baseline.epochs=3", "--set", "finetune.epochs=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(out.stderr.encode()) < 20_000, f"{len(out.stderr)} bytes on stderr"
+    assert "\r" not in out.stderr  # no carriage-return progress updates
+    assert "baseline epoch 3/3" in out.stderr  # one line per epoch instead
+    log = (tmp_path / "tiny" / "run.log").read_text()
+    assert "baseline epoch 1/3" in log and "run complete" in log
