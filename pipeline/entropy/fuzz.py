@@ -43,8 +43,8 @@ from pipeline.errors import ContainerError
 
 MUTATIONS = ("bit-flip", "truncate", "insert-delete", "overwrite", "header-edit", "prefix", "trailing", "random-file")
 _PACKAGE = Path(__file__).resolve().parent  # rejection sites are named relative to pipeline/entropy
-_HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, "x", "", None, True, [], {}, [2**40],
-                       [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
+HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, 3.0, "x", "", None, True, [], {}, [2**40],
+                      [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
 
 
 class CaseTimeout(Exception):
@@ -95,11 +95,9 @@ def _reseal(body: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def _edit_header(data: bytes, r: random.Random) -> bytes:
-    """Replace one header value (top level, a column, or one entry of a column) by a hostile one; keep the JSON
-    canonical so the strict schema checks behind it are reached."""
-    raw0, payloads = split_container(data)
-    header = json.loads(raw0)
+def mutate_header(header: dict, r: random.Random) -> None:
+    """Replace one value of a parsed (column form) header in place (top level, a column, or one entry of a column)
+    by a hostile one. Shared with the native decoder's fuzz test, so both readers see the same corruptions."""
     target = r.choice([header, header["streams"], header["records"]])
     key = r.choice(sorted(target))
     op = r.random()
@@ -115,16 +113,24 @@ def _edit_header(data: bytes, r: random.Random) -> bytes:
         elif r.random() < 0.3:
             del col[i]
         else:
-            col[i] = r.choice(_HOSTILE)
+            col[i] = r.choice(HOSTILE)
     elif isinstance(target.get(key), int) and not isinstance(target.get(key), bool):
         target[key] = target[key] + r.choice([-2**40, -1, 1, 7, 2**40])
     else:
-        target[key] = r.choice(_HOSTILE)
+        target[key] = r.choice(HOSTILE)
+
+
+def edit_header(data: bytes, r: random.Random, header_coders: tuple[int | None, ...] = (None, 0, 1)) -> bytes:
+    """One hostile header value; keep the JSON canonical so the strict schema checks behind it are reached.
+    Returns the body without its sha256 (the caller reseals or corrupts it)."""
+    raw0, payloads = split_container(data)
+    header = json.loads(raw0)
+    mutate_header(header, r)
     try:
         raw = canonical(header)
     except (ValueError, TypeError):
         raw = raw0
-    return seal(raw, payloads, header_coder=r.choice([None, 0, 1]))[:-32]
+    return seal(raw, payloads, header_coder=r.choice(header_coders))[:-32]
 
 
 def mutate(seed: bytes, r: random.Random) -> bytes:
@@ -160,7 +166,7 @@ def _apply(d: bytearray, op: int, r: random.Random) -> bytes:
         n = r.randint(1, 32)
         body[i:i + n] = bytes(r.randrange(256) for _ in range(min(n, len(body) - i)))
     elif op == 4:  # header value edits, canonical JSON kept so the strict schema checks are reached
-        body = bytearray(_edit_header(bytes(d), r))
+        body = bytearray(edit_header(bytes(d), r))
     elif op == 5:  # prefix fields: version, header length, header coder, coded header length
         field = r.randrange(4)
         if field == 0:

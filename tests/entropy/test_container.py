@@ -20,6 +20,7 @@ from pipeline.entropy.container import GRAPH_KEY, INLINE_MAX_BYTES, pack_onnx, r
 from pipeline.entropy.fuzz import split_container
 from pipeline.errors import ContainerError, InputError
 from pipeline.quantize.ort_static import quantize_static
+from tests.helpers.containers import GRAPH_LEVEL, header_mutations, identity_model
 from tests.helpers.onnx_models import export, images, run, tiny_net
 
 
@@ -48,20 +49,6 @@ def _build(header: dict, payload: bytes, version: int = F.VERSION, raw_header: b
     """A container with a valid sha256 around an arbitrary header: reaches the checks behind the hash."""
     h = raw_header if raw_header is not None else F.canonical(header)
     return F.seal(h, payload, version=version, header_coder=header_coder)
-
-
-def _save(inits: dict[str, np.ndarray], path: Path, dq: dict[str, tuple[str, str]] | None = None) -> Path:
-    """A model whose outputs are its initializers (Identity), plus DequantizeLinear nodes {out: (q, scale)}."""
-    nodes = [helper.make_node("Identity", [k], [k + "_out"]) for k in inits]
-    outs = [helper.make_tensor_value_info(k + "_out", helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-            for k, v in inits.items()]
-    for o, (q, sc) in (dq or {}).items():
-        nodes.append(helper.make_node("DequantizeLinear", [q, sc], [o], axis=0))
-        outs.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, inits[q].shape))
-    graph = helper.make_graph(nodes, "g", [], outs,
-                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -122,7 +109,7 @@ def test_lossless_narrowing_and_odd_tensors(tmp_path: Path) -> None:
         v = inits[k]
         assert arrays[k].dtype == v.dtype and arrays[k].shape == v.shape and arrays[k].tobytes() == v.tobytes()
     big = {f"{k}_big": np.resize(v, 64) for k, v in inits.items() if v.size}  # over the inline limit: records
-    stats = pack_onnx(_save(big, tmp_path / "big.onnx"), tmp_path / "big.lrdc")
+    stats = pack_onnx(identity_model(big, tmp_path / "big.onnx"), tmp_path / "big.lrdc")
     stored = {t["name"]: t["stored_dtype"] for t in stats["tensors"]}
     assert stored == {"f_big": "float16", "g_big": "float32", "i_big": "int8", "s_big": "float16", "b_big": "bool",
                       "d_big": "float64"}
@@ -203,54 +190,18 @@ def test_prefix_errors_have_clear_messages(packed: bytes) -> None:
         read_container(Path("/nonexistent/x.lrdc"))
 
 
-def _mutations(header: dict) -> dict[str, dict]:
-    """Hostile edits of the on-disk (column form) header."""
-    import copy
-
-    def m(f):  # noqa: ANN001, ANN202
-        h = copy.deepcopy(header)
-        f(h)
-        return h
-
-    rec, st = "records", "streams"
-    t1 = header[rec]["name"][1]
-    last = max(range(len(header[rec]["start"])), key=lambda i: header[rec]["start"][i])
-    return {
-        "unknown header field": m(lambda h: h.update(extra=1)),
-        "missing header field": m(lambda h: h.pop("producer")),
-        "unknown record column": m(lambda h: h[rec].update(bits=[4] * len(h[rec]["name"]))),
-        "missing record column": m(lambda h: h[rec].pop("crc32")),
-        "unknown stream column": m(lambda h: h[st].update(bits=[4] * len(h[st]["coder"]))),
-        "ragged columns": m(lambda h: h[rec]["crc32"].pop()),
-        "records not columns": m(lambda h: h.update(records=[{"name": "x"}])),
-        "offsets not contiguous": m(lambda h: h[st]["offset"].__setitem__(1, h[st]["offset"][1] + 1)),
-        "record start not contiguous": m(lambda h: h[rec]["start"].__setitem__(last, h[rec]["start"][last] + 1)),
-        "record in a missing stream": m(lambda h: h[rec]["stream"].__setitem__(1, len(h[st]["coder"]))),
-        "stream nbytes != its records": m(lambda h: h[st]["nbytes"].__setitem__(1, h[st]["nbytes"][1] + 1)),
-        "unused stream": m(lambda h: [h[st][k].append(0) for k in h[st]]),
-        "no streams": m(lambda h: [h[st][k].clear() for k in h[st]]),
-        "graph not first": m(lambda h: h[rec]["name"].__setitem__(0, "g")),
-        "nbytes != prod(shape)": m(lambda h: h[rec]["shape"].__setitem__(2, [3, 99])),
-        "duplicate names": m(lambda h: h[rec]["name"].__setitem__(2, t1)),
-        "unknown coder": m(lambda h: h[st].update(coder=[7] * len(h[st]["coder"]))),
-        "crc mismatch": m(lambda h: h[rec]["crc32"].__setitem__(3, (h[rec]["crc32"][3] + 1) % 2**32)),
-        "bool as int": m(lambda h: h[rec]["start"].__setitem__(1, False)),
-        "bad dtype": m(lambda h: h[rec]["dtype"].__setitem__(1, "object")),
-        "bad narrowing": m(lambda h: h[rec]["stored_dtype"].__setitem__(1, "int64")),
-        "graph not uint8": m(lambda h: h[rec]["dtype"].__setitem__(0, "float32")),
-        "reserved name": m(lambda h: h[rec]["name"].__setitem__(1, GRAPH_KEY)),
-        "negative length": m(lambda h: h[st]["length"].__setitem__(0, -1)),
-        "too many dims": m(lambda h: h[rec]["shape"].__setitem__(1, [1] * 40)),
-    }
-
-
-def test_header_validation_behind_a_valid_hash(packed: bytes) -> None:
+def test_header_validation_behind_a_valid_hash(packed: bytes, tmp_path: Path) -> None:
     header, payload = _split(packed)
     read_container(_build(header, payload))  # the rebuilt original is valid
-    for what, h in _mutations(header).items():
+    for what, h in header_mutations(header).items():
         with pytest.raises(ContainerError):
-            read_container(_build(h, payload))
+            if what in GRAPH_LEVEL:  # consistent in itself: rejected when the graph is rebuilt
+                (tmp_path / "m.lrdc").write_bytes(_build(h, payload))
+                unpack_to_onnx(tmp_path / "m.lrdc", tmp_path / "m.onnx")
+            else:
+                read_container(_build(h, payload))
             pytest.fail(what)
+        assert not (tmp_path / "m.onnx").exists(), what
     raw = F.canonical(header)
     for what, rh in {"whitespace": json.dumps(header, sort_keys=True).encode(),
                      "duplicate key": b'{"format":"LRDC",' + raw[1:],
@@ -304,7 +255,7 @@ def test_realistic_laplacian_weights_within_one_percent_of_order0(tmp_path: Path
     w = rng.laplace(0, 1, (256, 96, 3, 3)) * rng.uniform(0.5, 2, (256, 1, 1, 1))
     s = (np.abs(w).reshape(256, -1).max(1) / 127).astype(np.float32)
     q = np.clip(np.round(w / s[:, None, None, None]), -127, 127).astype(np.int8)
-    path = _save({"w_q": q, "w_s": s}, tmp_path / "m.onnx", dq={"w": ("w_q", "w_s")})
+    path = identity_model({"w_q": q, "w_s": s}, tmp_path / "m.onnx", dq={"w": ("w_q", "w_s")})
     stats = pack_onnx(path, tmp_path / "m.lrdc", zstd_level=3)
     assert stats["total_bits_per_weight"] < 1.005 * stats["order0_bits_per_weight"]
     by_name = {t["name"]: t for t in stats["tensors"]}
@@ -328,7 +279,7 @@ def test_low_bit_grids_and_every_coder_bit_exact(tmp_path: Path) -> None:
         lvl = 2 ** (bits - 1) - 1
         inits[f"g{bits}"] = (np.clip(np.round(rng.laplace(0, lvl / 2, n)), -lvl, lvl) * (127 // lvl)).astype(np.int8)
     inits["bias"] = rng.integers(-2**20, 2**20, 333).astype(np.int32)
-    path = _save(inits, tmp_path / "m.onnx")
+    path = identity_model(inits, tmp_path / "m.onnx")
     for coder in ("auto", "huffman", "rans", "rans16", "rans16ch", "planes"):
         pack_onnx(path, tmp_path / f"{coder}.lrdc", coder=coder, zstd_level=3)  # verifies decode + re-encode itself
         _, arrays = read_container(tmp_path / f"{coder}.lrdc")
@@ -365,7 +316,7 @@ def _tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
        pool=st.booleans())
 def test_random_tensors_round_trip_bit_exact(tmp_path: Path, inits: dict[str, np.ndarray], coder: str,
                                              pool: bool) -> None:
-    path = _save(inits, tmp_path / "r.onnx")
+    path = identity_model(inits, tmp_path / "r.onnx")
     pack_onnx(path, tmp_path / "r.lrdc", coder=coder, zstd_level=3, pool=pool)  # checks decode -> re-encode too
     arrays = _initializers(unpack_to_onnx(tmp_path / "r.lrdc", tmp_path / "u.onnx"))
     for k, v in inits.items():

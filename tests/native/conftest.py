@@ -7,12 +7,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
 from pipeline.config import QuantizeConfig
 from pipeline.quantize.ort_static import quantize_static
+from tests.helpers.containers import identity_model
 from tests.helpers.onnx_models import export, images, tiny_net
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,20 +61,6 @@ def batch(native_build: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
 
 # ------------------------------------------------------------------------------------------------------ models
-def save_model(inits: dict[str, np.ndarray], path: Path, dq: dict[str, tuple[str, str]] | None = None) -> Path:
-    """A model whose outputs are its initializers (Identity), plus DequantizeLinear nodes {out: (q, scale)}."""
-    nodes = [helper.make_node("Identity", [k], [k + "_out"]) for k in inits]
-    outs = [helper.make_tensor_value_info(k + "_out", helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-            for k, v in inits.items()]
-    for o, (q, sc) in (dq or {}).items():
-        nodes.append(helper.make_node("DequantizeLinear", [q, sc], [o], axis=0))
-        outs.append(helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, inits[q].shape))
-    graph = helper.make_graph(nodes, "g", [], outs,
-                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small models: an int8 conv net, the same at 4-bit weights, and odd tensors (narrowings, bool, empty, scalar,
@@ -105,5 +90,5 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "const": np.full(500, 7, np.int8),
         "scalar": np.array(3.25, np.float32),
     }
-    save_model(inits, d / "odd.onnx", dq={"w_deq": ("w_q", "w_s")})
+    identity_model(inits, d / "odd.onnx", dq={"w_deq": ("w_q", "w_s")})
     return {"int8": d / "int8.onnx", "int4": d / "int4.onnx", "odd": d / "odd.onnx"}

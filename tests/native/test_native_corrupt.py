@@ -7,13 +7,13 @@ import json
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from pipeline.entropy.container import GRAPH_KEY, pack_onnx, read_container, unpack_to_onnx
+from pipeline.entropy.container import pack_onnx, read_container, unpack_to_onnx
 from pipeline.errors import ContainerError
+from tests.helpers.containers import header_mutations
 from tests.native.conftest import Batch
 from tests.native.lrdc_tools import canonical, reseal, seal, split
 
@@ -44,59 +44,6 @@ def _assert_both_reject(cli: Path, cases: dict[str, bytes], tmp: Path) -> None:
         assert r.returncode == 1, (what, r.returncode, r.stderr)
         assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("lrdc-decode: "), (what, r.stderr)
         assert not dst.exists() and not list(tmp.glob("c.onnx.tmp*")), what
-
-
-def _mutations(header: dict) -> dict[str, dict]:
-    """Hostile edits of the on-disk (column form) header (the list of tests/entropy/test_container.py)."""
-    def m(f: Callable[[dict], Any]) -> dict:
-        h = copy.deepcopy(header)
-        f(h)
-        return h
-
-    rec, st = "records", "streams"
-    t1 = header[rec]["name"][1]
-    last = max(range(len(header[rec]["start"])), key=lambda i: header[rec]["start"][i])
-    return {
-        "unknown header field": m(lambda h: h.update(extra=1)),
-        "missing header field": m(lambda h: h.pop("producer")),
-        "unknown record column": m(lambda h: h[rec].update(bits=[4] * len(h[rec]["name"]))),
-        "missing record column": m(lambda h: h[rec].pop("crc32")),
-        "unknown stream column": m(lambda h: h[st].update(bits=[4] * len(h[st]["coder"]))),
-        "ragged columns": m(lambda h: h[rec]["crc32"].pop()),
-        "records not columns": m(lambda h: h.update(records=[{"name": "x"}])),
-        "offsets not contiguous": m(lambda h: h[st]["offset"].__setitem__(1, h[st]["offset"][1] + 1)),
-        "record start not contiguous": m(lambda h: h[rec]["start"].__setitem__(last, h[rec]["start"][last] + 1)),
-        "record in a missing stream": m(lambda h: h[rec]["stream"].__setitem__(1, len(h[st]["coder"]))),
-        "stream nbytes != its records": m(lambda h: h[st]["nbytes"].__setitem__(1, h[st]["nbytes"][1] + 1)),
-        "unused stream": m(lambda h: [h[st][k].append(0) for k in h[st]]),
-        "no streams": m(lambda h: [h[st][k].clear() for k in h[st]]),
-        "graph not first": m(lambda h: h[rec]["name"].__setitem__(0, "g")),
-        "nbytes != prod(shape)": m(lambda h: h[rec]["shape"].__setitem__(2, [3, 99])),
-        "duplicate names": m(lambda h: h[rec]["name"].__setitem__(2, t1)),
-        "unknown coder": m(lambda h: h[st].update(coder=[7] * len(h[st]["coder"]))),
-        "crc mismatch": m(lambda h: h[rec]["crc32"].__setitem__(3, (h[rec]["crc32"][3] + 1) % 2**32)),
-        "bool as int": m(lambda h: h[rec]["start"].__setitem__(1, False)),
-        "bad dtype": m(lambda h: h[rec]["dtype"].__setitem__(1, "object")),
-        "bad narrowing": m(lambda h: h[rec]["stored_dtype"].__setitem__(1, "int64")),
-        "graph not uint8": m(lambda h: h[rec]["dtype"].__setitem__(0, "float32")),
-        "reserved name": m(lambda h: h[rec]["name"].__setitem__(1, GRAPH_KEY)),
-        "negative length": m(lambda h: h[st]["length"].__setitem__(0, -1)),
-        "too many dims": m(lambda h: h[rec]["shape"].__setitem__(1, [1] * 40)),
-        "wrong version": m(lambda h: h.update(version=4)),
-        "float version": m(lambda h: h.update(version=3.5)),
-        "zstd level out of range": m(lambda h: h.update(zstd_level=23)),
-        "producer not a string": m(lambda h: h.update(producer=5)),
-        "producer too long": m(lambda h: h.update(producer="x" * 1025)),
-        "name too long": m(lambda h: h[rec]["name"].__setitem__(1, "n" * 4097)),
-        "empty name": m(lambda h: h[rec]["name"].__setitem__(1, "")),
-        "crc32 too large": m(lambda h: h[rec]["crc32"].__setitem__(1, 2**32)),
-        "huge int": m(lambda h: h[rec]["start"].__setitem__(1, 2**70)),
-        "shape entry too large": m(lambda h: h[rec]["shape"].__setitem__(1, [2**31 + 1])),
-        "coder out of range": m(lambda h: h[st]["coder"].__setitem__(0, 256)),
-        "ghost name": m(lambda h: h[rec]["name"].__setitem__(1, "ghost")),
-        "dtype disagrees with graph": m(lambda h: h[rec]["dtype"].__setitem__(
-            1, "uint8" if h[rec]["dtype"][1] == "int8" else "int8")),
-    }
 
 
 def test_truncations_and_trailing_bytes(native_build: dict[str, Path], packed: bytes, tmp_path: Path) -> None:
@@ -153,7 +100,7 @@ def test_prefix_errors(native_build: dict[str, Path], packed: bytes, tmp_path: P
 def test_header_validation_behind_a_valid_hash(native_build: dict[str, Path], packed: bytes, tmp_path: Path) -> None:
     raw, payload = split(packed)
     header = json.loads(raw)
-    cases = {what: seal(canonical(h), payload) for what, h in _mutations(header).items()}
+    cases = {what: seal(canonical(h), payload) for what, h in header_mutations(header).items()}
     cases.update({what: seal(rh, payload) for what, rh in {
         "whitespace": json.dumps(header, sort_keys=True).encode(),
         "duplicate key": b'{"format":"LRDC",' + raw[1:],

@@ -5,11 +5,9 @@ block type against zlib. No sanitizer report, no crash, and every case is either
 decoded to the same bytes by both."""
 from __future__ import annotations
 
-import json
 import random
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -17,17 +15,17 @@ import pytest
 from onnx import helper, numpy_helper
 
 from pipeline.entropy.coders import CODERS
+from pipeline.entropy.coders.bits import uleb
 from pipeline.entropy.container import pack_onnx, unpack_to_onnx
+from pipeline.entropy.fuzz import edit_header
 from pipeline.errors import ContainerError
 from tests.native.conftest import Batch
-from tests.native.lrdc_tools import canonical, reseal, seal, split
+from tests.native.lrdc_tools import reseal
 
 CONTAINER_CASES = 2400
 CODER_CASES = 1200
 DEFLATE_CASES = 2000
 SEED = 20261202
-_HOSTILE: list[Any] = [0, -1, 1, 2**31, 2**32, 2**40, 2**63, -(2**63), 1.5, 3.0, "x", "", None, True, [], {}, [2**40],
-                       [0], [-1], "float32", "int8", "object", "__lrdc_graph__"]
 
 
 def _seed_model(path: Path) -> Path:
@@ -47,36 +45,6 @@ def _seed_model(path: Path) -> Path:
     g = helper.make_graph(nodes, "fuzz_seed", [x], [y], [numpy_helper.from_array(v, k) for k, v in t.items()])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
-
-
-def _edit_header(data: bytes, r: random.Random) -> bytes:
-    raw0, payload = split(data)
-    header = json.loads(raw0)
-    target = r.choice([header, header["streams"], header["records"]])
-    key = r.choice(sorted(target))
-    op = r.random()
-    if op < 0.1:
-        target.pop(key)
-    elif op < 0.2:
-        target[f"extra{r.randrange(9)}"] = 1
-    elif op < 0.7 and isinstance(target.get(key), list) and target[key]:
-        col = target[key]
-        i = r.randrange(len(col))
-        if isinstance(col[i], int) and not isinstance(col[i], bool) and r.random() < 0.6:
-            col[i] = col[i] + r.choice([-2**40, -1, 1, 7, 2**40])
-        elif r.random() < 0.3:
-            del col[i]
-        else:
-            col[i] = r.choice(_HOSTILE)
-    elif isinstance(target.get(key), int) and not isinstance(target.get(key), bool):
-        target[key] = target[key] + r.choice([-2**40, -1, 1, 7, 2**40])
-    else:
-        target[key] = r.choice(_HOSTILE)
-    try:
-        raw = canonical(header)
-    except (ValueError, TypeError):
-        raw = raw0
-    return seal(raw, payload, header_coder=r.choice([0, 1]))[:-32]
 
 
 def _mutate(seed: bytes, r: random.Random) -> bytes:
@@ -100,7 +68,7 @@ def _mutate(seed: bytes, r: random.Random) -> bytes:
         n = r.randint(1, 32)
         body[i:i + n] = bytes(r.randrange(256) for _ in range(min(n, len(body) - i)))
     elif op == 4:
-        body = bytearray(_edit_header(bytes(d), r))
+        body = bytearray(edit_header(bytes(d), r, header_coders=(0, 1)))
     elif op == 5:
         field = r.randrange(4)
         if field == 0:
@@ -193,15 +161,6 @@ def test_fuzz_coder_payloads(batch: Batch, seeds: list[bytes], tmp_path: Path) -
         assert got == want, f"case {i} ({name}): outputs differ"
 
 
-def _uleb(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def test_fuzz_inflate_against_zlib(batch: Batch, tmp_path: Path) -> None:
     # The native decoder inflates huffman payloads itself (no zlib). Any RFC 1951 stream is valid there, so the
     # packer's one dynamic block is not enough: stored, fixed and dynamic blocks with matches (zlib's own encoder),
@@ -240,7 +199,7 @@ def test_fuzz_inflate_against_zlib(batch: Batch, tmp_path: Path) -> None:
         want_n = n if r.random() < 0.8 else r.choice([max(0, n - 1), n + 1])
         if want_n == 0:
             continue
-        payload = bytes([1]) + _uleb(want_n) + bytes(stream)
+        payload = bytes([1]) + uleb(want_n) + bytes(stream)
         try:
             want = huffman.decode(payload, want_n)
         except ContainerError:
