@@ -23,6 +23,7 @@ from pipeline.factorize.formats.stats import LayerStats
 from pipeline.factorize.latency import measure_variants
 from pipeline.factorize.plan import LayerReport, Plan, pointwise_format, set_module, target_layers
 from pipeline.factorize.ranks import SELECTORS, model_selector, select_ranks
+from pipeline.torch_eval import eval_mode
 
 __all__ = ["BREAK_EVEN_MARGIN", "LayerReport", "NODE_OVERHEAD_MACS", "Plan", "apply_structure", "break_even",
            "count_macs_params", "factorize_model", "factorize_with_structure", "plan_layers", "probe_sizes",
@@ -36,53 +37,47 @@ NODE_OVERHEAD_MACS = 200_000
 BREAK_EVEN_MARGIN = 0.05
 
 
+def _hooked_forward(model: nn.Module, example_input: torch.Tensor,
+                    hook: Callable[[str, tuple, torch.Tensor], None]) -> None:
+    """One no-grad eval forward with ``hook(layer_name, inputs, output)`` on every target layer; flags restored."""
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, inp, out))
+               for name, m in target_layers(model)]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def probe_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
     """``{name: (input_hw, output_hw)}`` of every conv (``(1, 1)`` sizes for linear layers) from one forward pass."""
     sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
-    hooks = []
-    for name, m in target_layers(model):
-        def hook(mod, inp, out, name=name):
-            if out.dim() == 4:
-                sizes[name] = (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
-            else:
-                sizes[name] = ((1, 1), (1, 1))
-        hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    def hook(name: str, inp: tuple, out: torch.Tensor) -> None:
+        if out.dim() == 4:
+            sizes[name] = (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:]))
+        else:
+            sizes[name] = ((1, 1), (1, 1))
+
+    _hooked_forward(model, example_input, hook)
     return sizes
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """Conv/linear multiply-accumulates per sample (forward hooks) and the number of parameters."""
     total = [0]
-    hooks = []
     batch = example_input.shape[0]
+    layers = dict(target_layers(model))
 
-    def hook(mod, inp, out):
+    def hook(name: str, inp: tuple, out: torch.Tensor) -> None:
+        mod = layers[name]
         if isinstance(mod, nn.Conv2d):
             kh, kw = mod.kernel_size
             total[0] += out.numel() // batch * (mod.in_channels // mod.groups) * kh * kw
         else:
             total[0] += out.numel() // batch * mod.in_features
 
-    for _, m in target_layers(model):
-        hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _hooked_forward(model, example_input, hook)
     return int(total[0]), int(sum(p.numel() for p in model.parameters()))
 
 
