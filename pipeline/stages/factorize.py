@@ -14,6 +14,7 @@ from pipeline.data import Split
 from pipeline.factorize.onnx_graph import factorize_graph
 from pipeline.factorize.plan import out_of_reach_macs
 from pipeline.factorize.swap import count_macs_params, factorize_model
+from pipeline.finetune.layerwise import layerwise_reconstruct
 from pipeline.finetune.trainer import evaluate
 from pipeline.models.ort_graph import OrtGraphModel
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
@@ -35,17 +36,24 @@ def run(ctx: StageContext) -> StageOutput:
     sub = Split(data.val.x[:n_eval], data.val.y[:n_eval] if data.val.y is not None else None)
     eval_fn = (lambda m: float(evaluate(m, sub, batch_size=EVAL_BATCH))) if sub.y is not None else None
     calib = _calibration_images(ctx, data)
+    fcfg = ctx.cfg.factorize
     t0 = time.perf_counter()
-    fact, layers, structure = factorize_model(model, ctx.cfg.factorize, example_input(card), eval_fn=eval_fn,
-                                              calib_images=calib)
+    fact, layers, structure = factorize_model(model, fcfg, example_input(card), eval_fn=eval_fn,
+                                              calib_images=calib if fcfg.objective == "outputs" else None)
     seconds = time.perf_counter() - t0
+    layerwise = _layerwise(ctx, model, fact, structure, calib)
     fact.eval()
     files = save_model(fact, card.with_structure(structure), ctx.out_dir)
     rows = [asdict(r) for r in layers]
+    for row in rows:  # the layer-wise finetune's relative output MSE of each layer it trained
+        tuned = layerwise.get("_per_layer", {}).get(row["name"])
+        if tuned is not None:
+            row["layerwise_mse"] = [tuned["mse_before"], tuned["mse_after"]]
+    layerwise.pop("_per_layer", None)
     atomic_write_json(ctx.out_dir / "layers.json", rows)
     macs0, params0 = count_macs_params(model, example_input(card))
     macs1, params1 = count_macs_params(fact, example_input(card))
-    metrics = _metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds)
+    metrics = {**_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds), **layerwise}
     ctx.log.info(
         "factorize: %d layers factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy before finetune %.4f",
         metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"], metrics["test_accuracy"],
@@ -71,11 +79,33 @@ def _metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[i
     }
 
 
-def _calibration_images(ctx: StageContext, data) -> torch.Tensor | None:
-    """Training images for the output objective (``factorize.objective=outputs``): a seeded subset, as the model
-    sees them (the loaders normalise); None for the weight-space objective, which needs no data."""
+def _layerwise(ctx: StageContext, dense, fact, structure: dict[str, Any], calib: torch.Tensor | None) -> dict[str, Any]:
+    """Layer-wise reconstruction finetune (``factorize.layerwise_steps`` > 0): each factorized layer trained to match
+    the dense layer's outputs on the calibration images, in place; its metrics (empty when off)."""
     fcfg = ctx.cfg.factorize
-    if fcfg.objective != "outputs":
+    if fcfg.layerwise_steps <= 0 or not structure or calib is None:
+        return {}
+    t0 = time.perf_counter()
+    # sequential: each layer's inputs come from the already tuned factorized predecessors (errors do not compound)
+    report = layerwise_reconstruct(dense, fact, list(structure), calib, steps=int(fcfg.layerwise_steps),
+                                   lr=float(fcfg.layerwise_lr), max_images=int(fcfg.calib_images),
+                                   propagate=bool(fcfg.sequential), seed=int(ctx.cfg.seed))
+    seconds = time.perf_counter() - t0
+    before = sum(r["mse_before"] for r in report.values()) / len(report)
+    after = sum(r["mse_after"] for r in report.values()) / len(report)
+    ctx.log.info("factorize: layer-wise reconstruction, %d layers x %d steps in %.1f s, mean relative output MSE "
+                 "%.4f -> %.4f", len(report), fcfg.layerwise_steps, seconds, before, after)
+    return {"layerwise": {"layers": len(report), "steps": int(fcfg.layerwise_steps), "seconds": round(seconds, 3),
+                          "mse_before": before, "mse_after": after},
+            "_per_layer": report}
+
+
+def _calibration_images(ctx: StageContext, data) -> torch.Tensor | None:
+    """Training images for the output objective (``factorize.objective=outputs``) and the layer-wise finetune
+    (``factorize.layerwise_steps``): a seeded subset, as the model sees them (the loaders normalise); None when
+    neither is on (the weight-space objective needs no data)."""
+    fcfg = ctx.cfg.factorize
+    if fcfg.objective != "outputs" and fcfg.layerwise_steps <= 0:
         return None
     n = min(len(data.train.x), int(fcfg.calib_images))
     idx = torch.randperm(len(data.train.x), generator=torch.Generator().manual_seed(int(ctx.cfg.seed)))[:n]
@@ -87,6 +117,8 @@ def _factorize_graph(ctx: StageContext, model, card: ModelCard) -> StageOutput:
     data = ctx.data()
     calib = _calibration_images(ctx, data)
     t0 = time.perf_counter()
+    if ctx.cfg.factorize.objective != "outputs":
+        calib = None  # the layer-wise finetune trains torch modules: a graph-only model has none
     proto, layers, structure = factorize_graph(model.proto, ctx.cfg.factorize, card.input_shape,
                                                calib_images=None if calib is None else calib.numpy().astype("float32"))
     seconds = time.perf_counter() - t0
