@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("-o", "--output", required=True, help="output .onnx path")
 
     b = sub.add_parser("bench", help="comparison benchmarks (written to artifacts/bench/)")
-    b.add_argument("suite", nargs="?", default="all", help="all | factorize | models | finetune | storage | shapes")
+    b.add_argument("suite", nargs="?", default="all", help="all | factorize | models | finetune | storage | shapes | peers")
     b.add_argument("--quick", action="store_true", help="smaller sizes and fewer samples (for a smoke run)")
     b.add_argument("--out", default=os.path.join("artifacts", "bench"), help="output folder")
     return p

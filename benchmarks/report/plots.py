@@ -32,7 +32,9 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def _scatter(variants: list[dict], xkey: Callable[[dict], Any], xlabel: str, title: str, logx: bool) -> str | None:
+def scatter(variants: list[dict], xkey: Callable[[dict], Any], xlabel: str, title: str, logx: bool) -> str | None:
+    """Accuracy vs ``xkey`` of each variant (``{"name", "accuracy", ...}``) with the Pareto front, as a base64 PNG
+    (None when no variant has both values)."""
     import matplotlib.pyplot as plt
 
     pts = [(xkey(v), v.get("accuracy"), v["name"]) for v in variants]
@@ -64,10 +66,10 @@ def plots(report: dict) -> list[tuple[str, str]]:
 
     out: list[tuple[str, str]] = []
     variants = report["variants"]
-    p = _scatter(variants, lambda v: v.get("latency_ms", {}).get("p50"), "p50 latency (ms)", "Accuracy vs latency", False)
+    p = scatter(variants, lambda v: v.get("latency_ms", {}).get("p50"), "p50 latency (ms)", "Accuracy vs latency", False)
     if p:
         out.append(("Accuracy vs latency (p50)", p))
-    p = _scatter(variants, lambda v: v.get("size_bytes"), "size (bytes, log scale)", "Accuracy vs size", True)
+    p = scatter(variants, lambda v: v.get("size_bytes"), "size (bytes, log scale)", "Accuracy vs size", True)
     if p:
         out.append(("Accuracy vs size", p))
     prof = profile_rows(report.get("node_profile"), report.get("layers"))[:25]

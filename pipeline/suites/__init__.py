@@ -10,7 +10,8 @@ Four things in this project are called "benchmark"; this package is the third:
 
 Suites (one module each): ``factorize`` (formats x rank alignment at a 3x MAC budget), ``models`` (models x
 original / factorized / int8 variants), ``finetune`` (finetuning methods through the pipeline), ``storage`` (shipped
-sizes and the container), ``shapes`` (accuracy under compression). ``quick=True`` is a smoke run on tiny inputs
+sizes and the container), ``shapes`` (accuracy under compression), ``peers`` (our shipped files beside ORT int8 /
+fp16 of the original and general-purpose compressors). ``quick=True`` is a smoke run on tiny inputs
 (``tiny`` network, 8x8 inputs, a 240-image data set, a few samples): it checks that every suite works end to end,
 its numbers mean little.
 
@@ -28,6 +29,7 @@ from pipeline.suites._common import Suite, Table, md_table, write_suites
 from pipeline.suites.factorize import bench_factorize
 from pipeline.suites.finetune import bench_finetune
 from pipeline.suites.models import bench_models
+from pipeline.suites.peers import bench_peers
 from pipeline.suites.shapes import bench_shapes
 from pipeline.suites.storage import bench_storage
 
@@ -39,6 +41,7 @@ SUITES: dict[str, Suite] = {
     "finetune": bench_finetune,
     "storage": bench_storage,
     "shapes": bench_shapes,
+    "peers": bench_peers,
 }
 
 

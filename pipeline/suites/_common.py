@@ -37,7 +37,9 @@ def md_table(t: Table) -> str:
         cells = []
         for c in cols:
             v = r.get(c, "")
-            if isinstance(v, float):
+            if v is None:  # not measured for this row (e.g. no latency for a compressed file)
+                v = ""
+            elif isinstance(v, float):
                 v = f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
             elif isinstance(v, int) and abs(v) >= 10000:
                 v = f"{v:,}"
@@ -130,6 +132,9 @@ def write_suites(names: list[str], suites: Mapping[str, Suite], out: Path, quick
         t0 = time.perf_counter()
         table = suites[n](quick=quick, root=root)
         table["seconds"] = round(time.perf_counter() - t0, 1)
+        plots = table.pop("_plots", None)  # a suite's figure writer: called with the folder, returns file names
+        if plots is not None:
+            table["plots"] = plots(out)
         atomic_write_json(out / f"{n}.json", table)
         md = md_table(table)
         atomic_write_text(out / f"{n}.md", md)

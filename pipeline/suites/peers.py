@@ -1,0 +1,138 @@
+"""Suite ``peers``: our shipped files beside what an engineer would otherwise use, on the same model, in one run.
+
+For each model/dataset: the default pipeline run (cached stages reused) gives the original fp32 graph, our shipped
+variant, our int8 graph and the container. Beside them: ONNX Runtime static int8 of the original (no factorization,
+same calibration images and quantizer settings), fp16 weight storage of the original, and gzip/xz/zstd of each
+shipped file. Every graph is timed in one interleaved loop (batch 1, 1 thread); accuracies are on the same test
+split. Full: vgg11 and resnet20 on digits and shapes. Quick: the ``tiny`` network on the quick data set.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.accuracy import onnx_accuracy
+from benchmarks.storage import artifact_bytes
+from pipeline.checkpoint import load_card
+from pipeline.data import load_dataset
+from pipeline.geometry import resolve_input_size
+from pipeline.quantize.ort_static import quantize_static
+from pipeline.suites._common import QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data, \
+    time_files
+from pipeline.suites.peer_variants import COMPRESSORS, compress_file, fp16_weights, missing_peers
+
+
+def _cases(quick: bool) -> list[tuple[str, str]]:
+    if quick:
+        return [(QUICK_MODEL, "quick")]
+    return [(m, d) for d in datasets() for m in ("vgg11", "resnet20")]
+
+
+def _row(model: str, data: str, variant: str, ours: bool, size: int, acc: float | None, p50: float | None,
+         base: dict[str, Any], decode_mb_s: float | None = None) -> dict[str, Any]:
+    return {"model": model, "data": data, "variant": variant, "ours": ours, "size_bytes": int(size),
+            "accuracy": acc, "p50_ms": None if p50 is None else round(p50, 4),
+            "smaller": round(base["size_bytes"] / size, 2),
+            "speedup": None if p50 is None else round(base["p50_ms"] / p50, 2),
+            "decode_mb_s": None if decode_mb_s is None else round(decode_mb_s, 1)}
+
+
+def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) -> list[dict[str, Any]]:
+    spec = quick_data(root) if data == "quick" else data
+    res, cfg = pipeline_run(model, spec, root, (QUICK_OVERRIDES if quick else []) + ["export.mobile=false"])
+    rep = json.loads(res.artifact("benchmark").path("report.json").read_text())
+    by = {v["name"]: v for v in rep["variants"]}
+    mdir = res.artifact("export").dir.parent
+    shipped = rep["headline"]["shipped"]
+    d = cfg.dataset
+    ds = load_dataset(cfg.data, seed=cfg.seed, input_size=resolve_input_size(cfg),
+                      split_sizes=(d.train_size, d.val_size, d.test_size))
+    x = ds.test.x.numpy().astype(np.float32)
+    y = ds.test.y.numpy()
+    shape = load_card(res.artifact("baseline").dir).input_shape
+    original = mdir / by["original"]["file"]
+    with tempfile.TemporaryDirectory(prefix="lrd-peers-") as td:
+        t = Path(td)
+        ort_int8 = t / "original.int8.onnx"
+        calib = ds.train.x[: cfg.quantize.calib_size].numpy().astype(np.float32)
+        quantize_static(original, ort_int8, calib, cfg.quantize)
+        fp16 = fp16_weights(original, t / "original.fp16.onnx")
+        graphs = {"original fp32": original, "ORT int8 of original": ort_int8, "fp16 weights of original": fp16,
+                  f"ours: {shipped} (shipped)": mdir / by[shipped]["file"]}
+        if shipped != "int8":
+            graphs["ours: int8"] = mdir / by["int8"]["file"]
+        lat = time_files(graphs, shape, samples)
+        acc = {n: float(onnx_accuracy(p, x, y)) for n, p in graphs.items() if not n.startswith("ours")}
+        base = {"size_bytes": artifact_bytes(original), "p50_ms": lat["original fp32"]["p50"]}
+        rows = []
+        for n, p in graphs.items():
+            a = acc.get(n, by[shipped if "shipped" in n else "int8"]["accuracy"])
+            rows.append(_row(model, data, n, n.startswith("ours"), artifact_bytes(p), a, lat[n]["p50"], base))
+        unpacked = by["unpacked"]
+        stats = res.artifact("entropy-code").metrics
+        rows.append(_row(model, data, "ours: container (weights.lrdc)", True, unpacked["size_bytes"],
+                         unpacked["accuracy"], None, base, stats.get("decode_mb_s")))
+        # general-purpose compressors of the files an app could ship instead of the container
+        for n in ("original fp32", "ORT int8 of original", "ours: int8" if "ours: int8" in graphs
+                  else f"ours: {shipped} (shipped)"):
+            for cname in COMPRESSORS:
+                c = compress_file(graphs[n], cname)
+                a = acc.get(n, by["int8"]["accuracy"] if n.startswith("ours") else None)
+                rows.append(_row(model, data, f"{cname} of {n}", False, c["size_bytes"], a, None, base,
+                                 c["decode_mb_s"]))
+    return rows
+
+
+def _plots(rows: list[dict[str, Any]]):
+    """A writer of the Pareto plots (accuracy vs size, accuracy vs p50) per model/dataset into the suite's folder."""
+    def write(out: Path) -> list[str]:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        from benchmarks.report.plots import scatter
+
+        names = []
+        for key in dict.fromkeys((r["model"], r["data"]) for r in rows):
+            pts = [{"name": r["variant"], "accuracy": r["accuracy"], "size_bytes": r["size_bytes"],
+                    "p50_ms": r["p50_ms"]} for r in rows if (r["model"], r["data"]) == key]
+            for what, xkey, label, logx in (("size", "size_bytes", "size (bytes, log scale)", True),
+                                            ("latency", "p50_ms", "p50 latency (ms)", False)):
+                png = scatter(pts, lambda v, k=xkey: v.get(k), label, f"{key[0]} on {key[1]}: accuracy vs {what}",
+                              logx)
+                if png:
+                    name = f"peers-{key[0]}-{key[1]}-{what}.png"
+                    (out / name).write_bytes(base64.b64decode(png))
+                    names.append(name)
+        return names
+    return write
+
+
+def bench_peers(quick: bool = False, root: Path = Path("artifacts")) -> Table:
+    """Size, accuracy, p50 and decode speed of our shipped files and of the peers, per model/dataset."""
+    samples = 5 if quick else 200
+    rows: list[dict[str, Any]] = []
+    for model, data in _cases(quick):
+        rows += _measure_case(model, data, root, quick, samples)
+    missing = missing_peers()
+    return {
+        "title": "Peers side by side: our shipped files vs ORT int8 / fp16 of the original and general-purpose "
+                 "compressors",
+        "settings": f"default pipeline config; latency: {samples} interleaved samples per graph in one loop, batch 1, "
+                    "ORT CPU 1 thread; ORT int8 = static QDQ of the original with the run's calibration images and "
+                    "quantizer settings; fp16 = fp16 weight storage, fp32 compute; compressors: lossless, so "
+                    "accuracy is the compressed file's",
+        "columns": ["model", "data", "variant", "ours", "size_bytes", "smaller", "accuracy", "p50_ms", "speedup",
+                    "decode_mb_s"],
+        "rows": rows,
+        "missing_peers": missing,
+        "notes": ["smaller / speedup: against the original fp32 ONNX of the same row group",
+                  "decode_mb_s: decoded bytes per second (container: its weight streams, from the entropy-code "
+                  "stage; compressors: whole-file decompression, median of 3)",
+                  "optional peers not installed here (pip install '.[peers]'): " + (", ".join(missing) or "none")],
+        "_plots": _plots(rows),
+    }
