@@ -62,7 +62,11 @@ def test_every_suite_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
     assert {r["variant"].split()[0] for r in factorize["rows"]} == {"tucker2", "channel_svd", "spatial_svd", "cp"}
     assert all(r["p50 ms"] > 0 and r["MAC reduction"] > 1 for r in factorize["rows"])
     finetune = json.loads((out / "finetune.json").read_text())
-    assert [r["method"] for r in finetune["rows"]] == ["none", "kd", "svd_training", "lra", "elrt"]
+    assert [r["method"] for r in finetune["rows"]] == ["none", "kd", "svd_training", "lra", "elrt", "outputs + none",
+                                                       "outputs + kd", "outputs + layerwise + kd"]
+    by = {r["method"]: r for r in finetune["rows"]}
+    # matched MACs: the data-aware rows keep the weight-space rows' ranks
+    assert by["outputs + kd"]["MAC reduction"] == by["kd"]["MAC reduction"] == by["outputs + layerwise + kd"]["MAC reduction"]
     assert all(0 <= r["final acc"] <= 1 for r in finetune["rows"])
     storage = json.loads((out / "storage.json").read_text())
     assert [r["config"] for r in storage["rows"]] == ["default", "compact"]
