@@ -11,11 +11,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.card import ModelCard
+from pipeline.data.core import label_kind
 from pipeline.heads.gate import FidelityGateError, GateCriteria, GateResult, Measurement, gate_variants
 from pipeline.heads.kinds import HeadSpec
 from pipeline.heads.measure import onnx_outputs, output_entries
 
-__all__ = ["CANDIDATES", "FidelityGateError", "apply_gate", "measure_fidelity", "model_heads", "onnx_fidelity"]
+__all__ = ["CANDIDATES", "FidelityGateError", "apply_gate", "labelled_head", "measure_fidelity", "model_heads",
+           "onnx_fidelity"]
 
 #: the variants that can ship (the fp32 decomposed model, the int8 model, the container's rebuild)
 CANDIDATES = ("finetuned", "int8", "unpacked")
@@ -27,9 +29,20 @@ def model_heads(card: ModelCard) -> list[HeadSpec]:
     return heads or [HeadSpec(name="logits", kind="classify", layout="NK", num_classes=int(card.num_classes))]
 
 
+#: the output kind each kind of label array scores (pipeline.data.core.label_kind)
+_LABELLED_KIND = {"class": "classify", "map": "dense", "sequence": "sequence"}
+
+
+def labelled_head(heads: Sequence[HeadSpec], y: np.ndarray | None) -> int | None:
+    """Index of the output the labels score: class indices the first classify output, label maps the first dense
+    one, label sequences the first sequence one; None when unlabelled or no output is of that kind."""
+    want = _LABELLED_KIND.get(label_kind(y) or "")
+    return next((i for i, h in enumerate(heads) if h.kind == want), None)
+
+
 def _labels(heads: Sequence[HeadSpec], y: np.ndarray | None) -> list[Any]:
-    """Per-image class labels belong to the first classify output; every other output has none."""
-    first = next((i for i, h in enumerate(heads) if h.kind == "classify"), None)
+    """The labels go to the output they score (:func:`labelled_head`); every other output has none."""
+    first = labelled_head(heads, y)
     return [y if (y is not None and i == first) else None for i in range(len(heads))]
 
 

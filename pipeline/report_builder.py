@@ -21,7 +21,7 @@ from pipeline.checkpoint import load_card
 from pipeline.entropy.container import unpack_to_onnx
 from pipeline.pseudo_labels import NOTE, PSEUDO
 from pipeline.stage_api import StageContext
-from pipeline.fidelity_gate import apply_gate, measure_fidelity
+from pipeline.fidelity_gate import apply_gate, labelled_head, measure_fidelity, model_heads
 
 #: config of other stages the report's "settings" block records (the benchmark stage declares these as reads)
 REPORT_READS = (
@@ -95,7 +95,8 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     mobile = _mobile(ctx)
     container = ctx.inputs["entropy-code"].path("weights.lrdc")
     x = data.test.x.numpy().astype(np.float32)
-    y = data.test.y.numpy() if data.test.y is not None else None
+    y_all = data.test.y.numpy() if data.test.y is not None else None
+    y = y_all if data.test.class_labels else None  # top-1 needs class labels; maps / sequences are scored per head
     baked = bool(ctx.inputs["quantize"].metrics.get("baked"))
     # A baked graph is fed what an app feeds it: raw [0, 1] pixels, i.e. the normalised test images un-normalised.
     raw = x * np.asarray(card.std, np.float32).reshape(1, -1, 1, 1) + np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1)
@@ -141,9 +142,12 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
                 "note": "graph rebuilt by `lowrank-deploy unpack` from the container; latency is the int8 graph's",
             }
         )
-        fid = measure_fidelity(card, {**files, "unpacked": rebuilt}, x, y)  # per head, against the original
+        fid = measure_fidelity(card, {**files, "unpacked": rebuilt}, x, y_all)  # per head, against the original
+    scored = labelled_head(model_heads(card), y_all) if y is None else None
     for v in variants:
         v["outputs"] = fid[v["name"]]
+        if scored is not None:  # label maps / sequences: the variant's accuracy is that head's (mIoU, exact sequence)
+            v["accuracy"] = v["outputs"][scored].get("accuracy")
     by = {v["name"]: v for v in variants}
     orig, ship = by["original"], by["int8"]
     headline = {

@@ -19,7 +19,8 @@ class Split:
 
     Attributes:
         x: float32 ``(N, C, H, W)``, already normalised by the dataset's mean/std.
-        y: int64 ``(N,)`` labels, or None when the dataset has no labels.
+        y: int64 labels, or None when the dataset has no labels: ``(N,)`` class indices, ``(N, H, W)`` label maps
+            (dense outputs), or ``(N, L)`` label sequences padded with negative values (CTC sequence outputs).
         hflip: whether a horizontal flip preserves the label (False for digits, where a mirrored 2 is no 2); read by
             :func:`make_loader` when ``augment=True``. Defaults to True so ``Split(x, y)`` keeps working.
     """
@@ -30,6 +31,23 @@ class Split:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def class_labels(self) -> bool:
+        """Whether the split has one class index per image (what top-1 accuracy and training need)."""
+        return self.y is not None and self.y.ndim == 1
+
+    @property
+    def label_kind(self) -> str | None:
+        """``class``, ``map`` (``(N, H, W)``), ``sequence`` (``(N, L)``) or None (unlabelled)."""
+        return label_kind(self.y)
+
+
+def label_kind(y: "torch.Tensor | np.ndarray | None") -> str | None:
+    """What a label array holds, from its rank: ``class`` (N,), ``sequence`` (N, L), ``map`` (N, H, W)."""
+    if y is None:
+        return None
+    return {1: "class", 2: "sequence", 3: "map"}.get(int(y.ndim), "unknown")
 
 
 @dataclass
@@ -147,7 +165,7 @@ def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[t
     Raises:
         InputError: naming the dataset, the problem and the fix.
     """
-    labelled = [y for y in y_parts if y is not None]
+    labelled = [y for y in y_parts if y is not None and y.ndim == 1]
     if labelled and int(num_classes) == 1:
         raise InputError(f"dataset {name!r} has one class only; a classifier needs at least two: add a second class "
                          f"folder/label")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.core import DATASETS, DatasetSplits, as_hw, finish, resize, split_indices
+from pipeline.data.core import DATASETS, DatasetSplits, as_hw, finish, label_kind, resize, split_indices
 from pipeline.errors import ConfigError, InputError
 
 # Largest class count accepted (ImageNet-21k-sized heads are far beyond what this pipeline deploys).
@@ -52,11 +52,14 @@ def images_to_float(x: np.ndarray, where: str) -> torch.Tensor:
 
 
 def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """Validated int64 labels: ``(N,)`` class indices, ``(N, L)`` label sequences (negative values pad the end of a
+    shorter sequence; for CTC sequence outputs) or ``(N, H, W)`` label maps (for dense outputs)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise InputError(f"{where}: labels must be 1-D (N,), got shape {y.shape}")
+    if y.ndim not in (1, 2, 3):
+        raise InputError(f"{where}: labels must be (N,) class indices, (N, L) label sequences or (N, H, W) label "
+                         f"maps, got shape {y.shape}")
     if len(y) != n:
         raise InputError(f"{where}: {len(y)} labels for {n} images; the first axis of x and y must match")
     if np.issubdtype(y.dtype, np.floating):
@@ -65,7 +68,12 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     elif not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{where}: labels have dtype {y.dtype}; store integer class indices 0..K-1")
     y = y.astype(np.int64)
-    if len(y) and y.min() < 0:
+    if y.ndim == 2:  # sequences: a padded tail only, so each row reads as one label sequence
+        pad = y < 0
+        if (pad[:, :-1] & ~pad[:, 1:]).any():
+            raise InputError(f"{where}: a label sequence has a negative value before a real label; negative values "
+                             f"may only pad the end of a row (N, L)")
+    elif len(y) and y.min() < 0:
         raise InputError(f"{where}: label {int(y.min())} is negative; labels must be class indices 0..K-1")
     return y
 
@@ -128,6 +136,11 @@ def load_npz(path: str | None, seed: int, input_size: "int | tuple[int, int] | N
     labelled = [s for s, (_, y) in splits.items() if y is not None]
     if labelled and len(labelled) != len(splits):
         raise InputError(f"npz dataset {path!r}: some splits have labels and some do not; label all or none")
+    kinds = {s: label_kind(splits[s][1]) for s in labelled}
+    if len(set(kinds.values())) > 1:
+        raise InputError(f"npz dataset {path!r}: splits hold different kinds of labels {kinds}; give every split "
+                         f"the same kind (class indices, sequences or maps)")
+    structured = any(k != "class" for k in kinds.values())  # maps / sequences: the model's outputs define the classes
     chans = {s: t.shape[1] for s, (t, _) in splits.items()}
     if len(set(chans.values())) > 1:
         raise InputError(f"npz dataset {path!r}: splits have different channel counts {chans}; make them equal")
@@ -143,20 +156,20 @@ def load_npz(path: str | None, seed: int, input_size: "int | tuple[int, int] | N
         num_classes = len(class_names)
     elif "num_classes" in arrays:
         num_classes = int(np.asarray(arrays["num_classes"]).reshape(-1)[0])
-    elif labelled:
+    elif labelled and not structured:
         num_classes = int(max(int(splits[s][1].max()) for s in labelled)) + 1  # type: ignore[union-attr]
     else:
         num_classes = 0  # unlabelled and undeclared: build_model will ask for a class count
     for s in labelled:
         y = splits[s][1]
-        if y is not None and len(y) and int(y.max()) >= num_classes:
+        if y is not None and len(y) and num_classes and int(y.max()) >= num_classes:
             raise InputError(f"npz dataset {path!r} array {'y' + s!r}: label {int(y.max())} is outside "
                              f"[0, {num_classes}); fix the labels or the class_names/num_classes array")
     n_samples = sum(len(t) for t, _ in splits.values())
     # A label like 5e7 would make the classifier (and any one-hot/bincount) allocate gigabytes: bound the class
     # count by a documented limit and, when inferred from labels, by the number of samples.
-    if num_classes > MAX_CLASSES or (labelled and class_names is None and "num_classes" not in arrays
-                                     and num_classes > n_samples):
+    if num_classes > MAX_CLASSES or (labelled and not structured and class_names is None
+                                     and "num_classes" not in arrays and num_classes > n_samples):
         raise InputError(f"npz dataset {path!r}: {num_classes} classes (largest label {num_classes - 1}) for "
                          f"{n_samples} samples; at most {MAX_CLASSES} classes and no more classes than samples are "
                          f"accepted: labels must be 0..K-1 class indices")
@@ -164,19 +177,20 @@ def load_npz(path: str | None, seed: int, input_size: "int | tuple[int, int] | N
         class_names = [str(i) for i in range(num_classes)]
     size = as_hw(input_size) if input_size else tuple(int(v) for v in splits[""][0].shape[-2:])
     x, y = splits[""]
+    strat = None if structured else y  # maps and sequences cannot be stratified by class
     if "_val" in splits and "_test" in splits:
         parts = [splits[""], splits["_val"], splits["_test"]]
     else:
         if "_test" in splits:  # carve val out of train only, test is given
-            tr, va, _ = split_indices(len(x), y, seed, (0.9, 0.1, 0.0))
+            tr, va, _ = split_indices(len(x), strat, seed, (0.9, 0.1, 0.0))
             parts = [(x[tr], y[tr] if y is not None else None), (x[va], y[va] if y is not None else None),
                      splits["_test"]]
         elif "_val" in splits:
-            tr, _, te = split_indices(len(x), y, seed, (0.7, 0.0, 0.3))
+            tr, _, te = split_indices(len(x), strat, seed, (0.7, 0.0, 0.3))
             parts = [(x[tr], y[tr] if y is not None else None), splits["_val"],
                      (x[te], y[te] if y is not None else None)]
         else:
-            tr, va, te = split_indices(len(x), y, seed)
+            tr, va, te = split_indices(len(x), strat, seed)
             parts = [(x[i], y[i] if y is not None else None) for i in (tr, va, te)]
     xs = tuple(resize(t, size) for t, _ in parts)
     ys = tuple(None if yy is None else torch.from_numpy(np.ascontiguousarray(yy)) for _, yy in parts)

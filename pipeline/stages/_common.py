@@ -56,8 +56,9 @@ def macs_params(model: torch.nn.Module, card: ModelCard, folder: Path) -> tuple[
 
 
 def accuracy(model: torch.nn.Module, split) -> float:
-    """Top-1 accuracy of ``model`` on ``split`` (NaN for an unlabelled split)."""
-    if split.y is None:
+    """Top-1 accuracy of ``model`` on ``split`` (NaN for a split without class labels: unlabelled, or label maps /
+    sequences, which the benchmark scores per output head)."""
+    if not split.class_labels:
         return float("nan")
     return float(evaluate(model, split, batch_size=EVAL_BATCH))
 

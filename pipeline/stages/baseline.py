@@ -8,8 +8,10 @@ from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
 from pipeline.errors import InputError
 from pipeline.finetune.trainer import train_baseline
+from pipeline.fidelity_gate import labelled_head
+from pipeline.heads.accuracy import label_accuracy
 from pipeline.heads.kinds import HeadSpec
-from pipeline.heads.measure import probe_onnx_heads
+from pipeline.heads.measure import onnx_outputs, probe_onnx_heads
 from pipeline.models import build_model, class_count_from_weights, load_onnx_model, load_weights, onnx_model_info
 from pipeline.spec import ModelSpec
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
@@ -32,6 +34,24 @@ def _heads(cfg, data) -> list[HeadSpec]:
     """The ONNX model's output heads, probed once at the data's real (C, H, W) on two validation images."""
     x = data.val.x[:2] if len(data.val) >= 2 else data.train.x[:2]
     return probe_onnx_heads(cfg.model, x.numpy(), task=cfg.task)
+
+
+def _structured_scores(cfg, heads: list[HeadSpec], data) -> dict[str, float]:
+    """The ONNX model's own accuracy against label maps / sequences (the labelled head's mIoU or exact-sequence
+    rate) on val and test: checks here, before any work, that the labels fit an output (kind, map size)."""
+    i = labelled_head(heads, data.train.y)
+    if i is None:
+        want = {"map": "dense map", "sequence": "sequence"}[data.train.label_kind]
+        raise InputError(
+            f"dataset {cfg.data!r} holds label {data.train.label_kind}s but model {cfg.model!r} has no {want} output "
+            f"(its outputs: {', '.join(f'{h.name} {h.kind}' for h in heads)}); set `task` to the outputs' kind, or "
+            f"give labels of the kind the model outputs")
+    out = {}
+    for name in ("val", "test"):
+        split = getattr(data, name)
+        pred = onnx_outputs(cfg.model, split.x.numpy(), heads)[i]
+        out[name] = float(label_accuracy(heads[i], pred, split.y.numpy())["accuracy"])
+    return out
 
 
 def _card_task(heads: list[HeadSpec]) -> tuple[str, str]:
@@ -64,6 +84,12 @@ def run(ctx: StageContext) -> StageOutput:
             f"model's trained weights, or --model model.onnx of a pretrained model: their predictions then serve as "
             f"labels"
         )
+    kind = data.train.label_kind
+    if kind not in (None, "class") and not is_onnx:
+        raise InputError(
+            f"dataset {cfg.data!r} holds label {kind}s, which score a pretrained dense or sequence model; a baseline "
+            f"is trained only from class labels. Pass the pretrained model as --model model.onnx, or give (N,) class "
+            f"indices as 'y'")
     num_classes = data.num_classes
     history: dict[str, Any] = {}
     fallback: str | None = None
@@ -77,6 +103,7 @@ def run(ctx: StageContext) -> StageOutput:
         info = onnx_model_info(cfg.model, probe_hw=hw)
         _check_onnx_fits(cfg, info, data)
         heads = _heads(cfg, data)
+        structured = _structured_scores(cfg, heads, data) if kind not in (None, "class") else {}
         # the first output's classes (K, C or D); the dataset may declare none
         num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
         model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
@@ -127,8 +154,8 @@ def run(ctx: StageContext) -> StageOutput:
     metrics = {
         "source": source,
         "labels": pseudo_labels.DATASET if labelled else (pseudo_labels.PSEUDO if classify else "none"),
-        "val_accuracy": accuracy(model, data.val) if classify else float("nan"),
-        "test_accuracy": accuracy(model, data.test) if classify else float("nan"),
+        "val_accuracy": accuracy(model, data.val) if classify else structured.get("val", float("nan")),
+        "test_accuracy": accuracy(model, data.test) if classify else structured.get("test", float("nan")),
         "input_shape": list(card.input_shape),
         "heads": [dict(h) for h in card.heads],
         "macs": macs,

@@ -34,7 +34,7 @@ def run(ctx: StageContext) -> StageOutput:
     # Sensitivity for the budget selector is measured on a small, fixed validation subset.
     n_eval = min(len(data.val.x), ctx.cfg.factorize.budget.eval_samples)
     sub = Split(data.val.x[:n_eval], data.val.y[:n_eval] if data.val.y is not None else None)
-    eval_fn = (lambda m: float(evaluate(m, sub, batch_size=EVAL_BATCH))) if sub.y is not None else None
+    eval_fn = (lambda m: float(evaluate(m, sub, batch_size=EVAL_BATCH))) if sub.class_labels else None
     calib = _calibration_images(ctx, data)
     fcfg = ctx.cfg.factorize
     t0 = time.perf_counter()
