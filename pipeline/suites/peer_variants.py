@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# name -> import name of the optional peer packages (pyproject's ``peers`` extra)
-OPTIONAL_PEERS = {"NNCF PTQ": "nncf", "Torch-Pruning": "torch_pruning", "tensorly-torch": "tltorch",
-                  "NNCodec": "nncodec"}
+# name -> import name of the optional peer packages the suite measures (pyproject's ``peers`` extra)
+OPTIONAL_PEERS = {"NNCF PTQ": "nncf", "tensorly-torch": "tltorch"}
+#: peers the suite does not measure yet (named in its notes so the table is not mistaken for complete)
+NOT_MEASURED = ("Torch-Pruning structured pruning + distillation", "NNCodec (DeepCABAC) lossy weight coding")
 
 
 def missing_peers() -> list[str]:

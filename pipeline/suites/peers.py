@@ -18,13 +18,14 @@ import numpy as np
 
 from benchmarks.accuracy import onnx_accuracy
 from benchmarks.storage import artifact_bytes
-from pipeline.checkpoint import load_card
+from pipeline.checkpoint import load_card, load_model
 from pipeline.data import load_dataset
 from pipeline.geometry import resolve_input_size
 from pipeline.quantize.ort_static import quantize_static
 from pipeline.suites._common import QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data, \
     time_files
-from pipeline.suites.peer_variants import COMPRESSORS, compress_file, fp16_weights, missing_peers
+from pipeline.suites.optional_peers import nncf_ptq, tltorch_tucker
+from pipeline.suites.peer_variants import COMPRESSORS, NOT_MEASURED, compress_file, fp16_weights, missing_peers
 
 
 def _cases(quick: bool) -> list[tuple[str, str]]:
@@ -66,8 +67,10 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
                   f"ours: {shipped} (shipped)": mdir / by[shipped]["file"]}
         if shipped != "int8":
             graphs["ours: int8"] = mdir / by["int8"]["file"]
+        graphs.update(_optional_graphs(res, original, calib, shape, t))
         lat = time_files(graphs, shape, samples)
-        acc = {n: float(onnx_accuracy(p, x, y)) for n, p in graphs.items() if not n.startswith("ours")}
+        acc = {n: float(onnx_accuracy(p, x, y)) for n, p in graphs.items()
+               if not n.startswith("ours") or n == OURS_SAME_RANKS}
         base = {"size_bytes": artifact_bytes(original), "p50_ms": lat["original fp32"]["p50"]}
         rows = []
         for n, p in graphs.items():
@@ -86,6 +89,25 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
                 rows.append(_row(model, data, f"{cname} of {n}", False, c["size_bytes"], a, None, base,
                                  c["decode_mb_s"]))
     return rows
+
+
+OURS_SAME_RANKS = "ours: factorized, no finetune (tensorly-torch's ranks)"
+
+
+def _optional_graphs(res, original: Path, calib: np.ndarray, shape: tuple[int, int, int],
+                     tmp: Path) -> dict[str, Path]:
+    """The installed optional peers' ONNX files (see :mod:`pipeline.suites.optional_peers`)."""
+    missing = set(missing_peers())
+    out: dict[str, Path] = {}
+    if "NNCF PTQ" not in missing:
+        out["NNCF PTQ int8 of original"] = nncf_ptq(original, tmp / "original.nncf.onnx", calib)
+    structure = load_card(res.artifact("factorize").dir).structure
+    if "tensorly-torch" not in missing and any(e.get("format") == "tucker2" for e in structure.values()):
+        dense, _ = load_model(res.artifact("baseline").dir)
+        out["tensorly-torch Tucker at our ranks, no finetune"] = tltorch_tucker(dense, structure, shape,
+                                                                                tmp / "tltorch.onnx")
+        out[OURS_SAME_RANKS] = res.artifact("export").path("factorized.onnx")
+    return out
 
 
 def _plots(rows: list[dict[str, Any]]):
@@ -133,6 +155,7 @@ def bench_peers(quick: bool = False, root: Path = Path("artifacts")) -> Table:
         "notes": ["smaller / speedup: against the original fp32 ONNX of the same row group",
                   "decode_mb_s: decoded bytes per second (container: its weight streams, from the entropy-code "
                   "stage; compressors: whole-file decompression, median of 3)",
-                  "optional peers not installed here (pip install '.[peers]'): " + (", ".join(missing) or "none")],
+                  "optional peers not installed here (pip install '.[peers]'): " + (", ".join(missing) or "none"),
+                  "not measured by this suite yet: " + "; ".join(NOT_MEASURED)],
         "_plots": _plots(rows),
     }
