@@ -395,9 +395,18 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict, with clear errors."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"config file {str(p)!r} is a directory, not a file; pass the path of a YAML or TOML "
+                         f"file inside it to --config")
     if not p.is_file():
         raise InputError(f"config file {str(p)!r} does not exist; pass an existing YAML or TOML file to --config")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OSError as e:
+        raise InputError(f"config file {str(p)!r} cannot be read ({e.strerror}); check its permissions") from None
     if p.suffix == ".toml":
         import tomllib
 

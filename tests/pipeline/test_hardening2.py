@@ -1,0 +1,25 @@
+"""Hardening round 2: bad inputs refused before any work, with a message naming the problem and the fix."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import build_config
+from pipeline.errors import ConfigError, InputError
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_config_file_that_is_not_utf8_is_refused_with_the_fix(tmp_path, suffix):
+    p = tmp_path / f"cfg{suffix}"
+    p.write_bytes("model = 'caf\xe9'\n".encode("latin-1") if suffix == ".toml" else "model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8.*save it as UTF-8") as e:
+        build_config(p)
+    assert str(p) in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_directory_passed_as_config_file_is_named_a_directory(tmp_path):
+    d = tmp_path / "configs.yaml"
+    d.mkdir()
+    with pytest.raises(InputError, match="is a directory, not a file") as e:
+        build_config(d)
+    assert "does not exist" not in str(e.value)
