@@ -233,6 +233,7 @@ def run(
             raise ConfigError(f"unknown stage {val!r} for {opt}; known stages: {', '.join(names)}")
     # Validate the names the config refers to before any work (clear errors, nothing written).
     _validate_names(cfg)
+    _check_stage_plan(cfg, names, only, upto)
     fingerprint = input_fingerprint(cfg)
 
     root = Path(cfg.artifacts) / ModelSpec.parse(cfg.model).slug
@@ -254,6 +255,28 @@ def run(
         finally:
             log.removeHandler(handler)
             handler.close()
+
+
+#: the lowest ONNX opset whose DequantizeLinear takes a per-channel ``axis`` (the quantize stage's QDQ weights)
+QDQ_MIN_OPSET = 13
+
+
+def _stages_to_run(names: list[str], only: str | None, upto: str | None) -> list[str]:
+    """The stages this run executes or reuses, in order (``--only`` and ``--upto`` cut the list)."""
+    if only is not None:
+        return [only]
+    return names[: names.index(upto) + 1] if upto else list(names)
+
+
+def _check_stage_plan(cfg: PipelineConfig, names: list[str], only: str | None, upto: str | None) -> None:
+    """Settings that only some stages cannot work with, refused before any work when those stages will run."""
+    planned = _stages_to_run(names, only, upto)
+    if "quantize" in planned and cfg.export.opset < QDQ_MIN_OPSET:
+        raise ConfigError(
+            f"config key 'export.opset': {cfg.export.opset} is too old for the quantize stage: QDQ "
+            f"DequantizeLinear with per-channel axis needs opset >= {QDQ_MIN_OPSET}: use export.opset "
+            f"{QDQ_MIN_OPSET}-18, or stop before quantize with --upto export"
+        )
 
 
 def _validate_names(cfg: PipelineConfig) -> None:

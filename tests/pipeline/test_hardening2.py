@@ -23,3 +23,25 @@ def test_directory_passed_as_config_file_is_named_a_directory(tmp_path):
     with pytest.raises(InputError, match="is a directory, not a file") as e:
         build_config(d)
     assert "does not exist" not in str(e.value)
+
+
+def test_opset_below_13_is_refused_before_any_work_when_quantize_will_run(tmp_path):
+    from pipeline.runner import run
+
+    cfg = build_config(None, ["export.opset=11"], model="tiny", data="shapes", artifacts=str(tmp_path / "art"))
+    with pytest.raises(ConfigError, match=r"opset >= 13: use export.opset 13-18, or stop before quantize with "
+                                          r"--upto export"):
+        run(cfg, progress=False)
+    assert not (tmp_path / "art").exists()  # refused before the artifacts folder was made
+
+
+def test_opset_below_13_is_fine_when_the_run_stops_before_quantize():
+    from pipeline.runner import _check_stage_plan, stage_names
+
+    cfg = build_config(None, ["export.opset=12"])
+    names = stage_names()
+    _check_stage_plan(cfg, names, None, "export")  # no quantize: nothing to refuse
+    _check_stage_plan(cfg, names, "export", None)
+    with pytest.raises(ConfigError, match="export.opset"):
+        _check_stage_plan(cfg, names, "quantize", None)
+    _check_stage_plan(build_config(None, ["export.opset=13"]), names, None, None)
