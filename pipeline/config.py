@@ -231,7 +231,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "baseline.lr": (lambda v: v > 0, "> 0"),
     "finetune.svd.prune_macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "baseline.warmup_epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
-    "factorize.energy": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    # below 1% of the energy nearly every layer drops to rank 1 (a run that is certain to fail the gate)
+    "factorize.energy": (lambda v: 0.01 <= v <= 1, "in [0.01, 1] (useful range about 0.3-0.99; 0.6 is the default)"),
     "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factorize.erank_factor": (lambda v: v > 0, "> 0"),
     "factorize.align": (lambda v: 0 <= v <= 256, "in [0, 256] (0 = the target's channel block)"),

@@ -45,3 +45,16 @@ def test_opset_below_13_is_fine_when_the_run_stops_before_quantize():
     with pytest.raises(ConfigError, match="export.opset"):
         _check_stage_plan(cfg, names, "quantize", None)
     _check_stage_plan(build_config(None, ["export.opset=13"]), names, None, None)
+
+
+@pytest.mark.parametrize("energy", ["1e-9", "0", "0.005"])
+def test_factorize_energy_below_one_percent_is_refused_with_the_useful_range(energy):
+    with pytest.raises(ConfigError, match=r"factorize.energy.*\[0.01, 1\].*useful range"):
+        build_config(None, [f"factorize.energy={energy}"])
+    assert build_config(None, ["factorize.energy=0.01"]).factorize.energy == 0.01
+
+
+@pytest.mark.parametrize("bits", ['"08"', "'08'", '"8 "'])
+def test_weight_bits_string_08_is_refused(bits):
+    with pytest.raises(ConfigError, match="quantize.weight_bits"):
+        build_config(None, [f"quantize.weight_bits={bits}"])
