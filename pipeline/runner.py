@@ -26,7 +26,7 @@ from pipeline.artifacts import atomic_write_json, sha256_file, sha256_files, sha
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.data import DATASETS, check_split_sizes
 from pipeline.entropy.coders import CODERS
-from pipeline.errors import ConfigError, InputError, LockError, PipelineError
+from pipeline.errors import ConfigError, InputError, LockError, PipelineError, UserCodeError
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
@@ -411,6 +411,11 @@ def _execute(
                 f"then rerun: completed stages are kept and reused"
             ) from None
         raise
+    except UserCodeError as e:
+        _remove_tree(tmp)
+        # Say at which stage the user's code failed (a stage may rebuild the model from its file).
+        msg = str(e)
+        raise UserCodeError(msg if msg.startswith("stage ") else f"stage {spec.name}: {msg}") from e
     except BaseException:
         _remove_tree(tmp)
         raise

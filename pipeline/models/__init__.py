@@ -105,11 +105,12 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
                 f"model file {file_part!r} has no callable {factory_name!r}; callables defined there: "
                 f"{', '.join(public) or '(none)'}"
             )
-        model = _call_factory(factory, int(num_classes), int(in_channels), f"{spec!r}")
+        where = f"{factory_name}() in {file_part!r}"
+        model = _call_factory(factory, int(num_classes), int(in_channels), where)
         # One guarded forward on zeros catches a failing forward, a tuple output or an ignored num_classes here,
         # at the boundary, instead of as a traceback deep inside a stage.
         first_forward(model, torch.zeros(1, int(in_channels), int(input_size), int(input_size)), int(num_classes),
-                      f"{spec!r}")
+                      where)
         return model.train()
     factory = MODELS.get(spec)  # ConfigError listing the known names
     min_size = int(MODELS.meta(spec).get("min_input_size", 1))

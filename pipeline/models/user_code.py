@@ -94,7 +94,7 @@ def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | No
     except UserCodeError:
         raise
     except Exception as e:
-        failed = "failed to import" if step == "import" else f"failed during {step}"
+        failed = {"import": "failed to import", "factory call": "failed"}.get(step, f"failed at the {step}")
         raise UserCodeError(f"{what} {failed}: {_one_line(e)}; {fix}") from e
 
 
@@ -107,7 +107,7 @@ def import_user_file(path: Path, mod_name: str, timeout_s: float | None = None) 
     # Registered before executing so dataclasses/pickling inside the user file can find their own module.
     sys.modules[mod_name] = module
     try:
-        run_guarded(lambda: spec.loader.exec_module(module), f"model file {str(path)!r}", "import", timeout_s)
+        run_guarded(lambda: spec.loader.exec_module(module), f"user model file {str(path)!r}", "import", timeout_s)
     except UserCodeError:
         sys.modules.pop(mod_name, None)
         raise
@@ -116,14 +116,17 @@ def import_user_file(path: Path, mod_name: str, timeout_s: float | None = None) 
 
 def call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int, where: str,
                  timeout_s: float | None = None) -> nn.Module:
-    """Call a user factory with the arguments its signature accepts; check it returns a usable nn.Module."""
+    """Call a user factory with the arguments its signature accepts; check it returns a usable nn.Module.
+
+    ``where`` names the factory in messages, e.g. ``"make() in 'models/x.py'"``.
+    """
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins/C callables without a signature: call with no arguments
         params = {}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {n: v for n, v in (("num_classes", num_classes), ("in_channels", in_channels)) if var_kw or n in params}
-    what = f"model factory {where}"
+    what = f"user factory {where}"
     model = run_guarded(lambda: factory(**kwargs), what, "factory call", timeout_s)
     if isinstance(model, tuple):
         raise UserCodeError(f"{what} returned a tuple of {len(model)} items, not a torch.nn.Module; return only "
@@ -139,7 +142,7 @@ def call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int
 def first_forward(model: nn.Module, example: torch.Tensor, num_classes: int, where: str,
                   timeout_s: float | None = None) -> torch.Tensor:
     """Run the first forward of a user model on ``example`` (N, C, H, W); check the output is (N, num_classes)."""
-    what = f"forward of model {where}"
+    what = f"user forward of {where}"
 
     def fwd() -> Any:
         with torch.no_grad():

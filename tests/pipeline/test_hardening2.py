@@ -58,3 +58,19 @@ def test_factorize_energy_below_one_percent_is_refused_with_the_useful_range(ene
 def test_weight_bits_string_08_is_refused(bits):
     with pytest.raises(ConfigError, match="quantize.weight_bits"):
         build_config(None, [f"quantize.weight_bits={bits}"])
+
+
+def test_user_code_error_names_the_stage_the_function_and_the_original_error(tmp_path):
+    from pipeline.errors import UserCodeError
+    from pipeline.runner import run
+
+    f = tmp_path / "x.py"
+    f.write_text("def make(num_classes):\n    raise KeyError('boom')\n")
+    cfg = build_config(None, ["dataset.train_size=16", "dataset.val_size=8", "dataset.test_size=8"],
+                       model=f"{f}:make", data="shapes", artifacts=str(tmp_path / "art"))
+    with pytest.raises(UserCodeError) as e:
+        run(cfg, progress=False, upto="baseline")
+    assert str(e.value).startswith(f"stage baseline: user factory make() in {str(f)!r} failed: KeyError: 'boom'")
+    assert e.value.exit_code == 2
+    logs = list((tmp_path / "art").glob("*/run.log"))
+    assert logs and "stage baseline: user factory make()" in logs[0].read_text()
