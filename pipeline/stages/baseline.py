@@ -81,8 +81,10 @@ def run(ctx: StageContext) -> StageOutput:
         num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
         model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
         if fallback:
+            # One line with the reason and the cost: without torch layers nothing can be retrained.
             ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
-                            "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
+                            "factorize rewrites the graph, finetuning will be skipped (no accuracy recovery after "
+                            "factorization)", cfg.model, fallback)
         source = "onnx"
     elif cfg.weights:
         if not num_classes:  # unlabelled and undeclared: the checkpoint's classifier says how many

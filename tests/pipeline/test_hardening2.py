@@ -74,3 +74,27 @@ def test_user_code_error_names_the_stage_the_function_and_the_original_error(tmp
     assert e.value.exit_code == 2
     logs = list((tmp_path / "art").glob("*/run.log"))
     assert logs and "stage baseline: user factory make()" in logs[0].read_text()
+
+
+def test_onnx_graph_path_logs_why_and_that_finetuning_is_skipped(tmp_path):
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from pipeline.runner import run
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10)).eval()
+    path = tmp_path / "elu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                          dynamic_axes={"input": {0: "n"}}, input_names=["input"])
+    cfg = build_config(None, ["dataset.train_size=20", "dataset.val_size=10", "dataset.test_size=10"],
+                       model=str(path), data="shapes", artifacts=str(tmp_path / "art"))
+    run(cfg, progress=False, upto="baseline")
+    text = next((tmp_path / "art").glob("*/run.log")).read_text()
+    lines = [ln for ln in text.splitlines() if "ONNX graph as is" in ln]
+    assert len(lines) == 1
+    assert "Elu" in lines[0] and "finetuning will be skipped" in lines[0]
