@@ -30,13 +30,14 @@ from pipeline.errors import ConfigError, InputError, LockError, PipelineError, U
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
+from pipeline.logs import ROOT
 from pipeline.models import MODELS
 from pipeline.publish import publish
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
 
 MARKER = "artifact.json"
-log = logging.getLogger("lowrank_deploy")
+log = logging.getLogger(ROOT)
 
 
 @dataclass

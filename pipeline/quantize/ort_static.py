@@ -14,7 +14,6 @@ attempt cap is reached. The result dict says which nodes were excluded and wheth
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -24,10 +23,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.logs import get_logger
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
 from pipeline.quantize.weights import apply_weight_bits_to_qdq
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
 # Op types whose weights ORT's QDQ quantizer turns into int8; these are the candidates of the guard.
 GUARD_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
