@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import pseudo_labels
+from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
 from pipeline.errors import InputError
@@ -42,7 +43,17 @@ def _card_task(heads: list[HeadSpec]) -> tuple[str, str]:
     return (kinds.pop() if len(kinds) == 1 else "multi"), "heads"
 
 
-@stage("baseline", reads=("baseline", DATASET, "task"), version=3)
+def _save_history(ctx: StageContext, history: dict[str, Any], source: str) -> str:
+    """Write ``history.json`` as finetune does: one entry per epoch; no wall-clock times, so reruns are identical."""
+    if source == "trained":
+        record = {k: v for k, v in history.items() if k != "seconds"}
+    else:
+        record = {"epochs": [], "skipped": f"not trained: the model came with its weights ({source})"}
+    atomic_write_json(ctx.out_dir / "history.json", record)
+    return "history.json"
+
+
+@stage("baseline", reads=("baseline", DATASET, "task"), version=4)
 def run(ctx: StageContext) -> StageOutput:
     """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
 
@@ -114,6 +125,7 @@ def run(ctx: StageContext) -> StageOutput:
         class_names=tuple(data.class_names) if classify and len(data.class_names) == int(num_classes) else None,
     )
     files = save_model(model, card, ctx.out_dir)
+    files.append(_save_history(ctx, history, source))
     if not labelled and not classify:
         # argmax of a map, a sequence or an embedding is no label: later stages distil from the raw outputs
         ctx.log.info("baseline: dataset %s has no labels and the model's outputs are %s; fidelity to the original's "

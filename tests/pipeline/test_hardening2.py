@@ -98,3 +98,21 @@ def test_onnx_graph_path_logs_why_and_that_finetuning_is_skipped(tmp_path):
     lines = [ln for ln in text.splitlines() if "ONNX graph as is" in ln]
     assert len(lines) == 1
     assert "Elu" in lines[0] and "finetuning will be skipped" in lines[0]
+
+
+def test_baseline_history_is_saved_and_reproducible(tmp_path):
+    import json
+
+    from pipeline.runner import run
+
+    sets = ["baseline.epochs=2", "dataset.train_size=40", "dataset.val_size=10", "dataset.test_size=10"]
+    hists = []
+    for name in ("a", "b"):
+        cfg = build_config(None, sets, model="tiny", data="shapes", artifacts=str(tmp_path / name))
+        art = run(cfg, progress=False, upto="baseline").artifact("baseline")
+        assert "history.json" in art.files
+        hists.append((art.dir / "history.json").read_bytes())
+    assert hists[0] == hists[1]  # no wall-clock times: two runs write the same bytes
+    h = json.loads(hists[0])
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2]
+    assert {"loss", "train_acc", "val_acc", "lr"} <= set(h["epochs"][0]) and "seconds" not in h
