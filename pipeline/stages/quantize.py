@@ -37,7 +37,8 @@ def run(ctx: StageContext) -> StageOutput:
     fp32_val = onnx_accuracy(fp32, val_x, val_y) if val_y is not None else None
     eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
     out = ctx.out_dir / "model.int8.onnx"
-    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val)
+    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val,
+                            progress=ctx.progress)
     test_x = data.test.x.numpy().astype(np.float32)
     ref = onnx_predict(fp32, test_x)
     q = onnx_predict(out, test_x)
