@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pipeline.stages  # noqa: F401  (registers the stages, in run order)
+from benchmarks.latency import check_batch_fits
 from benchmarks.targets import TARGETS
 from pipeline import __version__
 from exporters.ort_mobile import get_mobile_target
@@ -278,6 +279,11 @@ def _check_stage_plan(cfg: PipelineConfig, names: list[str], only: str | None, u
             f"DequantizeLinear with per-channel axis needs opset >= {QDQ_MIN_OPSET}: use export.opset "
             f"{QDQ_MIN_OPSET}-18, or stop before quantize with --upto export"
         )
+    if "benchmark" in planned:
+        # A lower bound of the timed input (1 channel, the smallest accepted side unless the size is set): a batch
+        # that cannot fit even then is refused now, not after every other stage ran. The stage checks the real size.
+        hw = cfg.dataset.input_size or (4, 4)
+        check_batch_fits(cfg.benchmark.batch, (1, *hw))
 
 
 def _validate_names(cfg: PipelineConfig) -> None:

@@ -116,3 +116,28 @@ def test_baseline_history_is_saved_and_reproducible(tmp_path):
     h = json.loads(hists[0])
     assert [e["epoch"] for e in h["epochs"]] == [1, 2]
     assert {"loss", "train_acc", "val_acc", "lr"} <= set(h["epochs"][0]) and "seconds" not in h
+
+
+def test_benchmark_batch_that_cannot_be_allocated_is_refused_before_allocating(tmp_path):
+    from benchmarks.latency import available_memory_bytes, check_batch_fits, measure_latency
+    from benchmarks.targets import TARGETS
+    from pipeline.runner import run
+    from tests.quantize.tiny_models import export, tiny_net
+
+    avail = available_memory_bytes()
+    assert avail is not None and avail > 0
+    check_batch_fits(1, (3, 32, 32))
+    with pytest.raises(ConfigError, match=r"benchmark.batch.*more than 1/8 of the \d+ MiB available; set "
+                                          r"benchmark.batch to at most 2 "):
+        check_batch_fits(3, (1, 4, 4), available=8 * 2 * 64)  # 2 images of 64 bytes fit in 1/8
+    # the timing refuses before it allocates: a batch of 1e12 images would be terabytes
+    model = export(tiny_net(0), tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="benchmark.batch"):
+        measure_latency({"m": model}, TARGETS.get("cpu"), (3, 16, 16), batch=10**12, samples=1, warmup=0)
+    assert measure_latency({"m": model}, TARGETS.get("cpu"), (3, 16, 16), batch=2, samples=1, warmup=0)["m"]["p50"] > 0
+    # and a run whose batch cannot fit even at the smallest input is refused before any work
+    cfg = build_config(None, [f"benchmark.batch={10**13}"], model="tiny", data="shapes",
+                       artifacts=str(tmp_path / "art"))
+    with pytest.raises(ConfigError, match="benchmark.batch"):
+        run(cfg, progress=False)
+    assert not (tmp_path / "art").exists()
