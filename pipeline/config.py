@@ -206,6 +206,9 @@ class PipelineConfig:
     artifacts: str = "artifacts"
     # what the model's outputs are: auto (detected from their shapes) | classify | dense | sequence | embedding
     task: str = "auto"
+    # seconds allowed for loading user model code (the module import, the factory call) and for its first forward,
+    # each; 0 = no limit. How long is not what is computed, so no stage key includes it.
+    user_code_timeout_s: float = 120.0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
@@ -220,6 +223,7 @@ class PipelineConfig:
 _RANGES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "device": (lambda v: v == "cpu" or v.startswith("cuda"), "'cpu' or 'cuda[:N]'"),
+    "user_code_timeout_s": (lambda v: 0 <= v <= 86400, "in [0, 86400] seconds (0 = no limit)"),
     "dataset.train_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.val_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.test_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),

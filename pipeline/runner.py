@@ -33,6 +33,7 @@ from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
 from pipeline.logs import ROOT
 from pipeline.models import MODELS
+from pipeline.models.user_code import time_limit
 from pipeline.publish import publish
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
@@ -244,7 +245,8 @@ def run(
         handler = _setup_file_log(root)
         start = time.monotonic()
         try:
-            result = _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
+            with time_limit(cfg.user_code_timeout_s):
+                result = _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
         except BaseException as e:
             # The reason reaches run.log too (not only the terminal), in one line.
             why = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"

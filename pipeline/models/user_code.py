@@ -8,6 +8,7 @@ user's own code). Each step is bounded by ``timeout_s`` (default :data:`DEFAULT_
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import inspect
 import io
@@ -25,6 +26,23 @@ from pipeline.errors import UserCodeError
 
 DEFAULT_TIMEOUT_S = 120.0
 T = TypeVar("T")
+
+#: the limit of this run (the ``user_code_timeout_s`` config key, set by :func:`time_limit`); None = the default
+_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar("lrd_user_code_timeout_s", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Bound every guarded user-code step inside the block by ``seconds`` (0: no limit; None: the default).
+
+    The runner wraps a run in it with the config's ``user_code_timeout_s``, so the stages that rebuild the model
+    from the user's file get the same bound without passing it around.
+    """
+    token = _LIMIT.set(seconds)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
 
 
 class _Timeout(BaseException):
@@ -56,10 +74,16 @@ def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | No
         fn: the call into user code.
         what: the user function, e.g. ``"factory 'tiny.py:make'"``.
         step: the step, e.g. ``"import"``, ``"factory call"``, ``"first forward"``.
-        timeout_s: seconds allowed; None means the module's ``DEFAULT_TIMEOUT_S`` (read at call time, so it is
-            configurable in one place); 0 or less disables the bound.
+        timeout_s: seconds allowed; None means the run's ``user_code_timeout_s`` (:func:`time_limit`), else the
+            module's ``DEFAULT_TIMEOUT_S`` (read at call time); 0 or less disables the bound.
+
+    The bound uses ``SIGALRM``/``setitimer`` on the main thread (the user code is interrupted where it runs);
+    elsewhere the call runs in a daemon thread that is abandoned on timeout. Without ``setitimer`` (Windows) the
+    main thread takes that thread path too.
     """
     fix = f"fix {what} so that its {step} completes"
+    if timeout_s is None:
+        timeout_s = _LIMIT.get()
     if timeout_s is None:
         timeout_s = DEFAULT_TIMEOUT_S
     limit = timeout_s if timeout_s > 0 else None
@@ -87,7 +111,8 @@ def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | No
         return box["v"]
     except _Timeout:
         raise UserCodeError(f"{what}: {step} did not finish within {limit:g} s (it may loop forever); {fix}, or "
-                            f"raise the limit with timeout_s / the model.user_code_timeout_s setting") from None
+                            f"raise the limit with the config key user_code_timeout_s (seconds, 0 = no limit), "
+                            f"e.g. --set user_code_timeout_s=600") from None
     except SystemExit as e:
         raise UserCodeError(f"{what} called sys.exit({e.code!r}) during {step}; user code must return or raise, "
                             f"not exit; {fix}") from None

@@ -141,3 +141,28 @@ def test_benchmark_batch_that_cannot_be_allocated_is_refused_before_allocating(t
     with pytest.raises(ConfigError, match="benchmark.batch"):
         run(cfg, progress=False)
     assert not (tmp_path / "art").exists()
+
+
+def test_user_code_timeout_is_a_config_key_outside_every_stage_key(tmp_path):
+    from pipeline.errors import UserCodeError
+    from pipeline.runner import input_fingerprint, run, stage_key
+    from pipeline.stage_api import STAGES
+
+    f = tmp_path / "slow.py"
+    f.write_text("import time\nwhile True:\n    time.sleep(0.01)\n")
+    sets = ["dataset.train_size=16", "dataset.val_size=8", "dataset.test_size=8"]
+    cfg = build_config(None, sets + ["user_code_timeout_s=0.5"], model=f"{f}:make", data="shapes",
+                       artifacts=str(tmp_path / "art"))
+    with pytest.raises(UserCodeError, match=r"stage baseline: user model file .*slow.py.*import did not finish "
+                                            r"within 0.5 s.*user_code_timeout_s") as e:
+        run(cfg, progress=False, upto="baseline")
+    assert e.value.exit_code == 2
+    # how long user code may take is not what a stage computes: no stage key changes with it
+    other = build_config(None, sets + ["user_code_timeout_s=0"], model=f"{f}:make", data="shapes",
+                         artifacts=str(tmp_path / "art"))
+    fp = input_fingerprint(cfg)
+    for name in STAGES.names():
+        spec = STAGES.get(name)
+        assert stage_key(spec, cfg, fp, None) == stage_key(spec, other, fp, None)
+    with pytest.raises(ConfigError, match="user_code_timeout_s"):
+        build_config(None, ["user_code_timeout_s=-1"])
