@@ -117,7 +117,7 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
     if int(input_size) < min_size:
         raise ConfigError(
             f"model {spec!r} needs inputs of at least {min_size}x{min_size} (got {input_size}); pick another model "
-            f"or a larger input size"
+            f"or set the config key dataset.input_size to a larger [H, W]"
         )
     return factory(num_classes=int(num_classes), in_channels=int(in_channels))
 

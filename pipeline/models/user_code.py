@@ -15,6 +15,7 @@ import io
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator, TypeVar
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserCodeError
+from pipeline.models.sanity import EmptyMapProbe, looks_like_size_error, size_error
 
 DEFAULT_TIMEOUT_S = 120.0
 T = TypeVar("T")
@@ -168,11 +170,24 @@ def first_forward(model: nn.Module, example: torch.Tensor, num_classes: int, whe
                   timeout_s: float | None = None) -> torch.Tensor:
     """Run the first forward of a user model on ``example`` (N, C, H, W); check the output is (N, num_classes)."""
     what = f"user forward of {where}"
+    hw = (int(example.shape[-2]), int(example.shape[-1]))
 
     def fwd() -> Any:
         with torch.no_grad():
             return model.eval()(example)
-    out = run_guarded(fwd, what, "first forward", timeout_s)
+    probe = EmptyMapProbe(model)  # a feature map the downsampling emptied is an input-size problem, said as such
+    try:
+        out = run_guarded(fwd, what, "first forward", timeout_s)
+    except UserCodeError as e:
+        if probe.empty is None and not (e.__cause__ is not None and looks_like_size_error(e.__cause__)):
+            raise
+        detail = (f"layer {probe.empty[0]!r} outputs shape {probe.empty[1]}" if probe.empty
+                  else _one_line(e.__cause__))
+        raise UserCodeError(str(size_error(what, hw, detail))) from None
+    finally:
+        probe.close()
+    if probe.empty is not None:
+        raise UserCodeError(str(size_error(what, hw, f"layer {probe.empty[0]!r} outputs shape {probe.empty[1]}")))
     if isinstance(out, (tuple, list)):
         raise UserCodeError(f"{what} returned a {type(out).__name__} of {len(out)} items; it must return one "
                             f"logits tensor of shape (N, num_classes)")
@@ -190,7 +205,9 @@ def check_exportable(model: nn.Module, example: torch.Tensor, where: str = "mode
     """Try ``torch.onnx.export`` to memory; raise UserCodeError naming the unsupported op if it fails."""
     buf = io.BytesIO()
     try:
-        torch.onnx.export(model.eval(), (example,), buf, opset_version=opset, dynamo=False)
+        with warnings.catch_warnings():  # the exporter's deprecation and tracer warnings are not the user's problem
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (example,), buf, opset_version=opset, dynamo=False)
     except Exception as e:  # torch raises several types (UnsupportedOperatorError, RuntimeError, ...)
         msg = _one_line(e)
         raise UserCodeError(f"{where} cannot be exported to ONNX (opset {opset}): {msg}; replace that operator "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from pipeline import pseudo_labels
 from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
@@ -12,7 +14,9 @@ from pipeline.finetune.trainer import train_baseline
 from pipeline.heads.kinds import HeadSpec
 from pipeline.heads.measure import probe_onnx_heads
 from pipeline.models import build_model, class_count_from_weights, load_onnx_model, load_weights, onnx_model_info
-from pipeline.spec import ModelSpec
+from pipeline.models.sanity import check_min_input
+from pipeline.models.user_code import check_exportable
+from pipeline.spec import FILE, ModelSpec
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
 from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, macs_params, seed
 
@@ -41,6 +45,21 @@ def _card_task(heads: list[HeadSpec]) -> tuple[str, str]:
         return "classify", "logits"
     kinds = {h.kind for h in heads}
     return (kinds.pop() if len(kinds) == 1 else "multi"), "heads"
+
+
+def _check_before_training(cfg, model, in_channels: int, hw: tuple[int, int]) -> None:
+    """Fail at the start, not stages later: inputs the downsampling empties, and ops ONNX cannot export.
+
+    One forward at the data's real (H, W) (a zero-size feature map anywhere names ``dataset.input_size``); for a
+    user model file also an in-memory ONNX export at the export stage's default opset, since its forward may use
+    an operator without an ONNX form (the zoo models are tested to export).
+    """
+    spec = ModelSpec.parse(cfg.model)
+    name = f"model {cfg.model!r}"
+    check_min_input(model, in_channels, hw, name)
+    if spec.kind == FILE:
+        check_exportable(model, torch.zeros(1, int(in_channels), *hw), name)
+        model.train()
 
 
 def _save_history(ctx: StageContext, history: dict[str, Any], source: str) -> str:
@@ -102,9 +121,11 @@ def run(ctx: StageContext) -> StageOutput:
             num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, min(hw))
         model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
         load_weights(model, cfg.weights)
+        _check_before_training(cfg, model, data.in_channels, hw)
         source = "weights"
     else:
         model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
+        _check_before_training(cfg, model, data.in_channels, hw)
         model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
         source = "trained"
     model = model.cpu().eval()

@@ -115,7 +115,7 @@ def test_min_input() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.MaxPool2d(2), nn.Flatten(),
                         nn.LazyLinear(2))
     check_min_input(net, 1, 16)
-    with pytest.raises(InputError, match=r"cannot process 4x4 inputs.*smaller than the network's downsampling"):
+    with pytest.raises(InputError, match=r"cannot process 4x4 inputs.*smaller than the network.s downsampling.*dataset.input_size"):
         check_min_input(nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3)), 1, 4)
-    with pytest.raises(InputError, match=r"needs inputs of at least 32x32.*resize the dataset"):
+    with pytest.raises(InputError, match=r"needs inputs of at least 32x32.*dataset.input_size"):
         check_min_input(32, 3, 16, "vgg11")

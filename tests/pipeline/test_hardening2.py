@@ -166,3 +166,85 @@ def test_user_code_timeout_is_a_config_key_outside_every_stage_key(tmp_path):
         assert stage_key(spec, cfg, fp, None) == stage_key(spec, other, fp, None)
     with pytest.raises(ConfigError, match="user_code_timeout_s"):
         build_config(None, ["user_code_timeout_s=-1"])
+
+
+_USER_NETS = '''
+import torch
+from torch import nn
+
+
+class Down(nn.Module):
+    """Unpadded 3x3 convs with 2x2 pools between: 16x16 inputs shrink to 2x2 before the last 3x3 conv."""
+    def __init__(self, num_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3),
+                                  nn.MaxPool2d(2), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, num_classes)
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class Svd(nn.Module):
+    """Singular values of the feature map as features: torch.linalg has no ONNX form."""
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+    def forward(self, x):
+        return self.fc(torch.linalg.svdvals(self.conv(x).flatten(2)))
+
+
+def down(num_classes):
+    return Down(num_classes)
+
+
+def svd(num_classes):
+    return Svd(num_classes)
+'''
+
+
+def _user_run(tmp_path, fn, *sets):
+    from pipeline.runner import run
+
+    f = tmp_path / "nets.py"
+    f.write_text(_USER_NETS)
+    cfg = build_config(None, ["dataset.train_size=16", "dataset.val_size=8", "dataset.test_size=8", *sets],
+                       model=f"{f}:{fn}", data="shapes", artifacts=str(tmp_path / "art"))
+    return run(cfg, progress=False, upto="baseline")
+
+
+def test_inputs_smaller_than_the_downsampling_are_refused_at_baseline_naming_the_size_key(tmp_path):
+    with pytest.raises(InputError, match=r"stage baseline: .*cannot process 16x16 inputs.*smaller than the network's "
+                                         r"downsampling: set the config key dataset.input_size to a larger"):
+        _user_run(tmp_path, "down", "dataset.input_size=[16, 16]")
+    assert _user_run(tmp_path, "down", "dataset.input_size=[32, 32]").artifact("baseline").files
+
+
+def test_zero_size_map_is_caught_even_when_the_forward_runs():
+    import warnings
+
+    from torch import nn
+
+    from pipeline.models.sanity import check_min_input
+
+    class Crop(nn.Module):
+        def forward(self, x):
+            return x[..., 2:-2, 2:-2]
+
+    # the crop leaves a 0x0 map and nothing after it raises (an empty Linear gives its bias): the hook names it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+        net = nn.Sequential(Crop(), nn.Flatten(), nn.Linear(0, 2))
+    with pytest.raises(InputError, match=r"cannot process 4x4 inputs.*layer '0' outputs shape \(1, 1, 0, 0\)"
+                                         r".*dataset.input_size"):
+        check_min_input(net, 1, (4, 4))
+    check_min_input(nn.Sequential(Crop(), nn.Flatten(), nn.Linear(2, 2)), 1, (5, 6))
+
+
+def test_forward_with_an_op_onnx_cannot_export_is_refused_at_baseline(tmp_path):
+    from pipeline.errors import UserCodeError
+
+    with pytest.raises(UserCodeError, match=r"stage baseline: model .*nets.py:svd.* cannot be exported to ONNX "
+                                            r"\(opset 17\).*svd.*replace that operator"):
+        _user_run(tmp_path, "svd")
+    assert not list((tmp_path / "art").glob("*/*.tmp-*"))  # no half-written stage folder left behind
