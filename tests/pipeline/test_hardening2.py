@@ -248,3 +248,18 @@ def test_forward_with_an_op_onnx_cannot_export_is_refused_at_baseline(tmp_path):
                                             r"\(opset 17\).*svd.*replace that operator"):
         _user_run(tmp_path, "svd")
     assert not list((tmp_path / "art").glob("*/*.tmp-*"))  # no half-written stage folder left behind
+
+
+def test_fewer_samples_than_the_splits_need_is_refused(tmp_path):
+    import numpy as np
+
+    from pipeline.data.npz import load_npz
+
+    p = tmp_path / "three.npz"
+    np.savez(p, x=np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8), y=np.array([0, 1, 0]))
+    with pytest.raises(InputError, match=r"class\(es\) .* are in the val/test splits but not among the 1 training "
+                                         r"images \(3 samples in all, too few for the splits\); add samples"):
+        load_npz(str(p), 0, None)
+    ok = tmp_path / "ok.npz"
+    np.savez(ok, x=np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8), y=np.arange(30) % 2)
+    assert load_npz(str(ok), 0, None).num_classes == 2
