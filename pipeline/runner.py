@@ -37,6 +37,7 @@ from pipeline.models.user_code import time_limit
 from pipeline.publish import publish
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
+from pipeline.validate_args import check_input_file
 
 MARKER = "artifact.json"
 log = logging.getLogger(ROOT)
@@ -82,8 +83,7 @@ def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     fp: dict[str, Any] = {**ModelSpec.parse(cfg.model).fingerprint(), **DataSpec.parse(cfg.data).fingerprint(),
                           "seed": cfg.seed, "device": cfg.device}
     if cfg.weights:
-        if not Path(cfg.weights).is_file():
-            raise InputError(f"weights file {cfg.weights!r} does not exist; pass an existing .safetensors/.pt file to --weights")
+        check_input_file(cfg.weights, "weights file", "pass an existing .safetensors/.pt file to --weights")
         fp["weights_sha256"] = sha256_file(cfg.weights)
     return fp
 

@@ -28,6 +28,7 @@ from pipeline.models.sanity import check_checkpoint_sanity
 from pipeline.models.user_code import call_factory, first_forward, import_user_file
 from pipeline.models.zoo import MODELS
 from pipeline.spec import FILE, ModelSpec
+from pipeline.validate_args import check_input_file
 
 __all__ = ["MODELS", "build_model", "class_count_from_weights", "load_onnx_model", "load_weights", "model_names",
            "onnx_model_info", "onnx_to_torch"]
@@ -94,9 +95,7 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
         return onnx_to_torch(Path(spec).expanduser())
     if parsed.kind == FILE:
         file_part, factory_name = parsed.path, parsed.factory
-        path = Path(file_part).expanduser()
-        if not path.is_file():
-            raise InputError(f"model file {file_part!r} does not exist; pass an existing .py file as 'path.py:factory'")
+        path = check_input_file(file_part, "model file", "pass an existing .py file as 'path.py:factory'")
         module = _import_user_file(path)
         factory = getattr(module, factory_name, None)
         if factory is None or not callable(factory):
@@ -193,9 +192,7 @@ def load_weights(model: nn.Module, path: str) -> None:
         InputError: missing/unreadable file, a checkpoint that is not weights-only, or a checkpoint that does not
             match the architecture (missing keys, unexpected keys, shape mismatches are all named).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"weights file {str(path)!r} does not exist; pass the path of a .safetensors or .pt file")
+    p = check_input_file(path, "weights file", "pass the path of a .safetensors or .pt file")
     state = _extract_state_dict(_read_checkpoint(p), p)
     expected = model.state_dict()
     # BatchNorm's num_batches_tracked counter is absent from many exported checkpoints and does not affect outputs.
@@ -275,9 +272,7 @@ def class_count_from_weights(spec: str, weights: str, in_channels: int, input_si
         InputError: the checkpoint cannot be read, or no class-dependent tensor is in it (the message says how to
             declare the count instead).
     """
-    p = Path(weights).expanduser()
-    if not p.is_file():
-        raise InputError(f"weights file {str(weights)!r} does not exist; pass the path of a .safetensors or .pt file")
+    p = check_input_file(weights, "weights file", "pass the path of a .safetensors or .pt file")
     state = _extract_state_dict(_read_checkpoint(p), p)
     one = build_model(spec, 1, in_channels, input_size).state_dict()
     two = build_model(spec, 2, in_channels, input_size).state_dict()

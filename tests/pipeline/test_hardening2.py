@@ -263,3 +263,22 @@ def test_fewer_samples_than_the_splits_need_is_refused(tmp_path):
     ok = tmp_path / "ok.npz"
     np.savez(ok, x=np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8), y=np.arange(30) % 2)
     assert load_npz(str(ok), 0, None).num_classes == 2
+
+
+def test_directories_passed_as_files_are_named_directories(tmp_path):
+    from pipeline.runner import input_fingerprint
+    from pipeline.spec import ModelSpec
+
+    d = tmp_path / "weights.safetensors"
+    d.mkdir()
+    cfg = build_config(None, [], model="tiny", data="shapes", weights=str(d))
+    with pytest.raises(InputError, match=r"weights file .* is a directory, not a file; pass an existing"):
+        input_fingerprint(cfg)
+    m = tmp_path / "net.py"
+    m.mkdir()
+    with pytest.raises(InputError, match=r"model file .*net.py' is a directory, not a file"):
+        ModelSpec.parse(f"{m}:make").check_exists()
+    o = tmp_path / "model.onnx"
+    o.mkdir()
+    with pytest.raises(InputError, match=r"is a directory, not a file"):
+        ModelSpec.parse(str(o)).check_exists()
