@@ -154,8 +154,9 @@ def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[t
     for split, x in zip(("train", "val", "test"), x_parts):
         if x.shape[0] == 0:
             raise InputError(f"dataset {name!r}: the {split} split is empty; add samples so every split gets some")
-    if y_parts[0] is not None:
+    if y_parts[0] is not None and all(y is None or y.dim() == 1 for y in y_parts):
         # Too few samples for the splits: a class seen only in val/test cannot be learned (and its accuracy is 0).
+        # Class labels only ((N,) indices): label maps or sequences may rightly hold values some split lacks.
         seen = set(torch.unique(y_parts[0]).tolist())
         missing = sorted({int(c) for y in y_parts[1:] if y is not None for c in torch.unique(y).tolist()} - seen)
         if missing:
