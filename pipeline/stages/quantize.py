@@ -4,6 +4,7 @@ model come from one file (the quantization-aware finetune, when on, ran in the f
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,10 @@ def run(ctx: StageContext) -> StageOutput:
                      metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
     meta = deploy_meta(card)
     write_metadata(out, meta)
+    t0 = time.monotonic()
     shipped, ship_metrics = ship(cfg, ctx.out_dir, fp32, out, meta)
+    if ctx.progress and cfg.export.mobile:  # the .ort conversion and usability checks are most of this stage's time
+        ctx.log.info("quantize: mobile files for %s made and checked in %.1fs", ship_metrics.get("mobile_target"),
+                     time.monotonic() - t0)
     metrics.update(ship_metrics)
     return StageOutput(["model.int8.onnx", *shipped], metrics)
