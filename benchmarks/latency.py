@@ -124,6 +124,58 @@ def time_interleaved(
     return wall, cpu
 
 
+#: largest share of the available memory one timed input batch may take (sessions and outputs need the rest)
+BATCH_MEMORY_SHARE = 1 / 8
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can give this process now: ``MemAvailable`` of /proc/meminfo, else free pages (POSIX).
+
+    None when neither is known (then no bound is applied).
+    """
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_batch_fits(batch: int, input_shape: tuple[int, ...], available: int | None = None) -> None:
+    """Refuse a timed batch whose float32 input alone exceeds :data:`BATCH_MEMORY_SHARE` of the available memory.
+
+    Raises:
+        ConfigError: naming ``benchmark.batch``, the bytes it needs, the bytes available and the largest batch that fits.
+    """
+    avail = available_memory_bytes() if available is None else available
+    if avail is None:
+        return
+    per_image = 4 * int(np.prod(input_shape, dtype=np.int64))
+    need = int(batch) * per_image
+    allowed = int(avail * BATCH_MEMORY_SHARE)
+    if need > allowed:
+        fits = max(1, allowed // max(1, per_image))
+        raise ConfigError(
+            f"config key 'benchmark.batch': {batch} images of shape {tuple(input_shape)} need {need / 2**20:.0f} MiB "
+            f"for the input alone, more than 1/8 of the {avail / 2**20:.0f} MiB available; set benchmark.batch to "
+            f"at most {fits} (1 matches on-device use)"
+        )
+
+
+def _is_allocation_failure(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("failed to allocate", "bad allocation", "bad_alloc", "out of memory"))
+
+
 def measure_latency(
     models: dict[str, str | Path],
     target: Target,
@@ -164,12 +216,27 @@ def measure_latency(
         (plus ``"samples_ms"`` when ``raw``).
 
     Raises:
-        ConfigError: bad counts, or a model with more than one input.
+        ConfigError: bad counts, a model with more than one input, or a batch that does not fit in memory
+            (checked before allocating; an allocation failure while timing is reported the same way).
     """
     if samples < 1 or warmup < 0 or chunk < 1 or batch < 1:
         raise ConfigError(f"latency: need samples >= 1, warmup >= 0, chunk >= 1, batch >= 1 (got {samples}, {warmup}, {chunk}, {batch})")
     if not models:
         return {}
+    check_batch_fits(batch, input_shape)
+    try:
+        return _measure(models, target, input_shape, batch, samples, warmup, threads, seed, chunk, shipped_ort, raw)
+    except Exception as e:  # MemoryError from numpy, or ORT's RuntimeException when its arena cannot grow
+        if not _is_allocation_failure(e):
+            raise
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConfigError(f"config key 'benchmark.batch': timing a batch of {batch} ran out of memory ({first}); "
+                          f"lower benchmark.batch (1 matches on-device use)") from None
+
+
+def _measure(models: dict[str, str | Path], target: Target, input_shape: tuple[int, int, int], batch: int,
+             samples: int, warmup: int, threads: int | None, seed: int, chunk: int, shipped_ort: ShippedOrt | None,
+             raw: bool) -> dict[str, dict]:
     rng = np.random.default_rng(seed)
     names = list(models)
     with tempfile.TemporaryDirectory(prefix="lrd-latency-") as td:

@@ -206,6 +206,9 @@ class PipelineConfig:
     artifacts: str = "artifacts"
     # what the model's outputs are: auto (detected from their shapes) | classify | dense | sequence | embedding
     task: str = "auto"
+    # seconds allowed for loading user model code (the module import, the factory call) and for its first forward,
+    # each; 0 = no limit. How long is not what is computed, so no stage key includes it.
+    user_code_timeout_s: float = 120.0
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     factorize: FactorizeConfig = field(default_factory=FactorizeConfig)
@@ -220,6 +223,7 @@ class PipelineConfig:
 _RANGES: dict[str, tuple[Any, str]] = {
     "seed": (lambda v: v >= 0, ">= 0"),
     "device": (lambda v: v == "cpu" or v.startswith("cuda"), "'cpu' or 'cuda[:N]'"),
+    "user_code_timeout_s": (lambda v: 0 <= v <= 86400, "in [0, 86400] seconds (0 = no limit)"),
     "dataset.train_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.val_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
     "dataset.test_size": (lambda v: v is None or v >= 1, ">= 1 (or null: the dataset's default)"),
@@ -231,7 +235,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "baseline.lr": (lambda v: v > 0, "> 0"),
     "finetune.svd.prune_macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "baseline.warmup_epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
-    "factorize.energy": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    # below 1% of the energy nearly every layer drops to rank 1 (a run that is certain to fail the gate)
+    "factorize.energy": (lambda v: 0.01 <= v <= 1, "in [0.01, 1] (useful range about 0.3-0.99; 0.6 is the default)"),
     "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "factorize.erank_factor": (lambda v: v > 0, "> 0"),
     "factorize.align": (lambda v: 0 <= v <= 256, "in [0, 256] (0 = the target's channel block)"),
@@ -395,9 +400,18 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict, with clear errors."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"config file {str(p)!r} is a directory, not a file; pass the path of a YAML or TOML "
+                         f"file inside it to --config")
     if not p.is_file():
         raise InputError(f"config file {str(p)!r} does not exist; pass an existing YAML or TOML file to --config")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OSError as e:
+        raise InputError(f"config file {str(p)!r} cannot be read ({e.strerror}); check its permissions") from None
     if p.suffix == ".toml":
         import tomllib
 

@@ -1,13 +1,14 @@
 """Progress display: tqdm on a terminal, one summary line per loop otherwise (keeps logs of non-TTY runs small)."""
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
 
+from pipeline.logs import get_logger
+
 T = TypeVar("T")
-log = logging.getLogger("pipeline.progress")
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
 
 def _is_tty() -> bool:

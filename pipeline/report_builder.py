@@ -125,6 +125,10 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         if baked and name in _SHIPPED_AS:
             v["input"] = "raw [0, 1] pixels (normalisation baked into the graph)"
         variants.append(v)
+        if ctx.progress:  # one line per variant: the accuracy pass over the test split is the slow part
+            ctx.log.info("benchmark: variant %s (%d/%d): accuracy %s, %d bytes, p50 %.3f ms", name, len(variants),
+                         len(files), "n/a" if v["accuracy"] is None else f"{v['accuracy']:.4f}", v["size_bytes"],
+                         float(lat[name].get("p50") or 0.0))
     # The container is what ships: its accuracy is that of the model `unpack` rebuilds from it.
     with tempfile.TemporaryDirectory(dir=ctx.out_dir) as td:
         rebuilt = Path(td) / "unpacked.onnx"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pipeline.stages  # noqa: F401  (registers the stages, in run order)
+from benchmarks.latency import check_batch_fits
 from benchmarks.targets import TARGETS
 from pipeline import __version__
 from exporters.ort_mobile import get_mobile_target
@@ -26,17 +27,20 @@ from pipeline.artifacts import atomic_write_json, sha256_file, sha256_files, sha
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.data import DATASETS, check_split_sizes
 from pipeline.entropy.coders import CODERS
-from pipeline.errors import ConfigError, InputError, LockError, PipelineError
+from pipeline.errors import ConfigError, InputError, LockError, PipelineError, UserCodeError
 from pipeline.factorize.formats import FORMATS
 from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
+from pipeline.logs import ROOT
 from pipeline.models import MODELS
+from pipeline.models.user_code import time_limit
 from pipeline.publish import publish
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
+from pipeline.validate_args import check_input_file
 
 MARKER = "artifact.json"
-log = logging.getLogger("lowrank_deploy")
+log = logging.getLogger(ROOT)
 
 
 @dataclass
@@ -79,8 +83,7 @@ def input_fingerprint(cfg: PipelineConfig) -> dict[str, Any]:
     fp: dict[str, Any] = {**ModelSpec.parse(cfg.model).fingerprint(), **DataSpec.parse(cfg.data).fingerprint(),
                           "seed": cfg.seed, "device": cfg.device}
     if cfg.weights:
-        if not Path(cfg.weights).is_file():
-            raise InputError(f"weights file {cfg.weights!r} does not exist; pass an existing .safetensors/.pt file to --weights")
+        check_input_file(cfg.weights, "weights file", "pass an existing .safetensors/.pt file to --weights")
         fp["weights_sha256"] = sha256_file(cfg.weights)
     return fp
 
@@ -233,6 +236,7 @@ def run(
             raise ConfigError(f"unknown stage {val!r} for {opt}; known stages: {', '.join(names)}")
     # Validate the names the config refers to before any work (clear errors, nothing written).
     _validate_names(cfg)
+    _check_stage_plan(cfg, names, only, upto)
     fingerprint = input_fingerprint(cfg)
 
     root = Path(cfg.artifacts) / ModelSpec.parse(cfg.model).slug
@@ -241,7 +245,8 @@ def run(
         handler = _setup_file_log(root)
         start = time.monotonic()
         try:
-            result = _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
+            with time_limit(cfg.user_code_timeout_s):
+                result = _run_locked(cfg, root, names, fingerprint, only, from_stage, force, progress, upto)
         except BaseException as e:
             # The reason reaches run.log too (not only the terminal), in one line.
             why = "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {e}"
@@ -254,6 +259,33 @@ def run(
         finally:
             log.removeHandler(handler)
             handler.close()
+
+
+#: the lowest ONNX opset whose DequantizeLinear takes a per-channel ``axis`` (the quantize stage's QDQ weights)
+QDQ_MIN_OPSET = 13
+
+
+def _stages_to_run(names: list[str], only: str | None, upto: str | None) -> list[str]:
+    """The stages this run executes or reuses, in order (``--only`` and ``--upto`` cut the list)."""
+    if only is not None:
+        return [only]
+    return names[: names.index(upto) + 1] if upto else list(names)
+
+
+def _check_stage_plan(cfg: PipelineConfig, names: list[str], only: str | None, upto: str | None) -> None:
+    """Settings that only some stages cannot work with, refused before any work when those stages will run."""
+    planned = _stages_to_run(names, only, upto)
+    if "quantize" in planned and cfg.export.opset < QDQ_MIN_OPSET:
+        raise ConfigError(
+            f"config key 'export.opset': {cfg.export.opset} is too old for the quantize stage: QDQ "
+            f"DequantizeLinear with per-channel axis needs opset >= {QDQ_MIN_OPSET}: use export.opset "
+            f"{QDQ_MIN_OPSET}-18, or stop before quantize with --upto export"
+        )
+    if "benchmark" in planned:
+        # A lower bound of the timed input (1 channel, the smallest accepted side unless the size is set): a batch
+        # that cannot fit even then is refused now, not after every other stage ran. The stage checks the real size.
+        hw = cfg.dataset.input_size or (4, 4)
+        check_batch_fits(cfg.benchmark.batch, (1, *hw))
 
 
 def _validate_names(cfg: PipelineConfig) -> None:
@@ -388,6 +420,11 @@ def _execute(
                 f"then rerun: completed stages are kept and reused"
             ) from None
         raise
+    except UserCodeError as e:
+        _remove_tree(tmp)
+        # Say at which stage the user's code failed (a stage may rebuild the model from its file).
+        msg = str(e)
+        raise UserCodeError(msg if msg.startswith("stage ") else f"stage {spec.name}: {msg}") from e
     except BaseException:
         _remove_tree(tmp)
         raise

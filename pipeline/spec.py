@@ -96,9 +96,10 @@ class ModelSpec:
 
     def check_exists(self) -> None:
         """Raise InputError when a file spec names a file that does not exist."""
-        if self.is_file and not Path(self.path).expanduser().is_file():
-            raise InputError(f"model file {self.path!r} does not exist; pass an existing .py (path.py:factory) or "
-                             f".onnx file")
+        if self.is_file:
+            from pipeline.validate_args import check_input_file
+
+            check_input_file(self.path, "model file", "pass an existing .py (path.py:factory) or .onnx file")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Validation of command-line values the CLI receives (seed, device, output file); each raises ConfigError/InputError."""
+"""Validation of command-line values the CLI receives (seed, device, input and output files); each raises
+ConfigError/InputError."""
 from __future__ import annotations
 
 import re
@@ -49,4 +50,20 @@ def check_output_file(path: str | Path, flag: str = "-o") -> Path:
                          f"e.g. {flag} {str(p / 'model.onnx')!r}")
     if not p.parent.is_dir():
         raise InputError(f"{flag} {str(path)!r}: folder {str(p.parent)!r} does not exist; create it first")
+    return p
+
+
+def check_input_file(path: str | Path, what: str, fix: str) -> Path:
+    """Return ``path`` as a Path if it is an existing file; a directory is named as one, not as "does not exist".
+
+    Args:
+        path: the path the user gave.
+        what: what it should be, e.g. ``"weights file"``.
+        fix: what to pass instead, e.g. ``"pass an existing .safetensors/.pt file to --weights"``.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{what} {str(path)!r} is a directory, not a file; {fix} (a file inside it?)")
+    if not p.is_file():
+        raise InputError(f"{what} {str(path)!r} does not exist; {fix}")
     return p

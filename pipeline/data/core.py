@@ -172,6 +172,17 @@ def check_content(name: str, x_parts: tuple[torch.Tensor, ...], y_parts: tuple[t
     for split, x in zip(("train", "val", "test"), x_parts):
         if x.shape[0] == 0:
             raise InputError(f"dataset {name!r}: the {split} split is empty; add samples so every split gets some")
+    if y_parts[0] is not None and all(y is None or y.dim() == 1 for y in y_parts):
+        # Too few samples for the splits: a class seen only in val/test cannot be learned (and its accuracy is 0).
+        # Class labels only ((N,) indices): label maps or sequences may rightly hold values some split lacks.
+        seen = set(torch.unique(y_parts[0]).tolist())
+        missing = sorted({int(c) for y in y_parts[1:] if y is not None for c in torch.unique(y).tolist()} - seen)
+        if missing:
+            total = sum(int(x.shape[0]) for x in x_parts)
+            shown = ", ".join(map(str, missing[:10])) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+            raise InputError(f"dataset {name!r}: class(es) {shown} are in the val/test splits but not among the "
+                             f"{int(x_parts[0].shape[0])} training images ({total} samples in all, too few for the "
+                             f"splits); add samples (each class needs one per split at least) or provide the splits")
     xtr = x_parts[0]
     # Comparing two images first keeps the common case cheap (no full-size boolean tensor).
     if xtr.shape[0] > 1 and bool((xtr[1] == xtr[0]).all()) and bool((xtr == xtr[:1]).all()):

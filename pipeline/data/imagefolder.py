@@ -1,7 +1,6 @@
 """``imagefolder:PATH``: one sub-folder per class of PNG/JPEG images (optionally pre-split into train/val/test)."""
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,9 @@ import torch
 
 from pipeline.data.core import DATASETS, DatasetSplits, as_hw, finish, resize, split_indices
 from pipeline.errors import ConfigError, InputError
+from pipeline.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Pillow's decompression-bomb guard, set explicitly so a library default change cannot lift it: 64 megapixels is
 # far above any image this pipeline trains on; larger images are refused as InputError naming the file.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -37,9 +36,10 @@ from benchmarks.latency import time_interleaved
 from benchmarks.targets import TARGETS, Target, get_target
 from pipeline.errors import ConfigError
 from pipeline.factorize.formats import FORMATS
+from pipeline.logs import get_logger
 from pipeline.ort_session import make_session
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
 WARMUP = 3  # untimed runs per variant: the first runs allocate buffers and pick kernels
 

@@ -13,7 +13,6 @@ process would have drawn, so 1-process and W-process runs see the same global ba
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import random
 import sys
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from pipeline.data import DatasetSplits, Split, make_loader
 from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.logs import ROOT, get_logger
 from pipeline.torch_eval import eval_mode
 
 if TYPE_CHECKING:  # annotations only
@@ -38,7 +38,7 @@ LossFn = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, dict[str, float]]"]
 
 # ----------------------------------------------------------------------------------------------- basics
 
-_log = logging.getLogger("lowrank_deploy")  # the runner's logger: stderr and run.log
+_log = get_logger(ROOT)  # the runner's logger: stderr and run.log
 
 
 def _stderr_is_tty() -> bool:

@@ -28,6 +28,7 @@ from pipeline.models.sanity import check_checkpoint_sanity
 from pipeline.models.user_code import call_factory, first_forward, import_user_file
 from pipeline.models.zoo import MODELS
 from pipeline.spec import FILE, ModelSpec
+from pipeline.validate_args import check_input_file
 
 __all__ = ["MODELS", "build_model", "class_count_from_weights", "load_onnx_model", "load_weights", "model_names",
            "onnx_model_info", "onnx_to_torch"]
@@ -94,9 +95,7 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
         return onnx_to_torch(Path(spec).expanduser())
     if parsed.kind == FILE:
         file_part, factory_name = parsed.path, parsed.factory
-        path = Path(file_part).expanduser()
-        if not path.is_file():
-            raise InputError(f"model file {file_part!r} does not exist; pass an existing .py file as 'path.py:factory'")
+        path = check_input_file(file_part, "model file", "pass an existing .py file as 'path.py:factory'")
         module = _import_user_file(path)
         factory = getattr(module, factory_name, None)
         if factory is None or not callable(factory):
@@ -105,18 +104,19 @@ def build_model(spec: str, num_classes: int, in_channels: int, input_size: int) 
                 f"model file {file_part!r} has no callable {factory_name!r}; callables defined there: "
                 f"{', '.join(public) or '(none)'}"
             )
-        model = _call_factory(factory, int(num_classes), int(in_channels), f"{spec!r}")
+        where = f"{factory_name}() in {file_part!r}"
+        model = _call_factory(factory, int(num_classes), int(in_channels), where)
         # One guarded forward on zeros catches a failing forward, a tuple output or an ignored num_classes here,
         # at the boundary, instead of as a traceback deep inside a stage.
         first_forward(model, torch.zeros(1, int(in_channels), int(input_size), int(input_size)), int(num_classes),
-                      f"{spec!r}")
+                      where)
         return model.train()
     factory = MODELS.get(spec)  # ConfigError listing the known names
     min_size = int(MODELS.meta(spec).get("min_input_size", 1))
     if int(input_size) < min_size:
         raise ConfigError(
             f"model {spec!r} needs inputs of at least {min_size}x{min_size} (got {input_size}); pick another model "
-            f"or a larger input size"
+            f"or set the config key dataset.input_size to a larger [H, W]"
         )
     return factory(num_classes=int(num_classes), in_channels=int(in_channels))
 
@@ -192,9 +192,7 @@ def load_weights(model: nn.Module, path: str) -> None:
         InputError: missing/unreadable file, a checkpoint that is not weights-only, or a checkpoint that does not
             match the architecture (missing keys, unexpected keys, shape mismatches are all named).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"weights file {str(path)!r} does not exist; pass the path of a .safetensors or .pt file")
+    p = check_input_file(path, "weights file", "pass the path of a .safetensors or .pt file")
     state = _extract_state_dict(_read_checkpoint(p), p)
     expected = model.state_dict()
     # BatchNorm's num_batches_tracked counter is absent from many exported checkpoints and does not affect outputs.
@@ -274,9 +272,7 @@ def class_count_from_weights(spec: str, weights: str, in_channels: int, input_si
         InputError: the checkpoint cannot be read, or no class-dependent tensor is in it (the message says how to
             declare the count instead).
     """
-    p = Path(weights).expanduser()
-    if not p.is_file():
-        raise InputError(f"weights file {str(weights)!r} does not exist; pass the path of a .safetensors or .pt file")
+    p = check_input_file(weights, "weights file", "pass the path of a .safetensors or .pt file")
     state = _extract_state_dict(_read_checkpoint(p), p)
     one = build_model(spec, 1, in_channels, input_size).state_dict()
     two = build_model(spec, 2, in_channels, input_size).state_dict()

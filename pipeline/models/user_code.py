@@ -8,12 +8,14 @@ user's own code). Each step is bounded by ``timeout_s`` (default :data:`DEFAULT_
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import inspect
 import io
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator, TypeVar
@@ -22,9 +24,27 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserCodeError
+from pipeline.models.sanity import EmptyMapProbe, looks_like_size_error, size_error
 
 DEFAULT_TIMEOUT_S = 120.0
 T = TypeVar("T")
+
+#: the limit of this run (the ``user_code_timeout_s`` config key, set by :func:`time_limit`); None = the default
+_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar("lrd_user_code_timeout_s", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Bound every guarded user-code step inside the block by ``seconds`` (0: no limit; None: the default).
+
+    The runner wraps a run in it with the config's ``user_code_timeout_s``, so the stages that rebuild the model
+    from the user's file get the same bound without passing it around.
+    """
+    token = _LIMIT.set(seconds)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
 
 
 class _Timeout(BaseException):
@@ -56,10 +76,16 @@ def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | No
         fn: the call into user code.
         what: the user function, e.g. ``"factory 'tiny.py:make'"``.
         step: the step, e.g. ``"import"``, ``"factory call"``, ``"first forward"``.
-        timeout_s: seconds allowed; None means the module's ``DEFAULT_TIMEOUT_S`` (read at call time, so it is
-            configurable in one place); 0 or less disables the bound.
+        timeout_s: seconds allowed; None means the run's ``user_code_timeout_s`` (:func:`time_limit`), else the
+            module's ``DEFAULT_TIMEOUT_S`` (read at call time); 0 or less disables the bound.
+
+    The bound uses ``SIGALRM``/``setitimer`` on the main thread (the user code is interrupted where it runs);
+    elsewhere the call runs in a daemon thread that is abandoned on timeout. Without ``setitimer`` (Windows) the
+    main thread takes that thread path too.
     """
     fix = f"fix {what} so that its {step} completes"
+    if timeout_s is None:
+        timeout_s = _LIMIT.get()
     if timeout_s is None:
         timeout_s = DEFAULT_TIMEOUT_S
     limit = timeout_s if timeout_s > 0 else None
@@ -87,14 +113,15 @@ def run_guarded(fn: Callable[[], T], what: str, step: str, timeout_s: float | No
         return box["v"]
     except _Timeout:
         raise UserCodeError(f"{what}: {step} did not finish within {limit:g} s (it may loop forever); {fix}, or "
-                            f"raise the limit with timeout_s / the model.user_code_timeout_s setting") from None
+                            f"raise the limit with the config key user_code_timeout_s (seconds, 0 = no limit), "
+                            f"e.g. --set user_code_timeout_s=600") from None
     except SystemExit as e:
         raise UserCodeError(f"{what} called sys.exit({e.code!r}) during {step}; user code must return or raise, "
                             f"not exit; {fix}") from None
     except UserCodeError:
         raise
     except Exception as e:
-        failed = "failed to import" if step == "import" else f"failed during {step}"
+        failed = {"import": "failed to import", "factory call": "failed"}.get(step, f"failed at the {step}")
         raise UserCodeError(f"{what} {failed}: {_one_line(e)}; {fix}") from e
 
 
@@ -107,7 +134,7 @@ def import_user_file(path: Path, mod_name: str, timeout_s: float | None = None) 
     # Registered before executing so dataclasses/pickling inside the user file can find their own module.
     sys.modules[mod_name] = module
     try:
-        run_guarded(lambda: spec.loader.exec_module(module), f"model file {str(path)!r}", "import", timeout_s)
+        run_guarded(lambda: spec.loader.exec_module(module), f"user model file {str(path)!r}", "import", timeout_s)
     except UserCodeError:
         sys.modules.pop(mod_name, None)
         raise
@@ -116,14 +143,17 @@ def import_user_file(path: Path, mod_name: str, timeout_s: float | None = None) 
 
 def call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int, where: str,
                  timeout_s: float | None = None) -> nn.Module:
-    """Call a user factory with the arguments its signature accepts; check it returns a usable nn.Module."""
+    """Call a user factory with the arguments its signature accepts; check it returns a usable nn.Module.
+
+    ``where`` names the factory in messages, e.g. ``"make() in 'models/x.py'"``.
+    """
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # builtins/C callables without a signature: call with no arguments
         params = {}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {n: v for n, v in (("num_classes", num_classes), ("in_channels", in_channels)) if var_kw or n in params}
-    what = f"model factory {where}"
+    what = f"user factory {where}"
     model = run_guarded(lambda: factory(**kwargs), what, "factory call", timeout_s)
     if isinstance(model, tuple):
         raise UserCodeError(f"{what} returned a tuple of {len(model)} items, not a torch.nn.Module; return only "
@@ -139,12 +169,25 @@ def call_factory(factory: Callable[..., Any], num_classes: int, in_channels: int
 def first_forward(model: nn.Module, example: torch.Tensor, num_classes: int, where: str,
                   timeout_s: float | None = None) -> torch.Tensor:
     """Run the first forward of a user model on ``example`` (N, C, H, W); check the output is (N, num_classes)."""
-    what = f"forward of model {where}"
+    what = f"user forward of {where}"
+    hw = (int(example.shape[-2]), int(example.shape[-1]))
 
     def fwd() -> Any:
         with torch.no_grad():
             return model.eval()(example)
-    out = run_guarded(fwd, what, "first forward", timeout_s)
+    probe = EmptyMapProbe(model)  # a feature map the downsampling emptied is an input-size problem, said as such
+    try:
+        out = run_guarded(fwd, what, "first forward", timeout_s)
+    except UserCodeError as e:
+        if probe.empty is None and not (e.__cause__ is not None and looks_like_size_error(e.__cause__)):
+            raise
+        detail = (f"layer {probe.empty[0]!r} outputs shape {probe.empty[1]}" if probe.empty
+                  else _one_line(e.__cause__))
+        raise UserCodeError(str(size_error(what, hw, detail))) from None
+    finally:
+        probe.close()
+    if probe.empty is not None:
+        raise UserCodeError(str(size_error(what, hw, f"layer {probe.empty[0]!r} outputs shape {probe.empty[1]}")))
     if isinstance(out, (tuple, list)):
         raise UserCodeError(f"{what} returned a {type(out).__name__} of {len(out)} items; it must return one "
                             f"logits tensor of shape (N, num_classes)")
@@ -162,7 +205,9 @@ def check_exportable(model: nn.Module, example: torch.Tensor, where: str = "mode
     """Try ``torch.onnx.export`` to memory; raise UserCodeError naming the unsupported op if it fails."""
     buf = io.BytesIO()
     try:
-        torch.onnx.export(model.eval(), (example,), buf, opset_version=opset, dynamo=False)
+        with warnings.catch_warnings():  # the exporter's deprecation and tracer warnings are not the user's problem
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), (example,), buf, opset_version=opset, dynamo=False)
     except Exception as e:  # torch raises several types (UnsupportedOperatorError, RuntimeError, ...)
         msg = _one_line(e)
         raise UserCodeError(f"{where} cannot be exported to ONNX (opset {opset}): {msg}; replace that operator "

@@ -14,20 +14,21 @@ attempt cap is reached. The result dict says which nodes were excluded and wheth
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError, NumericalError
+from pipeline.logs import get_logger
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
 from pipeline.quantize.weights import apply_weight_bits_to_qdq
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
 # Op types whose weights ORT's QDQ quantizer turns into int8; these are the candidates of the guard.
 GUARD_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -184,7 +185,7 @@ def _run_quantizer(model: Path, out: Path, calib_x: np.ndarray, input_name: str,
 
 def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.ndarray, cfg: Any,
                     eval_fn: Callable[[Path], float] | None = None, fp32_accuracy: float | None = None,
-                    max_guard_candidates: int = 32, target: Any = None) -> dict[str, Any]:
+                    max_guard_candidates: int = 32, target: Any = None, progress: bool = False) -> dict[str, Any]:
     """Quantize an fp32 ONNX model to int8 QDQ with real calibration images; optional accuracy guard.
 
     Args:
@@ -198,6 +199,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         max_guard_candidates: cap on nodes measured for sensitivity (each costs one quantization + one evaluation).
         target: optional benchmark target; with ``reduce_range = "auto"`` an ARM (not measured here) target keeps
             full-range weights, otherwise this host's ISA decides (:func:`pipeline.quantize.isa.resolve_reduce_range`).
+        progress: log one line per calibration pass (each quantizer run calibrates on every image; the accuracy
+            guard adds passes), so a long quantize stage shows it is moving.
 
     Returns:
         ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
@@ -230,7 +233,11 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         def attempt(exclude: Sequence[str]) -> Path:
             counter[0] += 1
             p = work / f"q{counter[0]}.onnx"
+            t0 = time.monotonic()
             _run_quantizer(model, p, calib, input_name, cfg, exclude, reduce_range)
+            if progress:
+                log.info("quantize: calibration pass %d (%d images, %d node(s) kept float) done in %.1fs",
+                         counter[0], n_cal, len(exclude), time.monotonic() - t0)
             return p
 
         best = attempt([])

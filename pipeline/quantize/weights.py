@@ -23,7 +23,6 @@ Per-layer bit widths can be chosen under a size budget (average bits per weight)
 """
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ import numpy as np
 
 from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ConfigError, InputError
+from pipeline.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from pipeline import pseudo_labels
+from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
 from pipeline.errors import InputError
@@ -13,7 +16,9 @@ from pipeline.heads.accuracy import label_accuracy
 from pipeline.heads.kinds import HeadSpec
 from pipeline.heads.measure import onnx_outputs, probe_onnx_heads
 from pipeline.models import build_model, class_count_from_weights, load_onnx_model, load_weights, onnx_model_info
-from pipeline.spec import ModelSpec
+from pipeline.models.sanity import check_min_input
+from pipeline.models.user_code import check_exportable
+from pipeline.spec import FILE, ModelSpec
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
 from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, macs_params, seed
 
@@ -62,7 +67,32 @@ def _card_task(heads: list[HeadSpec]) -> tuple[str, str]:
     return (kinds.pop() if len(kinds) == 1 else "multi"), "heads"
 
 
-@stage("baseline", reads=("baseline", DATASET, "task"), version=3)
+def _check_before_training(cfg, model, in_channels: int, hw: tuple[int, int]) -> None:
+    """Fail at the start, not stages later: inputs the downsampling empties, and ops ONNX cannot export.
+
+    One forward at the data's real (H, W) (a zero-size feature map anywhere names ``dataset.input_size``); for a
+    user model file also an in-memory ONNX export at the export stage's default opset, since its forward may use
+    an operator without an ONNX form (the zoo models are tested to export).
+    """
+    spec = ModelSpec.parse(cfg.model)
+    name = f"model {cfg.model!r}"
+    check_min_input(model, in_channels, hw, name)
+    if spec.kind == FILE:
+        check_exportable(model, torch.zeros(1, int(in_channels), *hw), name)
+        model.train()
+
+
+def _save_history(ctx: StageContext, history: dict[str, Any], source: str) -> str:
+    """Write ``history.json`` as finetune does: one entry per epoch; no wall-clock times, so reruns are identical."""
+    if source == "trained":
+        record = {k: v for k, v in history.items() if k != "seconds"}
+    else:
+        record = {"epochs": [], "skipped": f"not trained: the model came with its weights ({source})"}
+    atomic_write_json(ctx.out_dir / "history.json", record)
+    return "history.json"
+
+
+@stage("baseline", reads=("baseline", DATASET, "task"), version=4)
 def run(ctx: StageContext) -> StageOutput:
     """Build the model; load the user's weights or ONNX file, or train it on the dataset when none are given.
 
@@ -108,17 +138,21 @@ def run(ctx: StageContext) -> StageOutput:
         num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
         model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
         if fallback:
+            # One line with the reason and the cost: without torch layers nothing can be retrained.
             ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
-                            "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
+                            "factorize rewrites the graph, finetuning will be skipped (no accuracy recovery after "
+                            "factorization)", cfg.model, fallback)
         source = "onnx"
     elif cfg.weights:
         if not num_classes:  # unlabelled and undeclared: the checkpoint's classifier says how many
             num_classes = class_count_from_weights(cfg.model, cfg.weights, data.in_channels, min(hw))
         model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
         load_weights(model, cfg.weights)
+        _check_before_training(cfg, model, data.in_channels, hw)
         source = "weights"
     else:
         model = build_model(cfg.model, num_classes, data.in_channels, min(hw))
+        _check_before_training(cfg, model, data.in_channels, hw)
         model, history = train_baseline(model, data, cfg.baseline, seed=cfg.seed, device=cfg.device, progress=ctx.progress)
         source = "trained"
     model = model.cpu().eval()
@@ -139,6 +173,7 @@ def run(ctx: StageContext) -> StageOutput:
         class_names=tuple(data.class_names) if classify and len(data.class_names) == int(num_classes) else None,
     )
     files = save_model(model, card, ctx.out_dir)
+    files.append(_save_history(ctx, history, source))
     if not labelled and not classify:
         # argmax of a map, a sequence or an embedding is no label: later stages distil from the raw outputs
         ctx.log.info("baseline: dataset %s has no labels and the model's outputs are %s; fidelity to the original's "

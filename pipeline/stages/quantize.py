@@ -4,6 +4,7 @@ model come from one file (the quantization-aware finetune, when on, ran in the f
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,8 @@ def run(ctx: StageContext) -> StageOutput:
     fp32_val = onnx_accuracy(fp32, val_x, val_y) if val_y is not None else None
     eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
     out = ctx.out_dir / "model.int8.onnx"
-    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val)
+    qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val,
+                            progress=ctx.progress)
     test_x = data.test.x.numpy().astype(np.float32)
     ref = onnx_predict(fp32, test_x)
     q = onnx_predict(out, test_x)
@@ -66,6 +68,10 @@ def run(ctx: StageContext) -> StageOutput:
                      metrics.get("test_accuracy"), metrics["agreement"], metrics["sqnr_db"])
     meta = deploy_meta(card)
     write_metadata(out, meta)
+    t0 = time.monotonic()
     shipped, ship_metrics = ship(cfg, ctx.out_dir, fp32, out, meta)
+    if ctx.progress and cfg.export.mobile:  # the .ort conversion and usability checks are most of this stage's time
+        ctx.log.info("quantize: mobile files for %s made and checked in %.1fs", ship_metrics.get("mobile_target"),
+                     time.monotonic() - t0)
     metrics.update(ship_metrics)
     return StageOutput(["model.int8.onnx", *shipped], metrics)

@@ -51,13 +51,13 @@ def test_good_factory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("body, match", [
-    ("def make(num_classes):\n    raise KeyError('boom')\n", r"factory .*make.* failed during factory call: KeyError: 'boom'; fix"),
+    ("def make(num_classes):\n    raise KeyError('boom')\n", r"user factory make\(\) in .*user_model.py. failed: KeyError: 'boom'; fix"),
     ("def make(num_classes):\n    sys.exit(3)\n", r"called sys.exit\(3\) during factory call; user code must return"),
     ("def make():\n    return Net(5)\n", r"returned shape \(1, 5\), expected \(1, 3\); the factory ignores num_classes=3"),
     ("def make():\n    return nn.ReLU()\n", r"no parameters; there is nothing to factorize"),
     ("def make(num_classes):\n    return Net(num_classes), 1\n", r"returned a tuple of 2 items, not a torch.nn.Module"),
     ("def make(num_classes):\n    return 42\n", r"returned int, not a torch.nn.Module"),
-    ("def make(num_classes):\n    return Net(num_classes, fail=True)\n", r"forward .* failed during first forward: ValueError: shape oops"),
+    ("def make(num_classes):\n    return Net(num_classes, fail=True)\n", r"user forward of make\(\) in .* failed at the first forward: ValueError: shape oops"),
     ("def make(num_classes):\n    return Net(num_classes, tup=True)\n", r"forward .* returned a tuple of 2 items; it must return one logits"),
 ])
 def test_bad_factories(tmp_path: Path, body: str, match: str) -> None:

@@ -119,3 +119,19 @@ def test_accuracy_guard_excludes_the_sensitive_node(tmp_path: Path) -> None:
     conv0 = next(n for n in q.graph.node if n.name == "/0/Conv")
     inits = {t.name for t in q.graph.initializer}
     assert conv0.input[1] in inits and conv0.input[1] == "0.weight"  # float weight, no DequantizeLinear in front
+
+
+def test_progress_logs_one_line_per_calibration_pass(fp32_model: Path, tmp_path: Path) -> None:
+    from pipeline.logs import ROOT
+    from pipeline.quantize.ort_static import log
+    from tests.helpers.logs import captured
+
+    assert log.name.startswith(ROOT + ".")  # reaches the runner's stderr and run.log handlers
+    with captured(log) as records:
+        quantize_static(fp32_model, tmp_path / "a.onnx", images(8, seed=1), QuantizeConfig(calib_size=8),
+                        progress=True)
+    lines = [r.getMessage() for r in records if "calibration pass" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("quantize: calibration pass 1 (8 images, 0 node(s) kept float)")
+    with captured(log) as records:
+        quantize_static(fp32_model, tmp_path / "b.onnx", images(8, seed=1), QuantizeConfig(calib_size=8))
+    assert not [r for r in records if "calibration pass" in r.getMessage()]

@@ -10,11 +10,11 @@ build time, and the same file always yields the same module names, structure and
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from pipeline.errors import InputError
+from pipeline.logs import ROOT, get_logger
 from pipeline.models.onnx.builder import MULTI_OUTPUT
 from pipeline.models.onnx.graph_module import OnnxGraphModule
 from pipeline.models.onnx.layer_ops import LayerOps
@@ -26,7 +26,7 @@ from pipeline.models.onnx.validate import check_finite_weights
 
 __all__ = ["onnx_to_torch"]
 
-log = logging.getLogger("lowrank_deploy")
+log = get_logger(ROOT)  # the runner's logger: stderr and run.log
 
 
 class Converter(SymbolicShapes, LayerOps, InterpretedOps):

@@ -16,6 +16,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from pipeline.errors import InputError, NumericalError
+from pipeline.validate_args import check_input_file
 
 __all__ = ["DEFAULT_DOMAINS", "MAX_PROTO_BYTES", "all_tensors", "check_finite_weights", "check_onnx_file"]
 
@@ -122,9 +123,7 @@ def check_onnx_file(path: str | os.PathLike[str]) -> Any:
     Raises:
         InputError: with a message naming the file (and the tensor, location, domain or checker failure).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"ONNX model {str(path)!r} does not exist (or is not a file); pass the path of an .onnx file")
+    p = check_input_file(path, "ONNX model", "pass the path of an .onnx file")
     size = p.stat().st_size
     if size > MAX_PROTO_BYTES:
         raise InputError(
