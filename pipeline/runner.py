@@ -513,10 +513,23 @@ def _publish(root: Path, cfg: PipelineConfig, records: list[StageRecord]) -> Pat
     return publish(root, records[-1].artifact.key, files, figures=_figures(records, files), extra=extra)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stderr`` is at each record, not the one at set-up: a caller (a notebook,
+    a test harness) that swaps or closes stderr later never makes logging write to a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always reads sys.stderr
+        pass
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Logs go to stderr (and to ``run.log`` in the run folder while a run is active)."""
     if not log.handlers or all(isinstance(h, logging.FileHandler) for h in log.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _CurrentStderr()
         h.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
         log.addHandler(h)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -18,7 +18,9 @@ def test_non_tty_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
             assert sum(progress(range(500), f"epoch {epoch}")) == sum(range(500))
     lines = [r.getMessage() for r in records]
     assert len(lines) == 3 and lines[0].startswith("epoch 0: 500/500 done in")
-    assert err.getvalue() == "" and sum(len(m) for m in lines) < 20_000
+    # no tqdm updates: stderr holds at most the log lines themselves (when the CLI configured a stderr handler)
+    assert "\r" not in err.getvalue() and len(err.getvalue().splitlines()) <= 3
+    assert sum(len(m) for m in lines) < 20_000
 
 
 def test_every_pct_bounded() -> None:
