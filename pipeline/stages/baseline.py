@@ -79,8 +79,11 @@ def run(ctx: StageContext) -> StageOutput:
         heads = _heads(cfg, data)
         # the first output's classes (K, C or D); the dataset may declare none
         num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
-        model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
-        if fallback:
+        model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw), form=cfg.baseline.onnx_form)
+        if fallback and cfg.baseline.onnx_form == "graph":
+            ctx.log.info("baseline: %s kept as its ONNX graph (baseline.onnx_form=graph): factorize rewrites the "
+                         "graph, finetuning will be skipped", cfg.model)
+        elif fallback:
             ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
                             "factorize rewrites the graph, finetuning will be skipped", cfg.model, fallback)
         source = "onnx"
