@@ -126,7 +126,7 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
         ``{"macs", "macs_int8", "macs_fp32", "params", "params_outside_layers", "weight_bytes", "activation_bytes",
         "input_shape", "layers": [{"name", "module", "op", "precision", "macs", "params", "weight_bytes",
         "weight_numel", "bias_numel", "act_in_numel", "act_out_numel", "act_in_bytes", "act_out_bytes",
-        "weight_shape", "weight_dtype", "out_shape"}]}``.
+        "weight_shape", "weight_dtype", "out_shape", "group"}]}``.
 
     Raises:
         InputError: missing/unreadable model or not exactly one graph input.
@@ -256,6 +256,7 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
             "weight_shape": [int(v) for v in w_shape],
             "weight_dtype": _dtype_name(w.data_type) if w is not None else None,
             "out_shape": [int(v) for v in y_shape],
+            "group": int(attrs.get("group", 1)),
         })
     # Parameters outside compute layers (e.g. a BatchNorm that follows no conv), but not quantization scales / zero
     # points or integer shape constants.
