@@ -199,3 +199,16 @@ def test_the_stage_checks_the_graph_and_records_each_fallback(tmp_path) -> None:
     shipped = onnx.load(str(fac.dir / "model.onnx"))
     x = _images(16, seed=5)
     assert _agreement(shipped, model, x) >= 0.9
+
+
+def test_far_from_the_bound_an_eighth_of_the_layers_move_per_check() -> None:
+    from pipeline.factorize.graph_fallback import _moves
+    from pipeline.heads.gate import Check, Verdict
+
+    def verdict(value: float) -> Verdict:
+        return Verdict("factorized", "cpu", (Check("logits", "agreement", value, ">=", 0.99),))
+
+    assert _moves(verdict(0.50), 16) == 2  # misses by 0.49, far more than 3 x the 0.01 it may lose
+    assert _moves(verdict(0.975), 16) == 1  # within 3 x: one layer per check
+    assert _moves(verdict(0.50), 5) == 1
+    assert _moves(Verdict("f", "cpu", (Check("map", "mae", 0.5, "<=", 0.05),)), 40) == 5
