@@ -12,6 +12,7 @@ from typing import Any
 
 from benchmarks.targets import PROFILES, DeviceProfile
 from pipeline.errors import ConfigError, InputError, ValidationError
+from pipeline.ort_session import make_session
 
 # op_type -> (activation input index, weight input index, bias input index or None)
 _COMPUTE_OPS: dict[str, tuple[int, int, int | None]] = {
@@ -75,15 +76,43 @@ def _pin_input(model: Any, input_shape: tuple[int, int, int], name: str) -> None
         d.dim_value = v
     del graph.value_info[:]
     for o in graph.output:
+        # Symbolic, -1 and 0 sizes (paddle2onnx writes the latter for dynamic axes) are left to inference.
         for d in o.type.tensor_type.shape.dim:
-            if d.HasField("dim_param"):
+            if d.HasField("dim_param") or (d.HasField("dim_value") and d.dim_value <= 0):
                 d.ClearField("dim_param")
+                d.ClearField("dim_value")
+
+
+def _ort_shapes(path: Path, names: list[str], types: dict[str, int], input_shape: tuple[int, int, int]
+                ) -> dict[str, list[int]]:
+    """Shapes of the named values, read from one ONNX Runtime run on zeros at ``(batch, *input_shape)``.
+
+    For the values ONNX shape inference leaves unknown (sizes computed at run time by Shape/Reshape/Slice chains,
+    as converters export dynamic axes); the batch is 1 unless the graph fixes it. Values whose type is not known
+    are asked for as float.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    known = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in known:
+            model.graph.output.append(helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT,
+                                                                    None))
+    sess = make_session(model.SerializeToString(), threads=1, opt_level="disabled")
+    inp = sess.get_inputs()[0]
+    dim0 = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else 1
+    outs = sess.run(names, {inp.name: np.zeros((dim0, *input_shape), np.float32)})
+    return {n: [int(d) for d in o.shape] for n, o in zip(names, outs)}
 
 
 def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dict:
     """Per-layer MACs, parameters, weight bytes and activation bytes of an ONNX model, at batch 1.
 
-    Shapes come from ONNX shape inference with the input fixed to ``(1, *input_shape)``. Conv MACs =
+    Shapes come from ONNX shape inference with the input fixed to ``(1, *input_shape)``; those it leaves unknown
+    (dynamic dims computed at run time) from one ONNX Runtime run on zeros of that shape. Conv MACs =
     ``N * C_out * H' * W' * (C_in / groups) * kh * kw``; Gemm ``M * K * N``; MatMul ``prod(out) * K``. A layer whose
     weight is an int8/uint8 initializer behind a ``DequantizeLinear`` (QDQ), or a QLinear/Integer op, counts as int8;
     its activation bytes use the quantized dtype when the input comes from a ``DequantizeLinear`` / the output feeds
@@ -97,7 +126,7 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
         ``{"macs", "macs_int8", "macs_fp32", "params", "params_outside_layers", "weight_bytes", "activation_bytes",
         "input_shape", "layers": [{"name", "module", "op", "precision", "macs", "params", "weight_bytes",
         "weight_numel", "bias_numel", "act_in_numel", "act_out_numel", "act_in_bytes", "act_out_bytes",
-        "weight_shape", "weight_dtype", "out_shape"}]}``.
+        "weight_shape", "weight_dtype", "out_shape", "group"}]}``.
 
     Raises:
         InputError: missing/unreadable model or not exactly one graph input.
@@ -124,6 +153,21 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
     for name, t in inits.items():
         vinfo[name] = (list(t.dims), t.data_type)
     producer = {o: n for n in graph.node for o in n.output}
+    # Dynamic dims that inference cannot follow (Shape -> Gather -> Reshape chains of converters): one ORT run at
+    # the real input shape fills every compute node's missing shapes.
+    missing = sorted({n.input[i] if i < len(n.input) else "" for n in graph.node
+                      if n.op_type in _COMPUTE_OPS and n.domain in ("", "ai.onnx")
+                      for i in _COMPUTE_OPS[n.op_type][:2]} | {n.output[0] for n in graph.node
+                                                               if n.op_type in _COMPUTE_OPS})
+    missing = [v for v in missing if v and v not in inits and vinfo.get(v, (None, 0))[0] is None
+               and (producer.get(v) is None or producer[v].op_type != "Constant")]
+    if missing:
+        try:
+            filled = _ort_shapes(p, missing, {k: t for k, (_, t) in vinfo.items()}, input_shape)
+        except Exception:  # ORT's own exception types: the shapes stay unknown and the error below names them
+            filled = {}
+        for v, shape in filled.items():
+            vinfo[v] = (shape, vinfo.get(v, (None, onnx.TensorProto.FLOAT))[1])
     consumers: dict[str, list[Any]] = defaultdict(list)
     for n in graph.node:
         for i in n.input:
@@ -212,6 +256,7 @@ def onnx_layer_stats(path: str | Path, input_shape: tuple[int, int, int]) -> dic
             "weight_shape": [int(v) for v in w_shape],
             "weight_dtype": _dtype_name(w.data_type) if w is not None else None,
             "out_shape": [int(v) for v in y_shape],
+            "group": int(attrs.get("group", 1)),
         })
     # Parameters outside compute layers (e.g. a BatchNorm that follows no conv), but not quantization scales / zero
     # points or integer shape constants.

@@ -47,6 +47,9 @@ class BaselineConfig:
     # Linear LR warm-up before the cosine decay. Deep nets (resnet56: lr 0.05 at batch 32 is ~0.2 at batch 128) stay
     # at chance without it, as He et al. found for ResNet-110 (they warm up at 0.1x the LR).
     warmup_epochs: float = 1.0
+    # how an ONNX model is taken: auto (imported to torch where the importer can, so it can be finetuned; else its
+    # graph) | graph (always the graph: factorized on the ONNX graph with the fidelity fallback, no finetuning)
+    onnx_form: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "baseline.lr": (lambda v: v > 0, "> 0"),
     "finetune.svd.prune_macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "baseline.warmup_epochs": (lambda v: 0 <= v <= 10000, "in [0, 10000]"),
+    "baseline.onnx_form": (lambda v: v in ("auto", "graph"), "'auto' or 'graph'"),
     # below 1% of the energy nearly every layer drops to rank 1 (a run that is certain to fail the gate)
     "factorize.energy": (lambda v: 0.01 <= v <= 1, "in [0.01, 1] (useful range about 0.3-0.99; 0.6 is the default)"),
     "factorize.ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -15,6 +15,11 @@ and size per file, the report figures that belong to it, the run key), fsync the
 ``deploy/`` left as a plain folder by older versions is moved aside and removed once the symlink is in place. Any
 OSError (a full disk, permissions) removes what this publish staged and raises :class:`PublishError`; the
 previous ``deploy`` is untouched.
+
+A run the fidelity gate refuses publishes nothing: ``deploy`` keeps pointing at the earlier run, and
+:func:`record_refusal` writes ``refused.json`` next to it (why, every candidate's fidelity checks, which run
+``deploy`` still holds), so a reader of the folder sees that the newest attempt did not ship. The next successful
+publish removes it.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from pipeline.artifacts import atomic_write_json, sha256_file
 from pipeline.errors import PipelineError
 
 MANIFEST = "manifest.json"
+#: written next to deploy/ by a run the fidelity gate refused; removed by the next successful publish
+REFUSED = "refused.json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TMP_RE = re.compile(r"^(?:deploy\.tmp|deploy\.old|\.run\.old|\.link\.tmp)-(\d+)(?:-.*)?$")
 
@@ -81,6 +88,36 @@ def clean_stale(root: Path) -> list[str]:
                 _remove(p)
                 removed.append(p.name)
     return sorted(removed)
+
+
+def deployed_run(root: str | Path, link_name: str = "deploy") -> dict[str, Any] | None:
+    """What ``root/deploy`` holds now: ``{"run_key", "model", "dataset", "folder"}`` from its manifest, or None
+    when nothing was published yet (or the manifest cannot be read)."""
+    folder = Path(root) / link_name
+    try:
+        man = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    target = os.readlink(folder) if folder.is_symlink() else link_name
+    return {"run_key": man.get("run_key"), "model": man.get("model"), "dataset": man.get("dataset"),
+            "folder": target}
+
+
+def record_refusal(root: str | Path, record: Mapping[str, Any], link_name: str = "deploy") -> Path:
+    """Write ``root/refused.json``: ``record`` (reason, variants and their fidelity, the refused run's key) plus
+    ``deploy_still_holds`` (:func:`deployed_run`). ``deploy`` itself is not touched.
+
+    Raises:
+        PublishError: the file cannot be written (the disk is full, permissions).
+    """
+    root = Path(root)
+    path = root / REFUSED
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**dict(record), "deploy_still_holds": deployed_run(root, link_name)})
+    except OSError as e:
+        raise _error(e, path, root) from None
+    return path
 
 
 def copy_file(src: Path, dst: Path) -> None:
@@ -213,4 +250,5 @@ def publish(root: str | Path, key: str, files: Mapping[str, str | Path],
         raise _error(e, path, root) from None
     _remove(legacy)
     _remove(aside)
+    _remove(root / REFUSED)  # this run shipped: an earlier refusal no longer describes deploy/
     return link

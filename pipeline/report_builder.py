@@ -14,6 +14,7 @@ from benchmarks.accuracy import onnx_accuracy
 from benchmarks.energy import energy_proxy, onnx_layer_stats, roofline_all
 from benchmarks.latency import measure_latency, profile_nodes
 from benchmarks.report import write_report
+from benchmarks.report.reach import reach_section
 from benchmarks.storage import artifact_bytes
 from benchmarks.targets import TARGETS
 from pipeline import __version__
@@ -108,8 +109,11 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     raw_ms = {n: lat[n].pop("samples_ms") for n in lat}  # for the gate's ratio interval, not the report
     card = load_card(ctx.inputs["baseline"].dir)
     variants: list[dict[str, Any]] = []
+    original_layers: list[dict[str, Any]] = []
     for name, path in files.items():
         stats = onnx_layer_stats(path, shape)
+        if name == "original":
+            original_layers = stats["layers"]
         precision = "int8" if name == "int8" else "fp32"
         v = {
             "name": name,
@@ -203,6 +207,8 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
             "device_profile": getattr(target.profile, "name", str(target.profile)),
         },
         "headline": headline,
+        # what low rank can reach in this model, and the MAC-reduction cap the rest sets (first lines of md/html)
+        "reach": reach_section(original_layers, ctx.inputs["factorize"].metrics),
         "variants": variants,
         "container": {"file": "weights.lrdc", "size_bytes": int(container.stat().st_size), **{
             k: v for k, v in ent.items() if k in ("coder", "total_bits_per_weight", "order0_bits_per_weight",

@@ -33,8 +33,9 @@ from pipeline.factorize.ranks import SELECTORS
 from pipeline.finetune import FINETUNE_METHODS
 from pipeline.logs import ROOT
 from pipeline.models import MODELS
+from pipeline.heads.gate import FidelityGateError
 from pipeline.models.user_code import time_limit
-from pipeline.publish import publish
+from pipeline.publish import deployed_run, publish, record_refusal
 from pipeline.spec import DataSpec, ModelSpec
 from pipeline.stage_api import STAGES, Artifact, StageContext, StageSpec, input_stage, read_config
 from pipeline.validate_args import check_input_file
@@ -352,7 +353,11 @@ def _run_locked(
         t0 = time.perf_counter()
         if must_run:
             log.info("stage %s: running (key %s)", name, key)
-            art = _execute(spec, cfg, root, folder, index, key, given, cache, progress)
+            try:
+                art = _execute(spec, cfg, root, folder, index, key, given, cache, progress)
+            except FidelityGateError as e:
+                _refused(root, cfg, name, key, e)
+                raise
             status = "ran"
         else:
             assert existing is not None
@@ -500,6 +505,24 @@ def _figures(records: list[StageRecord], files: dict[str, Path]) -> dict[str, di
                     figures.setdefault(ort_name, {})["usability"] = {
                         ep: s.get("supported_pct_fixed_shapes") for ep, s in (e.get("usability") or {}).items()}
     return figures
+
+
+def _refused(root: Path, cfg: PipelineConfig, stage: str, key: str, error: FidelityGateError) -> None:
+    """The fidelity gate refused every variant: nothing is published; say which earlier run ``deploy/`` still
+    holds and write ``refused.json`` next to it (removed by the next successful publish)."""
+    held = deployed_run(root)
+    where = (f"deploy/ still holds the earlier run {held['run_key']} ({held['model']} on {held['dataset']}, "
+             f"{held['folder']})" if held else "no earlier run was published, so there is no deploy/")
+    record = {"format": "lowrank-deploy refusal 1", "refused_run_key": key, "stage": stage, "model": cfg.model,
+              "dataset": cfg.data, "max_drop": cfg.benchmark.max_drop, "reason": str(error),
+              "variants": error.verdicts, "time": _now()}
+    try:
+        path = record_refusal(root, record)
+    except PipelineError as e:  # the refusal itself must still reach the user
+        log.error("refused: nothing published; %s; refused.json could not be written: %s", where, e)
+        return
+    log.error("refused by the fidelity gate: nothing published; %s; why and every variant's fidelity: %s", where,
+              path)
 
 
 def _publish(root: Path, cfg: PipelineConfig, records: list[StageRecord]) -> Path:

@@ -30,6 +30,7 @@ def render_html(report: dict) -> str:
         f"<title>{e(report['model'])} on {e(report['dataset'])}: lowrank-deploy report</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{e(headline_text(report))}</h1>",
+        *([f"<p><strong>{e(report['reach']['text'])}</strong></p>"] if report.get("reach") else []),
         f"<p>Model <code>{e(report['model'])}</code> on <code>{e(report['dataset'])}</code>.</p>",
     ]
     if report["headline"].get("basis"):

@@ -15,6 +15,9 @@ def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
 def render_markdown(report: dict) -> str:
     """Markdown report: headline first, then variants, container, mobile, layer table, node profile, settings."""
     lines = [f"# {headline_text(report)}", ""]
+    reach = report.get("reach")
+    if reach:
+        lines += [f"**{reach['text']}**", ""]
     lines.append(f"Model `{report['model']}` on `{report['dataset']}`.")
     basis = report["headline"].get("basis")
     if basis:

@@ -44,7 +44,8 @@ def validate_report(report: dict) -> None:
     named variants each with ``accuracy`` in [0, 1] or null, ``size_bytes`` > 0, ``macs``/``params`` >= 0 (ints),
     ``latency_ms`` with finite ``p50 <= p90 <= p99`` > 0, ``file`` (str), optional ``energy`` (dict); ``container``
     with ``file`` and ``size_bytes`` > 0. Optional: ``layers``/``stages`` (lists of dicts), ``node_profile``
-    (list or dict), ``mobile`` (dict), ``notes`` (list of strings: what the numbers mean, e.g. pseudo-labels).
+    (list or dict), ``mobile`` (dict), ``notes`` (list of strings: what the numbers mean, e.g. pseudo-labels),
+    ``reach`` (out-of-reach MAC share in [0, 1], the cap ``max_mac_reduction`` >= 1 or null, fallen-back layers).
 
     Args:
         report: the report.
@@ -101,6 +102,14 @@ def validate_report(report: dict) -> None:
     c.need(report, "mobile", r, lambda v: isinstance(v, dict), "object", optional=True)
     c.need(report, "notes", r, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
            "list of strings", optional=True)
+    reach = c.need(report, "reach", r, lambda v: isinstance(v, dict), "object", optional=True)
+    if reach is not None:
+        p = f"{r}.reach"
+        c.need(reach, "out_of_reach_share", p, lambda v: is_num(v) and 0.0 <= v <= 1.0, "fraction in [0, 1]")
+        c.need(reach, "max_mac_reduction", p, lambda v: v is None or (is_num(v) and v >= 1.0), "number >= 1 or null")
+        c.need(reach, "macs_out_of_reach", p, lambda v: is_int(v) and v >= 0, "integer >= 0")
+        c.need(reach, "layers_fallen_back", p, lambda v: is_int(v) and v >= 0, "integer >= 0")
+        c.need(reach, "text", p, lambda v: isinstance(v, str) and bool(v), "non-empty string")
     if c.errors:
         raise ValidationError(f"report does not match schema version {SCHEMA_VERSION} ({len(c.errors)} problem(s)):\n  - "
                               + "\n  - ".join(c.errors))

@@ -1,4 +1,4 @@
-"""Factorize convolutions directly on an ONNX graph: the fallback for models the torch importer cannot convert.
+"""Factorize convolutions directly on an ONNX graph: the path for models the torch importer cannot convert.
 
 Each eligible ``Conv`` node is replaced by the chain of plain ``Conv`` nodes of its format, written by the format
 object itself (:meth:`pipeline.factorize.formats.base.Format.to_onnx_nodes`) from the factors the same format's
@@ -9,45 +9,30 @@ function as the node at full rank (the spatial part keeps the node's strides, pa
 separable formats split them per axis); the bias stays on the last node. Only standard ``Conv`` nodes are added, so
 the graph stays a plain ONNX graph that ORT, its quantizer and the mobile converter all take.
 
-The planning rules are the torch path's: 1x1 convs take the channel SVD under formats without a 1x1 form
-(:func:`pipeline.factorize.plan.pointwise_format`), ranks come from the configured per-layer selector
-(:func:`pipeline.factorize.ranks.select_ranks`; a model-scope selector such as ``budget`` needs the torch model and
-uses ``energy``) aligned to ``factorize.align``, and ``skip_first``, ``min_channels`` and ``min_mac_saving`` keep
-layers dense the same way. ``break_even`` (per-layer latency measurement) is a torch-path feature.
-
-``factorize.objective=outputs`` calibrates through ONNX Runtime (each Conv's input and output become extra graph
-outputs, :func:`pipeline.factorize.activations.collect_stats_onnx`): the decompositions then minimise each node's
-output error and the selectors see the whitened spectra, so graphs that cannot be finetuned still come out usable.
-``factorize.sequential`` is a torch-path feature (one calibration pass here).
+What each Conv becomes is planned by :mod:`pipeline.factorize.graph_plan` (the torch path's rules); this module
+writes the plans into the graph (:func:`build_graph`). ``break_even`` (per-layer latency measurement) and
+``factorize.sequential`` are torch-path features. ``factorize.objective=outputs`` calibrates through ONNX Runtime
+(:func:`pipeline.factorize.activations.collect_stats_onnx`). Ranks chosen by a threshold alone can break a graph
+that cannot be finetuned afterwards: :mod:`pipeline.factorize.graph_fallback` checks the whole graph's output
+fidelity and raises the rank of the most damaging layers until it holds.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
-from torch import nn
 
 from pipeline.config import FactorizeConfig
-from pipeline.errors import InputError, NumericalError
-from pipeline.factorize.activations import collect_stats_onnx
-from pipeline.factorize.data_aware import check_config
 from pipeline.factorize.formats import FORMATS
-from pipeline.factorize.formats.base import gram_spectrum
-from pipeline.factorize.formats.onnx_nodes import unique_namer
-from pipeline.factorize.plan import LayerReport, pointwise_format
-from pipeline.factorize.ranks import model_selector, select_ranks
-from pipeline.ort_session import make_session
+from pipeline.factorize.graph_plan import GraphPlanner, LayerPlan
+from pipeline.factorize.plan import LayerReport
 
-__all__ = ["GRAPH_FORMATS", "decompose", "factorize_graph", "reconstruct"]
+__all__ = ["GRAPH_FORMATS", "build_graph", "decompose", "factorize_graph", "reconstruct"]
 
 #: formats the graph rewrite implements (every conv format; ``auto`` falls back to Tucker-2)
 GRAPH_FORMATS = ("tucker2", "channel_svd", "spatial_svd", "cp")
-_STANDARD = ("", "ai.onnx")
 
 
 # ----------------------------------------------------------------------------------------------- numpy boundary
@@ -67,101 +52,46 @@ def _torch(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, copy=True))
 
 
-# ----------------------------------------------------------------------------------------------- graph helpers
-def _attrs(node: Any) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _probe_shapes(model: Any, names: list[str], input_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the named values for one input of ``input_shape`` (batch 1, or the graph's fixed batch), from ORT.
-
-    ORT, not ONNX shape inference: the fallback exists for graphs with operators the importer does not know, and
-    ORT runs every graph this module sees (the baseline stage checked that), whereas shape inference may give up.
-    """
-
-    m = copy.deepcopy(model)
-    known = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in known:
-            m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-            known.add(name)
-    # No graph optimisation: fused/renamed nodes must not hide the values we ask for.
-    sess = make_session(m.SerializeToString(), threads=1, opt_level="disabled")
-    inp = sess.get_inputs()[0]
-    dim0 = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) and inp.shape[0] > 0 else 1
-    outs = sess.run(names, {inp.name: np.zeros((dim0, *input_shape), np.float32)})
-    return {n: tuple(int(d) for d in o.shape) for n, o in zip(names, outs)}
-
-
-@dataclass
-class _Conv:
-    """One Conv node the planner looks at."""
-
-    index: int
-    node: Any
-    name: str
-    weight: np.ndarray | None
-    has_bias: bool
-    attrs: dict[str, Any]
-
-
-def _find_convs(model: Any) -> list[_Conv]:
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    graph_inputs = {i.name for i in graph.input}
-    out: list[_Conv] = []
-    for i, node in enumerate(graph.node):
-        if node.op_type != "Conv" or node.domain not in _STANDARD:
-            continue
-        wname = node.input[1]
-        # An initializer that is also a graph input can be overridden at run time: it is not a constant.
-        w = numpy_helper.to_array(inits[wname]) if wname in inits and wname not in graph_inputs else None
-        out.append(_Conv(i, node, node.name or f"Conv_{i}", w, len(node.input) > 2 and bool(node.input[2]),
-                         _attrs(node)))
-    return out
-
-
-def _format_for(method: str, kernel: tuple[int, int]) -> tuple[str, str]:
-    """(format, note) for the configured method: the 1x1 rule of both paths, ``auto`` falls back to Tucker-2."""
-    if method == "auto":
-        if tuple(kernel) == (1, 1):
-            return "channel_svd", "1x1 conv: channel SVD (method=auto on the graph path)"
-        return "tucker2", ("graph-level fallback has no cost model for factorize.method=auto (it needs the torch "
-                           "model): Tucker-2 used")
-    return pointwise_format(method, kernel)
-
-
-def _geometry(w: np.ndarray, attrs: dict[str, Any], has_bias: bool) -> nn.Conv2d:
-    """A weightless (meta-device) ``nn.Conv2d`` of the node's shape, stride and dilation, for the format's checks,
-    rank limits and MAC/parameter counts (the node's padding is not needed: its input size is measured)."""
-    n, c, kh, kw = (int(d) for d in w.shape)
-    return nn.Conv2d(c, n, (kh, kw), stride=tuple(attrs.get("strides", [1, 1])),
-                     dilation=tuple(attrs.get("dilations", [1, 1])), bias=has_bias, device="meta")
-
-
 # ----------------------------------------------------------------------------------------------- the rewrite
-def _calibration(model: Any, convs: list[_Conv], cfg: FactorizeConfig, images: np.ndarray) -> dict[str, Any]:
-    """Statistics (ORT) of every Conv node the configured format could take; a few may later stay dense."""
-    kinds: dict[str, tuple[str, ...]] = {}
-    for c in convs:
-        if c.weight is None or c.weight.ndim != 4 or int(c.attrs.get("group", 1)) > 1:
-            continue
-        fmt = FORMATS.get(_format_for(cfg.method, tuple(c.weight.shape[2:]))[0])
-        if fmt.check(_geometry(c.weight, c.attrs, c.has_bias)) is None:
-            kinds[c.name] = fmt.stat_kinds
-    if not kinds:
-        return {}
-    return collect_stats_onnx(model, kinds, images, max_images=cfg.calib_images, positions=cfg.calib_positions,
-                              eps=cfg.whiten_eps)
+def build_graph(model: Any, plans: Sequence[LayerPlan], check: bool = True) -> Any:
+    """A copy of ``model`` (the planner's graph) with every factorized plan's Conv replaced by its node chain.
+
+    The replaced kernels are dropped (not shipped twice), stale ``value_info`` entries removed, and the result
+    checked by ``onnx.checker`` (``check=False`` skips that for the fallback's intermediate graphs).
+    """
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    replacements = {p.conv.index: p.nodes for p in plans if p.factorized}
+    if not replacements:
+        return new
+    old = list(new.graph.node)
+    del new.graph.node[:]
+    for i, node in enumerate(old):
+        new.graph.node.extend(replacements.get(i, [node]))  # graph order stays topological
+    for p in plans:
+        if p.factorized:
+            new.graph.initializer.extend(p.inits)
+    used = {v for node in new.graph.node for v in node.input} | {o.name for o in new.graph.output}
+    keep = [t for t in new.graph.initializer if t.name in used]
+    del new.graph.initializer[:]
+    new.graph.initializer.extend(keep)
+    # Old value_info entries may name values that no longer exist; shape inference rebuilds what is needed.
+    live = {v for node in new.graph.node for v in node.output}
+    vi = [v for v in new.graph.value_info if v.name in live]
+    del new.graph.value_info[:]
+    new.graph.value_info.extend(vi)
+    if check:
+        onnx.checker.check_model(new, full_check=True)
+    return new
 
 
 def factorize_graph(model: Any, cfg: FactorizeConfig, input_shape: tuple[int, int, int],
                     calib_images: np.ndarray | None = None) -> tuple[Any, list[LayerReport], dict[str, dict[str, Any]]]:
     """Factorize the Conv nodes of an ONNX ``ModelProto`` as ``cfg`` says (the input is not modified).
 
-    Per Conv node: dense with the reason (not a constant 2-D kernel, grouped/depthwise, first conv with
-    ``skip_first``, narrower than ``min_channels``, saves less than ``min_mac_saving`` of its MACs), else the
-    format (see :func:`_format_for`), ranks from the selector aligned to ``cfg.align``, and the Conv chain.
+    Per Conv node: dense with the reason, or the format, ranks from the selector aligned to ``cfg.align``, and the
+    Conv chain (:meth:`pipeline.factorize.graph_plan.GraphPlanner.plan`). No fidelity check: see
+    :func:`pipeline.factorize.graph_fallback.factorize_graph_checked`.
 
     Args:
         model: the graph (standard-domain operators; ORT must run it).
@@ -174,128 +104,9 @@ def factorize_graph(model: Any, cfg: FactorizeConfig, input_shape: tuple[int, in
 
     Raises:
         NumericalError: NaN/Inf in a kernel or in its decomposition (the node is named).
+        InputError: ORT cannot run the graph at ``input_shape``.
     """
-    data_aware = check_config(cfg, calib_images)
-    new = copy.deepcopy(model)
-    convs = _find_convs(new)
-    stats: dict[str, Any] = {}
-    if data_aware:
-        # Node names key the statistics: unnamed Conv nodes take the planner's fallback name.
-        for c in convs:
-            if not c.node.name:
-                c.node.name = c.name
-        stats = _calibration(new, convs, cfg, calib_images)
-    names = sorted({n for c in convs for n in (c.node.input[0], c.node.output[0])} - {i.name for i in new.graph.input})
-    try:
-        shapes = _probe_shapes(new, names, input_shape) if names else {}
-    except Exception as e:  # ORT's own exception types; the baseline stage already ran this graph once
-        raise InputError(f"graph factorization: ONNX Runtime could not run the graph to size its convolutions "
-                         f"({type(e).__name__}: {str(e)[:300]}); check the model's input shape "
-                         f"{tuple(input_shape)}") from e
-    graph_input = {i.name: (1, *input_shape) for i in new.graph.input}
-    taken = {t.name for t in new.graph.initializer} | {v for n in new.graph.node for v in (*n.input, *n.output)}
-    taken |= {n.name for n in new.graph.node if n.name}
-    unique = unique_namer(taken)
-    selector = cfg.selector
-    scope_note = ""
-    if model_selector(selector) is not None:
-        selector, scope_note = "energy", f"selector={cfg.selector} needs the torch model: energy selector used"
-    reports: list[LayerReport] = []
-    structure: dict[str, dict[str, Any]] = {}
-    replacements: dict[int, list[Any]] = {}
-    first_conv = convs[0].index if convs else -1
-    for c in convs:
-        w = c.weight
-        in_shape = shapes.get(c.node.input[0]) or graph_input.get(c.node.input[0])
-        out_shape = shapes.get(c.node.output[0])
-        shape4 = tuple(int(d) for d in w.shape) if w is not None else ()
-        in_hw = tuple(in_shape[2:4]) if in_shape and len(in_shape) == 4 else (1, 1)
-        out_hw = tuple(out_shape[2:4]) if out_shape and len(out_shape) == 4 else (1, 1)
-        group = int(c.attrs.get("group", 1))
-        macs0 = (int(np.prod(shape4)) * out_hw[0] * out_hw[1]) if len(shape4) == 4 else 0
-        params0 = (int(w.size) + (shape4[0] if c.has_bias else 0)) if w is not None else 0
-        row = LayerReport(name=c.name, kind="Conv (ONNX)", shape=list(shape4),
-                          stride=list(c.attrs.get("strides", [1, 1])), format=None, ranks=None,
-                          macs_before=macs0, macs_after=macs0, params_before=params0, params_after=params0,
-                          rel_error=None, status="dense", reason="")
-        reports.append(row)
-        if w is None:
-            row.reason = "weight is not a constant initializer: kept dense"
-            continue
-        if w.ndim != 4:
-            row.reason = f"not a 2-D convolution (kernel of rank {w.ndim}): kept dense"
-            continue
-        if not np.isfinite(w).all():
-            raise NumericalError(f"Conv node {c.name!r}: its weight contains NaN/Inf; fix or re-export the model")
-        n, cg, kh, kw = shape4
-        if group > 1:
-            row.reason = ("depthwise conv: nothing to factorize" if cg == 1
-                          else f"grouped conv (group={group}): not factorized")
-            continue
-        if cfg.skip_first and c.index == first_conv:
-            row.reason = "first conv sees raw pixels (few input channels): kept dense (factorize.skip_first)"
-            continue
-        if min(n, cg) < cfg.min_channels:
-            row.reason = (f"narrow layer ({cg}->{n} channels < min_channels {cfg.min_channels}): overhead-bound, "
-                          f"kept dense")
-            continue
-        if out_shape is None:
-            row.reason = "output size unknown (ONNX Runtime did not report it): kept dense"
-            continue
-        fname, fmt_note = _format_for(cfg.method, (kh, kw))
-        fmt, layer = FORMATS.get(fname), _geometry(w, c.attrs, c.has_bias)
-        why = fmt.check(layer)
-        if why:
-            row.reason = "; ".join(x for x in (fmt_note, f"{why}: kept dense") if x)
-            continue
-        wt = _torch(w)
-        mats = fmt.matrices(wt)
-        st = stats.get(c.name)
-        spectra = fmt.data_spectra(wt, st.centred()) if st is not None else [gram_spectrum(m) for m in mats]
-        ranks, rank_note = select_ranks(spectra, [tuple(m.shape) for m in mats], fmt.max_ranks(layer), cfg, selector)
-        rank_note = "; ".join(x for x in (scope_note, rank_note) if x)
-        known_in = in_shape is not None and len(in_shape) == 4
-        macs1 = fmt.macs(layer, ranks, out_hw, in_hw=in_hw if known_in else None)
-        if macs1 > (1 - cfg.min_mac_saving) * macs0:
-            row.reason = "; ".join(x for x in (fmt_note, f"{fname} at ranks {list(ranks)} would not save MACs "
-                                                         f"({macs1:,} vs {macs0:,})") if x)
-            continue
-        factors = fmt.decompose(wt, ranks, stats=st, hooi_iters=cfg.hooi_iters, cp_max_iters=cfg.cp_max_iters,
-                                cp_time_limit_s=cfg.cp_time_limit_s)
-        w64 = wt.to(torch.float64)
-        approx = fmt.reconstruct(factors).reshape(w64.shape)
-        err = float((w64 - approx).norm() / w64.norm().clamp_min(1e-30))
-        if st is not None:
-            rank_note = "; ".join(x for x in (rank_note, f"output error {fmt.output_error(wt, approx, st):.4f} "
-                                                         "on calibration data") if x)
-        if not np.isfinite(err):
-            raise NumericalError(f"Conv node {c.name!r}: {fname} decomposition produced NaN/Inf")
-        try:
-            nodes, inits = fmt.to_onnx_nodes(factors, x=c.node.input[0], y=c.node.output[0], name=c.name,
-                                             bias=c.node.input[2] if c.has_bias else None, attrs=c.attrs,
-                                             dtype=w.dtype, unique=unique, in_hw=in_hw if known_in else None)
-        except ValueError as e:  # auto_pad SAME_* of a separable format without a measured input size
-            row.reason = f"{fname}: {e}: kept dense"
-            continue
-        replacements[c.index] = nodes
-        new.graph.initializer.extend(inits)
-        row.format, row.ranks, row.status = fname, list(ranks), "factorized"
-        row.reason = "; ".join(x for x in (fmt_note, rank_note) if x)
-        row.macs_after, row.params_after, row.rel_error = macs1, fmt.params(layer, ranks), err
-        structure[c.name] = {"format": fname, "ranks": list(ranks)}
-    if replacements:
-        old = list(new.graph.node)
-        del new.graph.node[:]
-        for i, node in enumerate(old):
-            new.graph.node.extend(replacements.get(i, [node]))  # graph order stays topological
-        used = {v for node in new.graph.node for v in node.input} | {o.name for o in new.graph.output}
-        keep = [t for t in new.graph.initializer if t.name in used]
-        del new.graph.initializer[:]
-        new.graph.initializer.extend(keep)  # the replaced kernels are gone, not shipped twice
-        # Old value_info entries may name values that no longer exist; shape inference rebuilds what is needed.
-        live = {v for node in new.graph.node for v in node.output}
-        vi = [v for v in new.graph.value_info if v.name in live]
-        del new.graph.value_info[:]
-        new.graph.value_info.extend(vi)
-        onnx.checker.check_model(new, full_check=True)
-    return new, reports, structure
+    planner = GraphPlanner(model, cfg, input_shape, calib_images)
+    plans = planner.plan_all(cfg)
+    new = build_graph(planner.model, plans)
+    return new, [p.row for p in plans], {p.conv.name: p.structure for p in plans if p.factorized}

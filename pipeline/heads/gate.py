@@ -41,7 +41,15 @@ _METRIC_TEXT = {"agreement": "top-1 agreement", "iou": "IoU", "mae": "mean abs e
 
 
 class FidelityGateError(ValidationError):
-    """No candidate variant meets the fidelity gate on a target: nothing may ship (the run exits non-zero)."""
+    """No candidate variant meets the fidelity gate on a target: nothing may ship (the run exits non-zero).
+
+    ``verdicts`` holds every candidate's checks (JSON-ready, as in :meth:`GateResult.as_dict`), for the refusal
+    record the runner writes next to ``deploy/``.
+    """
+
+    def __init__(self, message: str, verdicts: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.verdicts = [dict(v) for v in verdicts]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,12 +184,9 @@ class GateResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for the report."""
-        def check(c: Check | None) -> dict[str, Any] | None:
-            return None if c is None else {**dataclasses.asdict(c), "passed": c.passed}
-
+        check = _check_dict
         return {
-            "verdicts": [{"name": v.name, "target": v.target, "passed": v.passed, "reason": v.reason(),
-                          "checks": [check(c) for c in v.checks]} for v in self.verdicts],
+            "verdicts": [_verdict_dict(v) for v in self.verdicts],
             "shipped": {t: {"variant": s.variant, "label": s.label, "file": s.file, "smaller": s.smaller,
                             "speed_ratio": s.speed_ratio, "speed_verdict": s.speed_verdict,
                             "speed_ci": s.speed.as_dict() if s.speed else None, "worst": check(s.worst),
@@ -189,6 +194,15 @@ class GateResult:
                         for t, s in self.shipped.items()},
             "headline": dict(self.headline),
         }
+
+
+def _check_dict(c: Check | None) -> dict[str, Any] | None:
+    return None if c is None else {**dataclasses.asdict(c), "passed": c.passed}
+
+
+def _verdict_dict(v: Verdict) -> dict[str, Any]:
+    return {"name": v.name, "target": v.target, "passed": v.passed, "reason": v.reason(),
+            "checks": [_check_dict(c) for c in v.checks]}
 
 
 def _value(d: Mapping[str, Any], key: str) -> float:
@@ -284,5 +298,6 @@ def gate_variants(original: Measurement | Sequence[Measurement], variants: Seque
         raise FidelityGateError(
             f"fidelity gate (max_drop {criteria.max_drop:g} points): no variant meets it, nothing ships -- "
             + " | ".join(failures) + ". Fix: keep more rank (higher factorize energy or fewer layers), finetune "
-            "longer, exclude the int8-sensitive nodes, or accept a larger drop with a higher max_drop")
+            "longer, exclude the int8-sensitive nodes, or accept a larger drop with a higher max_drop",
+            verdicts=[_verdict_dict(v) for v in verdicts])
     return GateResult(tuple(verdicts), shipped, {t: headline_text(s) for t, s in shipped.items()})

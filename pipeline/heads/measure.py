@@ -19,13 +19,17 @@ from pipeline.heads.kinds import HeadSpec, detect_heads
 from pipeline.ort_session import make_session
 
 
-def _session(path: str | Path) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"heads: model {p} does not exist")
-    sess = make_session(p, threads=1)
+def _session(path: str | Path | bytes) -> Any:
+    """A one-thread session of a file, or of a serialised model this pipeline built (bytes)."""
+    if isinstance(path, bytes):
+        sess, label = make_session(path, threads=1), "the model"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"heads: model {p} does not exist")
+        sess, label = make_session(p, threads=1), p.name
     if len(sess.get_inputs()) != 1:
-        raise ConfigError(f"heads: {p.name} has {len(sess.get_inputs())} inputs; exactly one is supported")
+        raise ConfigError(f"heads: {label} has {len(sess.get_inputs())} inputs; exactly one is supported")
     return sess
 
 
@@ -34,11 +38,11 @@ def _fixed_batch(sess: Any) -> int | None:
     return int(dim0) if isinstance(dim0, int) and dim0 > 0 else None
 
 
-def onnx_outputs(path: str | Path, x: np.ndarray, heads: Sequence[HeadSpec] | None = None,
+def onnx_outputs(path: str | Path | bytes, x: np.ndarray, heads: Sequence[HeadSpec] | None = None,
                  batch: int = 64) -> list[np.ndarray]:
-    """Every output of the model for ``x`` ``[N, C, H, W]``, run in batches and joined along each output's batch
-    axis (``heads`` give it: axis 1 for ``TNK`` sequences; without heads, axis 0). A fixed-batch graph runs at its
-    batch, the tail padded and cut off again."""
+    """Every output of the model (a file, or serialised bytes) for ``x`` ``[N, C, H, W]``, run in batches and
+    joined along each output's batch axis (``heads`` give it: axis 1 for ``TNK`` sequences; without heads, axis 0).
+    A fixed-batch graph runs at its batch, the tail padded and cut off again."""
     sess = _session(path)
     name = sess.get_inputs()[0].name
     fixed = _fixed_batch(sess)

@@ -223,7 +223,8 @@ def load_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def load_onnx_model(path: str, input_shape: tuple[int, int, int]) -> tuple[nn.Module, str | None]:
+def load_onnx_model(path: str, input_shape: tuple[int, int, int],
+                    form: str = "auto") -> tuple[nn.Module, str | None]:
     """Load a pretrained ONNX model for the pipeline.
 
     The torch importer (:func:`onnx_to_torch`) is tried first, because only a torch module can be finetuned. When it
@@ -235,6 +236,8 @@ def load_onnx_model(path: str, input_shape: tuple[int, int, int]) -> tuple[nn.Mo
     Args:
         path: the ``.onnx`` file.
         input_shape: ``(C, H, W)`` the dataset feeds (the fallback runs the graph once on zeros of it).
+        form: ``auto`` (the importer first) or ``graph`` (the graph as is, without trying the importer:
+            ``baseline.onnx_form``).
 
     Returns:
         ``(model, fallback_reason)``: ``fallback_reason`` is None for a converted torch module, else why the
@@ -251,7 +254,9 @@ def load_onnx_model(path: str, input_shape: tuple[int, int, int]) -> tuple[nn.Mo
     proto = check_onnx_file(path)  # invalid files and custom domains stop here, never reaching a fallback
     gaps = unsupported_ops(proto)
     del proto
-    if not gaps:
+    if form == "graph":
+        why = "baseline.onnx_form=graph: the graph is used as is (not imported to torch)"
+    elif not gaps:
         try:
             return onnx_to_torch(Path(path).expanduser()), None
         except InputError as e:  # an op configuration the importer cannot express: ORT may still run it

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.models.onnx.prepare import fold_constant_nodes
+from pipeline.models.onnx.prepare import fold_constant_nodes, name_unknown_dims
 from pipeline.models.onnx.validate import MAX_PROTO_BYTES, check_finite_weights, check_onnx_file
 from pipeline.ort_session import make_session
 
@@ -111,6 +111,7 @@ def load_graph_model(path: str | os.PathLike[str], input_shape: tuple[int, int, 
     proto = check_onnx_file(path)
     check_finite_weights(proto, spath)
     fold_constant_nodes(proto)
+    name_unknown_dims(proto)
     data = proto.SerializeToString()
     if len(data) > MAX_PROTO_BYTES:
         raise InputError(f"ONNX model {spath!r}: with its external data it is over the 2 GiB protobuf limit, which "

@@ -14,6 +14,8 @@ attempt cap is reached. The result dict says which nodes were excluded and wheth
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import tempfile
@@ -128,7 +130,11 @@ def _prepare(fp32_onnx: Path, work: Path) -> tuple[Path, bool]:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=False)
+        # It leaves helper files (sym_shape_infer_temp.onnx, <uuid>.data) in the working directory on some graphs:
+        # run it inside the temp folder, with absolute paths, so nothing lands in the user's folder.
+        src = Path(fp32_onnx).resolve()
+        with contextlib.chdir(work):
+            quant_pre_process(str(src), str(pre.resolve()), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
     except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; ORT documents it as optional
         log.info("quant_pre_process failed (%s); quantizing the model as exported", e)

@@ -136,8 +136,11 @@ def run(ctx: StageContext) -> StageOutput:
         structured = _structured_scores(cfg, heads, data) if kind not in (None, "class") else {}
         # the first output's classes (K, C or D); the dataset may declare none
         num_classes = int(heads[0].num_classes) if heads else int(info["num_classes"])
-        model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw))
-        if fallback:
+        model, fallback = load_onnx_model(cfg.model, (data.in_channels, *hw), form=cfg.baseline.onnx_form)
+        if fallback and cfg.baseline.onnx_form == "graph":
+            ctx.log.info("baseline: %s kept as its ONNX graph (baseline.onnx_form=graph): factorize rewrites the "
+                         "graph, finetuning will be skipped", cfg.model)
+        elif fallback:
             # One line with the reason and the cost: without torch layers nothing can be retrained.
             ctx.log.warning("baseline: the torch importer cannot convert %s (%s); using the ONNX graph as is: "
                             "factorize rewrites the graph, finetuning will be skipped (no accuracy recovery after "

@@ -44,7 +44,7 @@ def shipped_facts(quantize: Artifact) -> dict[str, dict[str, Any]]:
     "benchmark",
     reads=("benchmark", DATASET) + REPORT_READS,
     inputs=("baseline", "factorize", "finetune", "export", "quantize", "entropy-code"),
-    version=2,
+    version=3,
     deliverables={"report.md": "report.md", "report.json": "report.json", "report.html": "report.html",
                   MODEL_JSON: MODEL_JSON},
 )

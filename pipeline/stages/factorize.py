@@ -11,9 +11,10 @@ from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import save_model
 from pipeline.data import Split
-from pipeline.factorize.onnx_graph import factorize_graph
+from pipeline.factorize.graph_fallback import factorize_graph_checked
 from pipeline.factorize.plan import out_of_reach_macs
 from pipeline.factorize.swap import count_macs_params, factorize_model
+from pipeline.fidelity_gate import model_heads
 from pipeline.finetune.layerwise import layerwise_reconstruct
 from pipeline.finetune.trainer import evaluate
 from pipeline.models.ort_graph import OrtGraphModel
@@ -22,7 +23,12 @@ from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, example_
     seed
 
 
-@stage("factorize", reads=("factorize", DATASET), inputs=("baseline",), deliverables={"layers.json": "factorize_layers.json"})
+#: images the graph path's fidelity check runs on: the first validation images and a seeded few training images
+CHECK_VAL, CHECK_TRAIN = 96, 32
+
+
+@stage("factorize", reads=("factorize", DATASET, "benchmark.max_drop"), inputs=("baseline",), version=2,
+       deliverables={"layers.json": "factorize_layers.json"})
 def run(ctx: StageContext) -> StageOutput:
     """Replace eligible conv/linear layers by low-rank forms; record the per-layer table."""
     data = ctx.data()
@@ -75,6 +81,7 @@ def _metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[i
         "test_accuracy": accuracy(fact, data.test),
         "val_accuracy": accuracy(fact, data.val),
         "seconds": round(seconds, 3),
+        "layers_fallen_back": 0,  # the graph path counts the layers its fidelity check moved to higher rank
         **out_of_reach_macs(rows),  # MACs in depthwise/grouped layers: what low rank cannot touch caps the reduction
     }
 
@@ -112,25 +119,43 @@ def _calibration_images(ctx: StageContext, data) -> torch.Tensor | None:
     return data.train.x[idx]
 
 
+def _check_images(ctx: StageContext, data) -> torch.Tensor:
+    """The graph path's fidelity-check images: the first :data:`CHECK_VAL` validation images and a seeded
+    :data:`CHECK_TRAIN` training images (some of the data the original will be measured on, some it was not)."""
+    n = min(len(data.train.x), CHECK_TRAIN)
+    idx = torch.randperm(len(data.train.x), generator=torch.Generator().manual_seed(int(ctx.cfg.seed) + 1))[:n]
+    return torch.cat([data.val.x[:CHECK_VAL], data.train.x[idx]])
+
+
 def _factorize_graph(ctx: StageContext, model, card: ModelCard) -> StageOutput:
-    """Factorize stage for a graph-only model: its Conv nodes rewritten on the graph (pipeline.factorize.onnx_graph)."""
+    """Factorize stage for a graph-only model: its Conv nodes rewritten on the graph, ranks raised where the whole
+    graph's measured output fidelity needs it (pipeline.factorize.graph_fallback)."""
     data = ctx.data()
     calib = _calibration_images(ctx, data)
+    check = _check_images(ctx, data)
     t0 = time.perf_counter()
     if ctx.cfg.factorize.objective != "outputs":
         calib = None  # the layer-wise finetune trains torch modules: a graph-only model has none
-    proto, layers, structure = factorize_graph(model.proto, ctx.cfg.factorize, card.input_shape,
-                                               calib_images=None if calib is None else calib.numpy().astype("float32"))
+    res = factorize_graph_checked(model.proto, ctx.cfg.factorize, card.input_shape, model_heads(card),
+                                  check.numpy().astype("float32"), ctx.cfg.benchmark.max_drop,
+                                  calib_images=None if calib is None else calib.numpy().astype("float32"),
+                                  log=ctx.log)
     seconds = time.perf_counter() - t0
-    fact = OrtGraphModel.from_proto(proto, source=model.source)
-    card = card.with_structure(structure)
+    fact = OrtGraphModel.from_proto(res.model, source=model.source)
+    card = card.with_structure(res.structure)
     files = save_model(fact, card, ctx.out_dir)
-    rows = [asdict(r) for r in layers]
+    rows = [{**asdict(r), "fallback": res.fallbacks.get(r.name, "")} for r in res.rows]
     atomic_write_json(ctx.out_dir / "layers.json", rows)
     macs0, params0 = macs_params(model, card, ctx.inputs["baseline"].dir)
     macs1, params1 = macs_params(fact, card, ctx.out_dir)
-    metrics = {"form": "onnx_graph", **_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds)}
-    ctx.log.info("factorize (ONNX graph): %d Conv nodes factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy %.4f",
-                 metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"],
-                 metrics["test_accuracy"])
+    metrics = {"form": "onnx_graph", **_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds),
+               "layers_fallen_back": len(res.fallbacks), "fidelity_check": res.summary()}
+    if not res.passed:
+        ctx.log.warning("factorize (ONNX graph): the graph misses the fidelity check even with every layer dense "
+                        "(%s); the benchmark's gate decides", "; ".join(c["output"] + " " + c["metric"]
+                                                                         for c in res.checks if not c["passed"]))
+    ctx.log.info("factorize (ONNX graph): %d Conv nodes factorized (%d fell back to higher rank or dense for "
+                 "fidelity, %d check rounds on %d images), MACs %.1fM -> %.1fM (%.2fx), accuracy %.4f",
+                 metrics["layers_factorized"], len(res.fallbacks), res.rounds, res.images, macs0 / 1e6, macs1 / 1e6,
+                 metrics["mac_reduction"], metrics["test_accuracy"])
     return StageOutput(files + ["layers.json"], metrics)

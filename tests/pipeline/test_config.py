@@ -52,11 +52,17 @@ def test_toml_file(tmp_path):
         (["factorize.method"], "expected KEY=VALUE"),
         (["quantize.weight_bits=12"], "out of range"),
         (["finetune.svd.phase_epochs=[1,2]"], "list of 3"),
+        (["baseline.onnx_form=torch"], "'auto' or 'graph'"),
     ],
 )
 def test_bad_values_are_named(overrides, match):
     with pytest.raises(ConfigError, match=match):
         build_config(None, overrides)
+
+
+def test_onnx_form_defaults_to_auto_and_takes_graph():
+    assert build_config().baseline.onnx_form == "auto"
+    assert build_config(None, ["baseline.onnx_form=graph"]).baseline.onnx_form == "graph"
 
 
 def test_yaml_syntax_error_and_missing_file(tmp_path):

@@ -51,10 +51,25 @@ class TinyCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+def _low_rank_(conv: nn.Conv2d, rank: int) -> None:
+    """Project the kernel's output and input channel modes onto their top ``rank`` singular vectors (Tucker rank
+    ``rank``): a trained net's layers are close to low rank, a random one's are not."""
+    w = conv.weight.data
+    n, c = w.shape[:2]
+    u = torch.linalg.svd(w.reshape(n, -1), full_matrices=False)[0][:, :rank]
+    v = torch.linalg.svd(w.transpose(0, 1).reshape(c, -1), full_matrices=False)[0][:, :rank]
+    conv.weight.data = torch.einsum("nm,mckl,cd->ndkl", u @ u.T, w, v @ v.T).contiguous()
+
+
 def _export(model: TinyCNN, path: Path, images: np.ndarray) -> Path:
     g = torch.Generator().manual_seed(1)
     model.eval()
     with torch.no_grad():
+        if model.elu:
+            # The graph path is never finetuned: its convs get Tucker rank 8, which the fidelity fallback finds
+            # (energy 0.6 cuts into it, 0.9 or 0.97 keeps it) so that some layers stay factorized.
+            _low_rank_(model.dil, 8)
+            _low_rank_(model.mix, 8)
         # Non-trivial BN statistics, so a wrong BN import would show.
         model.bn.running_mean.copy_(torch.randn(48, generator=g) * 0.2)
         model.bn.running_var.copy_(torch.rand(48, generator=g) + 0.5)
@@ -227,6 +242,11 @@ def test_fallback_factorizes_conv_nodes_on_the_graph(fallback) -> None:
     assert fac.metrics["macs_after"] < fac.metrics["macs_before"]
     layers = json.loads((fac.dir / "layers.json").read_text())
     done = [r for r in layers if r["status"] == "factorized"]
+    # The graph's fidelity was checked at half of benchmark.max_drop; each layer it moved says so.
+    check = fac.metrics["fidelity_check"]
+    assert check["passed"] and fac.metrics["layers_fallen_back"] == sum(bool(r["fallback"]) for r in layers)
+    for r in layers:
+        assert bool(r["fallback"]) == ("fidelity fallback" in r["reason"])
     assert {r["reason"] for r in layers if r["status"] == "dense"} >= {
         "first conv sees raw pixels (few input channels): kept dense (factorize.skip_first)"}
     graph = onnx.load(str(fac.dir / "model.onnx")).graph

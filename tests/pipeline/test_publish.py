@@ -133,3 +133,53 @@ def test_bad_names_and_keys_are_refused(tmp_path: Path) -> None:
         pub.publish(tmp_path / "r", "k", {"sub/a.bin": src["a.bin"]})
     with pytest.raises(pub.PublishError, match="missing"):
         pub.publish(tmp_path / "r", "k", {"b.bin": tmp_path / "nope"})
+
+
+# -------------------------------------------------------------------------------------------- refused runs
+def test_refusal_record_names_what_deploy_holds_and_the_next_publish_removes_it(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts" / "tiny"
+    assert pub.deployed_run(root) is None
+    pub.publish(root, "keyA", _files(tmp_path / "a", {"model.onnx": b"A"}), extra={"model": "tiny", "dataset": "d"})
+    before = {p.name: p.read_bytes() for p in (root / "deploy").iterdir()}
+    path = pub.record_refusal(root, {"reason": "no variant meets the gate", "variants": [{"name": "int8"}]})
+    assert path == root / pub.REFUSED and path.parent == (root / "deploy").parent
+    rec = json.loads(path.read_text())
+    assert rec["reason"] == "no variant meets the gate" and rec["variants"] == [{"name": "int8"}]
+    assert rec["deploy_still_holds"] == {"run_key": "keyA", "model": "tiny", "dataset": "d",
+                                         "folder": os.path.join("runs", "keyA")}
+    assert {p.name: p.read_bytes() for p in (root / "deploy").iterdir()} == before  # deploy/ untouched
+    pub.publish(root, "keyB", _files(tmp_path / "b", {"model.onnx": b"B"}))
+    assert not (root / pub.REFUSED).exists()
+
+
+def test_a_refused_run_leaves_deploy_untouched_and_writes_refused_json(e2e_copy) -> None:
+    """A published run, then the same model with ranks cut to 2 % and no finetuning: the gate refuses every variant,
+    the run raises (exit 2 from the CLI), deploy/ is byte for byte the earlier run's, run.log names that run, and
+    refused.json holds the reason and each variant's checks; the next successful run removes it."""
+    from pipeline.heads.gate import FidelityGateError
+    from pipeline.runner import run
+    from tests.pipeline.conftest import fast_config
+
+    cfg, first, root = e2e_copy
+    deploy = root / "deploy"
+    target = os.readlink(deploy) if deploy.is_symlink() else None  # the fixture's copy may hold a plain folder
+    before = {p.name: sha256_file(p) for p in deploy.iterdir()}
+    broken = fast_config(root.parent, "factorize.selector=fixed", "factorize.ratio=0.02", "factorize.min_channels=1",
+                         "factorize.min_mac_saving=0", "finetune.epochs=0", "export.mobile=false")
+    with pytest.raises(FidelityGateError, match="nothing ships"):
+        run(broken, progress=False)
+    assert (os.readlink(deploy) if deploy.is_symlink() else None) == target
+    assert {p.name: sha256_file(p) for p in deploy.iterdir()} == before
+    rec = json.loads((root / pub.REFUSED).read_text())
+    held = json.loads((deploy / "manifest.json").read_text())["run_key"]
+    assert rec["deploy_still_holds"]["run_key"] == held and "nothing ships" in rec["reason"]
+    names = {v["name"] for v in rec["variants"]}
+    assert {"finetuned", "int8"} <= names and not any(v["passed"] for v in rec["variants"])
+    for v in rec["variants"]:
+        assert v["checks"] and all({"metric", "value", "bound", "passed"} <= set(c) for c in v["checks"])
+    assert rec["refused_run_key"] != held
+    log = (root / "run.log").read_text()
+    assert f"deploy/ still holds the earlier run {held}" in log
+    # The next successful publish (the first config again, every stage cached) removes the record.
+    again = run(cfg, progress=False)
+    assert again.deploy_dir is not None and not (root / pub.REFUSED).exists()

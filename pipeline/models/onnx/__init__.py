@@ -15,9 +15,9 @@ from pipeline.models.onnx.convert import onnx_to_torch
 from pipeline.models.onnx.graph_module import OnnxGraphModule
 from pipeline.models.onnx.info import onnx_model_info
 from pipeline.models.onnx.ops import SUPPORTED_OPS, describe_ops, unsupported_ops
-from pipeline.models.onnx.prepare import MAX_OPSET, MIN_OPSET, fold_constant_nodes, load_for_import
+from pipeline.models.onnx.prepare import MAX_OPSET, MIN_OPSET, fold_constant_nodes, load_for_import, name_unknown_dims
 from pipeline.models.onnx.validate import MAX_PROTO_BYTES, check_finite_weights, check_onnx_file
 
 __all__ = ["MAX_OPSET", "MAX_PROTO_BYTES", "MIN_OPSET", "SUPPORTED_OPS", "OnnxGraphModule", "check_finite_weights",
-           "check_onnx_file", "describe_ops", "fold_constant_nodes", "load_for_import", "onnx_model_info",
-           "onnx_to_torch", "unsupported_ops"]
+           "check_onnx_file", "describe_ops", "fold_constant_nodes", "load_for_import", "name_unknown_dims",
+           "onnx_model_info", "onnx_to_torch", "unsupported_ops"]

@@ -2,6 +2,8 @@
 
 * weights stored as ``Constant`` nodes (paddle2onnx, some tf2onnx exports) become initializers
   (:func:`fold_constant_nodes`), so both the torch importer and the ONNX-graph factorizer see constant weights;
+* dims written as ``-1`` or ``0`` values (paddle2onnx writes those for dynamic axes) become named dynamic dims
+  (:func:`name_unknown_dims`), which ONNX shape inference and every runtime read as "any size";
 * opsets outside :data:`MIN_OPSET`..:data:`MAX_OPSET` are converted with ``onnx.version_converter``
   (:func:`normalize_opset`), with an error naming the opset when the converter cannot do it.
 """
@@ -18,7 +20,7 @@ from pipeline.errors import InputError
 from pipeline.models.onnx.validate import DEFAULT_DOMAINS, check_onnx_file
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "TARGET_OLD_OPSET", "default_opset", "fold_constant_nodes", "load_for_import",
-           "normalize_opset"]
+           "name_unknown_dims", "normalize_opset"]
 
 # The importer reads both the attribute and the input forms of Clip/Pad/Slice/Squeeze/ReduceMean/Split/Resize, so
 # these opsets run natively; older and newer files are converted into this range first.
@@ -84,6 +86,33 @@ def fold_constant_nodes(model: Any) -> int:
     return len(folded)
 
 
+def name_unknown_dims(model: Any, prefix: str = "unk") -> int:
+    """Replace every ``dim_value`` of ``-1`` or ``0`` in the graph's inputs, outputs and value_info by a named
+    dynamic dim (``unk_0``, ``unk_1``, ...), in place; returns how many were renamed.
+
+    A negative or zero ``dim_value`` is not a size: exporters (paddle2onnx) mean "dynamic" by it, but shape
+    inference and strict runtimes take it literally. Each one gets its own name, since nothing says two of them are
+    the same size.
+    """
+    taken = {d.dim_param for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)
+             for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    count = 0
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if not v.type.HasField("tensor_type") or not v.type.tensor_type.HasField("shape"):
+            continue
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                name = f"{prefix}_{count}"
+                while name in taken:
+                    count += 1
+                    name = f"{prefix}_{count}"
+                d.ClearField("dim_value")
+                d.dim_param = name
+                taken.add(name)
+                count += 1
+    return count
+
+
 def normalize_opset(model: Any, path: str) -> Any:
     """The model itself when its opset is in :data:`MIN_OPSET`..:data:`MAX_OPSET`, else a converted copy.
 
@@ -109,7 +138,9 @@ def normalize_opset(model: Any, path: str) -> Any:
 
 def load_for_import(path: str | os.PathLike[str]) -> Any:
     """Check a file (:func:`~pipeline.models.onnx.validate.check_onnx_file`), fold its Constant-node weights into
-    initializers and bring its opset into the importer's range; returns the ``ModelProto``."""
+    initializers, name its ``-1``/``0`` dims and bring its opset into the importer's range; returns the
+    ``ModelProto``."""
     model = check_onnx_file(path)
     fold_constant_nodes(model)
+    name_unknown_dims(model)
     return normalize_opset(model, str(path))
