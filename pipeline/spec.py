@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.artifacts import sha256_file
 from pipeline.errors import ConfigError, InputError
+from pipeline.validate_args import check_input_file
 
 ZOO, FILE, ONNX = "zoo", "file", "onnx"
 
@@ -97,8 +98,6 @@ class ModelSpec:
     def check_exists(self) -> None:
         """Raise InputError when a file spec names a file that does not exist."""
         if self.is_file:
-            from pipeline.validate_args import check_input_file
-
             check_input_file(self.path, "model file", "pass an existing .py (path.py:factory) or .onnx file")
 
 

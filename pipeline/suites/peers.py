@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import onnx_accuracy
+from benchmarks.report.plots import scatter
 from benchmarks.storage import artifact_bytes
 from pipeline.checkpoint import load_card, load_model
 from pipeline.data import load_dataset
@@ -116,8 +117,6 @@ def _plots(rows: list[dict[str, Any]]):
         import matplotlib
 
         matplotlib.use("Agg", force=True)
-        from benchmarks.report.plots import scatter
-
         names = []
         for key in dict.fromkeys((r["model"], r["data"]) for r in rows):
             pts = [{"name": r["variant"], "accuracy": r["accuracy"], "size_bytes": r["size_bytes"],
