@@ -64,10 +64,12 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
         calib = ds.train.x[: cfg.quantize.calib_size].numpy().astype(np.float32)
         quantize_static(original, ort_int8, calib, cfg.quantize)
         fp16 = fp16_weights(original, t / "original.fp16.onnx")
-        graphs = {"original fp32": original, "ORT int8 of original": ort_int8, "fp16 weights of original": fp16,
-                  f"ours: {shipped} (shipped)": mdir / by[shipped]["file"]}
-        if shipped != "int8":
-            graphs["ours: int8"] = mdir / by["int8"]["file"]
+        graphs = {"original fp32": original, "ORT int8 of original": ort_int8, "fp16 weights of original": fp16}
+        # the graphs we ship: the container ("unpacked") decodes to the int8 graph, which is what runs
+        ours = {"ours: int8" + (" (shipped)" if shipped == "int8" else ""): "int8"}
+        if shipped == "finetuned":
+            ours["ours: fp32 decomposed (shipped)"] = "finetuned"
+        graphs.update({n: mdir / by[v]["file"] for n, v in ours.items()})
         graphs.update(_optional_graphs(res, original, calib, shape, t))
         lat = time_files(graphs, shape, samples)
         acc = {n: float(onnx_accuracy(p, x, y)) for n, p in graphs.items()
@@ -75,18 +77,18 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
         base = {"size_bytes": artifact_bytes(original), "p50_ms": lat["original fp32"]["p50"]}
         rows = []
         for n, p in graphs.items():
-            a = acc.get(n, by[shipped if "shipped" in n else "int8"]["accuracy"])
+            a = acc.get(n, by[ours[n]]["accuracy"] if n in ours else None)
             rows.append(_row(model, data, n, n.startswith("ours"), artifact_bytes(p), a, lat[n]["p50"], base))
         unpacked = by["unpacked"]
         stats = res.artifact("entropy-code").metrics
-        rows.append(_row(model, data, "ours: container (weights.lrdc)", True, unpacked["size_bytes"],
-                         unpacked["accuracy"], None, base, stats.get("decode_mb_s")))
+        rows.append(_row(model, data, "ours: container (weights.lrdc" + (", shipped)" if shipped == "unpacked" else ")"),
+                         True, unpacked["size_bytes"], unpacked["accuracy"], None, base, stats.get("decode_mb_s")))
+        int8_name = next(n for n, v in ours.items() if v == "int8")
         # general-purpose compressors of the files an app could ship instead of the container
-        for n in ("original fp32", "ORT int8 of original", "ours: int8" if "ours: int8" in graphs
-                  else f"ours: {shipped} (shipped)"):
+        for n in ("original fp32", "ORT int8 of original", int8_name):
             for cname in COMPRESSORS:
                 c = compress_file(graphs[n], cname)
-                a = acc.get(n, by["int8"]["accuracy"] if n.startswith("ours") else None)
+                a = acc.get(n, by["int8"]["accuracy"] if n in ours else None)
                 rows.append(_row(model, data, f"{cname} of {n}", False, c["size_bytes"], a, None, base,
                                  c["decode_mb_s"]))
     return rows
