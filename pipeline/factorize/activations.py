@@ -74,7 +74,7 @@ def accumulate(stats: LayerStats, kinds: Iterable[str], x: torch.Tensor, y: torc
             if "channel_out" in kinds:
                 stats.add("channel_out", ys[i:i + 1].T)
         return
-    (kh, kw), (t, l, b, r) = geom.kernel, geom.pads
+    (kh, _), (t, l, b, r) = geom.kernel, geom.pads
     picked: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
     for i in range(x.shape[0]):
         xi = x[i:i + 1].detach()

@@ -434,3 +434,36 @@ def test_unsupported_ops_are_all_listed(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"LSTM.*Elu|Elu.*LSTM") as exc:
         onnx_to_torch(path)
     assert "Supported:" in str(exc.value) and "Conv" in str(exc.value)
+
+
+def test_shape_arithmetic_that_folds_to_plain_integers_imports(tmp_path) -> None:
+    """An empty slice of a Shape concatenated with constants is all integers: it becomes a constant shape."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipeline.models import load_onnx_model
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Slice", ["s", "z", "z"], ["empty"]),  # dims [0:0]: no entries left
+        helper.make_node("Concat", ["empty", "tail"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["c", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+                              [w, ints("z", [0]), ints("tail", [1, -1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model, fallback = load_onnx_model(str(path), (3, 8, 8))
+    assert fallback is None
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (1, 256) and np.allclose(out, ref, atol=1e-5)

@@ -163,8 +163,6 @@ def test_only_without_cached_inputs_fails_clearly(tmp_path):
 def test_lock_rejects_a_second_run(tmp_path):
     root = tmp_path / "m"
     with run_lock(root):
-        import multiprocessing as mp
-
         # flock locks are per open file description: a second open in this process conflicts too.
         with pytest.raises(LockError, match="in use"):
             with run_lock(root):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from pipeline.errors import InputError
 from pipeline.models.onnx.builder import GraphBuilder, Sym
 
