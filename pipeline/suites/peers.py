@@ -25,7 +25,7 @@ from pipeline.geometry import resolve_input_size
 from pipeline.quantize.ort_static import quantize_static
 from pipeline.suites._common import QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data, \
     time_files
-from pipeline.suites.optional_peers import nncf_ptq, tltorch_tucker
+from pipeline.suites.optional_peers import nncf_ptq, tltorch_tucker, torch_pruning_kd
 from pipeline.suites.peer_variants import COMPRESSORS, NOT_MEASURED, compress_file, fp16_weights, missing_peers
 
 
@@ -73,7 +73,7 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
         if shipped == "finetuned":
             ours["ours: fp32 decomposed (shipped)"] = "finetuned"
         graphs.update({n: mdir / by[v]["file"] for n, v in ours.items()})
-        graphs.update(_optional_graphs(res, original, calib, shape, t))
+        graphs.update(_optional_graphs(res, cfg, ds, original, calib, shape, t))
         lat = time_files(graphs, shape, samples)
         acc = {n: float(onnx_accuracy(p, x, y)) for n, p in graphs.items()
                if not n.startswith("ours") or n == OURS_SAME_RANKS}
@@ -100,7 +100,7 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
 OURS_SAME_RANKS = "ours: factorized, no finetune (tensorly-torch's ranks)"
 
 
-def _optional_graphs(res, original: Path, calib: np.ndarray, shape: tuple[int, int, int],
+def _optional_graphs(res, cfg, data, original: Path, calib: np.ndarray, shape: tuple[int, int, int],
                      tmp: Path) -> dict[str, Path]:
     """The installed optional peers' ONNX files (see :mod:`pipeline.suites.optional_peers`)."""
     missing = set(missing_peers())
@@ -113,6 +113,11 @@ def _optional_graphs(res, original: Path, calib: np.ndarray, shape: tuple[int, i
         out["tensorly-torch Tucker at our ranks, no finetune"] = tltorch_tucker(dense, structure, shape,
                                                                                 tmp / "tltorch.onnx")
         out[OURS_SAME_RANKS] = res.artifact("export").path("factorized.onnx")
+    if "Torch-Pruning" not in missing:
+        dense, _ = load_model(res.artifact("baseline").dir)
+        target = int(res.artifact("factorize").metrics["macs_after"])
+        out["Torch-Pruning at our MACs + same KD"], _ = torch_pruning_kd(dense, target, data, cfg.finetune, cfg.seed,
+                                                                         shape, tmp / "pruned.onnx")
     return out
 
 
