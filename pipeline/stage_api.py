@@ -66,6 +66,15 @@ class StageOutput:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def config_dataset(cfg: PipelineConfig) -> DatasetSplits:
+    """The dataset ``cfg`` names, as the run's stages see it (split sizes, input size; an ONNX model gets the images
+    as stored, see :meth:`StageContext.data`), without the baseline's pseudo-labels."""
+    d = cfg.dataset
+    data = load_dataset(cfg.data, seed=cfg.seed, input_size=resolve_input_size(cfg),
+                        split_sizes=(d.train_size, d.val_size, d.test_size))
+    return unnormalised(data) if ModelSpec.parse(cfg.model).is_onnx else data
+
+
 @dataclass
 class StageContext:
     """Everything a stage may read: the config, its declared earlier artifacts, its output folder, shared caches."""
@@ -94,11 +103,7 @@ class StageContext:
             raise PipelineError(f"a stage that loads the dataset must declare reads={DATASET!r} (its key would "
                                 f"otherwise miss the dataset settings); add it to the stage's @stage(reads=...)")
         if "data" not in self.cache:
-            d = self.cfg.dataset
-            data = load_dataset(self.cfg.data, seed=self.cfg.seed, input_size=resolve_input_size(self.cfg),
-                                split_sizes=(d.train_size, d.val_size, d.test_size))
-            if ModelSpec.parse(self.cfg.model).is_onnx:
-                data = unnormalised(data)
+            data = config_dataset(self.cfg)
             base = self.inputs.get("baseline")
             if data.train.y is None and base is not None:
                 labels = load_labels(base.dir)

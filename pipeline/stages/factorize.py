@@ -47,15 +47,14 @@ def run(ctx: StageContext) -> StageOutput:
     fact, layers, structure = factorize_model(model, fcfg, example_input(card), eval_fn=eval_fn,
                                               calib_images=calib if fcfg.objective == "outputs" else None)
     seconds = time.perf_counter() - t0
-    layerwise = _layerwise(ctx, model, fact, structure, calib)
+    layerwise, tuned_layers = _layerwise(ctx, model, fact, structure, calib)
     fact.eval()
     files = save_model(fact, card.with_structure(structure), ctx.out_dir)
     rows = [asdict(r) for r in layers]
     for row in rows:  # the layer-wise finetune's relative output MSE of each layer it trained
-        tuned = layerwise.get("_per_layer", {}).get(row["name"])
+        tuned = tuned_layers.get(row["name"])
         if tuned is not None:
             row["layerwise_mse"] = [tuned["mse_before"], tuned["mse_after"]]
-    layerwise.pop("_per_layer", None)
     atomic_write_json(ctx.out_dir / "layers.json", rows)
     macs0, params0 = count_macs_params(model, example_input(card))
     macs1, params1 = count_macs_params(fact, example_input(card))
@@ -86,12 +85,14 @@ def _metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[i
     }
 
 
-def _layerwise(ctx: StageContext, dense, fact, structure: dict[str, Any], calib: torch.Tensor | None) -> dict[str, Any]:
+def _layerwise(ctx: StageContext, dense, fact, structure: dict[str, Any],
+               calib: torch.Tensor | None) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Layer-wise reconstruction finetune (``factorize.layerwise_steps`` > 0): each factorized layer trained to match
-    the dense layer's outputs on the calibration images, in place; its metrics (empty when off)."""
+    the dense layer's outputs on the calibration images, in place. Returns its stage metrics and the per-layer
+    report of :func:`layerwise_reconstruct` (both empty when off)."""
     fcfg = ctx.cfg.factorize
     if fcfg.layerwise_steps <= 0 or not structure or calib is None:
-        return {}
+        return {}, {}
     t0 = time.perf_counter()
     # sequential: each layer's inputs come from the already tuned factorized predecessors (errors do not compound)
     report = layerwise_reconstruct(dense, fact, list(structure), calib, steps=int(fcfg.layerwise_steps),
@@ -103,8 +104,7 @@ def _layerwise(ctx: StageContext, dense, fact, structure: dict[str, Any], calib:
     ctx.log.info("factorize: layer-wise reconstruction, %d layers x %d steps in %.1f s, mean relative output MSE "
                  "%.4f -> %.4f", len(report), fcfg.layerwise_steps, seconds, before, after)
     return {"layerwise": {"layers": len(report), "steps": int(fcfg.layerwise_steps), "seconds": round(seconds, 3),
-                          "mse_before": before, "mse_after": after},
-            "_per_layer": report}
+                          "mse_before": before, "mse_after": after}}, report
 
 
 def _calibration_images(ctx: StageContext, data) -> torch.Tensor | None:

@@ -20,9 +20,8 @@ from benchmarks.accuracy import onnx_accuracy
 from benchmarks.report.plots import scatter
 from benchmarks.storage import artifact_bytes
 from pipeline.checkpoint import load_card, load_model
-from pipeline.data import load_dataset
-from pipeline.geometry import resolve_input_size
 from pipeline.quantize.ort_static import quantize_static
+from pipeline.stage_api import config_dataset
 from pipeline.suites._common import QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data, \
     time_files
 from pipeline.suites.optional_peers import nncf_ptq, tltorch_tucker, torch_pruning_kd
@@ -54,9 +53,7 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
     by = {v["name"]: v for v in rep["variants"]}
     mdir = res.artifact("export").dir.parent
     shipped = rep["headline"]["shipped"]
-    d = cfg.dataset
-    ds = load_dataset(cfg.data, seed=cfg.seed, input_size=resolve_input_size(cfg),
-                      split_sizes=(d.train_size, d.val_size, d.test_size))
+    ds = config_dataset(cfg)  # the test split the run's report measured
     x = ds.test.x.numpy().astype(np.float32)
     y = ds.test.y.numpy()
     shape = load_card(res.artifact("baseline").dir).input_shape
