@@ -64,12 +64,24 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The default rank search (``selector=search``, pipeline/factorize/search.py)."""
+
+    # whole-model MAC fractions tried, mildest first (1/2 ... 1/11 of the original's MACs)
+    levels: tuple[float, ...] = (0.5, 0.35, 0.25, 0.18, 0.13, 0.09)
+    probe_images: int = 1024       # training images of each level's one-pass distillation probe
+    probe_drop: float = 0.03       # a level passes when its probe val accuracy is within this of the original's
+    min_gain: float = 0.03         # a level must be this fraction faster than every milder one to stay a candidate
+    backoffs: int = 1              # milder levels the finetune stage may fall back to when max_drop is missed
+
+
+@dataclass(frozen=True)
 class FactorizeConfig:
     """Stage 01: replace conv/linear layers by low-rank forms."""
 
     method: str = "tucker2"          # a registered format, or "auto"
     linear_method: str = "linear_svd"  # format for nn.Linear layers ("none" keeps them dense)
-    selector: str = "energy"         # energy | erank | vbmf | fixed | budget
+    selector: str = "energy"         # energy | erank | vbmf | fixed | budget | search (pipeline/factorize/search.py)
     energy: float = 0.6              # fraction of squared singular-value energy kept (selector=energy)
     ratio: float = 0.25              # fraction of channels kept (selector=fixed)
     erank_factor: float = 1.0        # rank = ceil(erank * factor) (selector=erank)
@@ -84,6 +96,7 @@ class FactorizeConfig:
     cp_time_limit_s: float = 2.0     # per-layer wall-time cap for CP-ALS
     break_even: bool = False         # keep a layer dense unless its factorized form measures faster on the target
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     objective: str = "weights"       # weights (minimise the weight error) | outputs (the layer outputs on calibration data)
     sequential: bool = False         # objective=outputs: each layer's statistics after its predecessors are factorized
     calib_images: int = 64           # calibration images for objective=outputs / layerwise_steps
@@ -246,6 +259,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "factorize.align": (lambda v: 0 <= v <= 256, "in [0, 256] (0 = the target's channel block)"),
     "factorize.min_channels": (lambda v: v >= 1, ">= 1"),
     "factorize.min_mac_saving": (lambda v: -1 < v < 1, "in (-1, 1)"),
+    "factorize.search.probe_images": (lambda v: v >= 32, ">= 32"),
+    "factorize.search.probe_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "factorize.search.min_gain": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "factorize.search.backoffs": (lambda v: 0 <= v <= 5, "in [0, 5]"),
+    "factorize.search.levels": (lambda v: len(v) >= 1 and all(0 < f <= 1 for f in v), "a list of MAC fractions in (0, 1]"),
     "factorize.budget.macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "factorize.budget.params": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "factorize.budget.latency": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
@@ -304,6 +322,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"config key {key!r}: invalid value {value!r}")
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config key {key!r}: expected a list of values, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key {key!r}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

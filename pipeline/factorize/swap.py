@@ -224,12 +224,44 @@ def _decompose_into(model: nn.Module, plan: Plan, cfg: FactorizeConfig | None,
     return err, out_err
 
 
+def prepare_plans(model: nn.Module, cfg: FactorizeConfig, example_input: torch.Tensor,
+                  calib_images: torch.Tensor | None = None
+                  ) -> tuple[nn.Module, list[Plan], dict[str, LayerStats]]:
+    """An eval-mode copy of ``model``, the per-layer plans of ``cfg`` (before any whole-model selector) and, with
+    ``cfg.objective=outputs``, each planned layer's calibration statistics."""
+    data_aware = check_config(cfg, calib_images)
+    src = copy.deepcopy(model).eval()
+    sizes = probe_sizes(src, example_input)
+    if not data_aware:
+        return src, plan_layers(src, cfg, sizes), {}
+    # One calibration pass for every layer a format applies to (also those the weight spectra left without a
+    # MAC saving: their whitened ranks may be lower), then re-plan on the whitened spectra.
+    every = plan_layers(src, dataclasses.replace(cfg, min_mac_saving=-0.99), sizes)
+    stats = model_stats(src, every, cfg, calib_images)
+    return src, plan_layers(src, cfg, sizes, stats), stats
+
+
+def apply_allocation(plans: list[Plan], allocation: dict[str, tuple[int, ...] | None]) -> None:
+    """Set the named plans' ranks to ``allocation`` (None: dense, with the reason)."""
+    for p in plans:
+        if p.fmt is None or p.name not in allocation:
+            continue
+        ranks = allocation[p.name]
+        if ranks is None:
+            p.reason = "search: kept dense (the searched MAC level was met without it)"
+            p.fmt, p.ranks = None, None
+        else:
+            p.ranks = tuple(ranks)
+            p.note = f"search: ranks {list(p.ranks)}"
+
+
 def factorize_model(
     model: nn.Module,
     cfg: FactorizeConfig,
     example_input: torch.Tensor,
     eval_fn: Callable[[nn.Module], float] | None = None,
     calib_images: torch.Tensor | None = None,
+    allocation: dict[str, tuple[int, ...] | None] | None = None,
 ) -> tuple[nn.Module, list[LayerReport], dict[str, dict[str, Any]]]:
     """Factorize ``model`` as ``cfg`` says.
 
@@ -246,6 +278,8 @@ def factorize_model(
             every decomposition minimise the layer's output error, the selectors use the whitened spectra, and the
             budget selector's cost is the measured output error (beside the validation drop when ``eval_fn``).
             With ``cfg.sequential`` each layer's statistics are collected after its predecessors are factorized.
+        allocation: ranks chosen beforehand (the rank search's ``{layer: ranks or None for dense}``) instead of the
+            selector's; layers it does not name keep the plan's decision.
 
     Returns:
         ``(new_model, per-layer reports, structure)`` where structure maps layer name -> {"format", "ranks"}.
@@ -260,19 +294,11 @@ def factorize_model(
         FORMATS.get(cfg.linear_method)
     SELECTORS.get(cfg.selector)
     data_aware = check_config(cfg, calib_images)
-    src = copy.deepcopy(model).eval()
-    sizes = probe_sizes(src, example_input)
-    stats: dict[str, LayerStats] = {}
-    if not data_aware:
-        plans = plan_layers(src, cfg, sizes)
-    else:
-        # One calibration pass for every layer a format applies to (also those the weight spectra left without a
-        # MAC saving: their whitened ranks may be lower), then re-plan on the whitened spectra.
-        every = plan_layers(src, dataclasses.replace(cfg, min_mac_saving=-0.99), sizes)
-        stats = model_stats(src, every, cfg, calib_images)
-        plans = plan_layers(src, cfg, sizes, stats)
+    src, plans, stats = prepare_plans(model, cfg, example_input, calib_images)
     scope = model_selector(cfg.selector)
-    if scope is not None:
+    if allocation is not None:
+        apply_allocation(plans, allocation)
+    elif scope is not None:
         scope.allocate(src, plans, cfg, example_input, eval_fn, stats=stats or None)
     if cfg.break_even:
         break_even(plans, cfg)

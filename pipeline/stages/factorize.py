@@ -13,12 +13,14 @@ from pipeline.checkpoint import save_model
 from pipeline.data import Split
 from pipeline.factorize.graph_fallback import factorize_graph_checked
 from pipeline.factorize.plan import out_of_reach_macs
+from pipeline.factorize.search import SearchResult, search_ranks
 from pipeline.factorize.swap import count_macs_params, factorize_model
 from pipeline.fidelity_gate import model_heads
 from pipeline.finetune.layerwise import layerwise_reconstruct
 from pipeline.finetune.trainer import evaluate
 from pipeline.models.ort_graph import OrtGraphModel
 from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+from pipeline.stages._search import distill_probe, model_timer
 from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, example_input, is_graph, load, macs_params, \
     seed
 
@@ -27,7 +29,14 @@ from pipeline.stages._common import EVAL_BATCH, accuracy, check_finite, example_
 CHECK_VAL, CHECK_TRAIN = 96, 32
 
 
-@stage("factorize", reads=("factorize", DATASET, "benchmark.max_drop"), inputs=("baseline",), version=2,
+#: what the rank search (selector=search) reads beyond the factorize section: the probe's distillation settings,
+#: the export settings of the graphs it times, and the target it times them on
+SEARCH_READS = ("finetune.batch_size", "finetune.lr", "finetune.optimizer", "finetune.weight_decay",
+                "finetune.temperature", "finetune.alpha", "export.opset", "export.simplify", "benchmark.target",
+                "benchmark.threads")
+
+
+@stage("factorize", reads=("factorize", DATASET, "benchmark.max_drop") + SEARCH_READS, inputs=("baseline",), version=3,
        deliverables={"layers.json": "factorize_layers.json"})
 def run(ctx: StageContext) -> StageOutput:
     """Replace eligible conv/linear layers by low-rank forms; record the per-layer table."""
@@ -44,8 +53,17 @@ def run(ctx: StageContext) -> StageOutput:
     calib = _calibration_images(ctx, data)
     fcfg = ctx.cfg.factorize
     t0 = time.perf_counter()
-    fact, layers, structure = factorize_model(model, fcfg, example_input(card), eval_fn=eval_fn,
-                                              calib_images=calib if fcfg.objective == "outputs" else None)
+    search = None
+    if fcfg.selector == "search":
+        search = search_ranks(model, fcfg, example_input(card), eval_fn=eval_fn,
+                              calib_images=calib if fcfg.objective == "outputs" else None,
+                              time_models=model_timer(ctx.cfg, card.input_shape),
+                              probe=distill_probe(ctx.cfg, model, data) if data.train.class_labels else None,
+                              base_val=accuracy(model, data.val) if data.val.class_labels else None, log=ctx.log)
+        fact, layers, structure = search.model, search.layers, search.structure
+    else:
+        fact, layers, structure = factorize_model(model, fcfg, example_input(card), eval_fn=eval_fn,
+                                                  calib_images=calib if fcfg.objective == "outputs" else None)
     seconds = time.perf_counter() - t0
     layerwise, tuned_layers = _layerwise(ctx, model, fact, structure, calib)
     fact.eval()
@@ -59,11 +77,25 @@ def run(ctx: StageContext) -> StageOutput:
     macs0, params0 = count_macs_params(model, example_input(card))
     macs1, params1 = count_macs_params(fact, example_input(card))
     metrics = {**_metrics(rows, (macs0, params0), (macs1, params1), fact, data, seconds), **layerwise}
+    if search is not None:
+        metrics["search"] = search.summary()
+        files += _save_fallbacks(ctx, search, card, model, calib)
     ctx.log.info(
         "factorize: %d layers factorized, MACs %.1fM -> %.1fM (%.2fx), accuracy before finetune %.4f",
         metrics["layers_factorized"], macs0 / 1e6, macs1 / 1e6, metrics["mac_reduction"], metrics["test_accuracy"],
     )
     return StageOutput(files + ["layers.json"], metrics)
+
+
+def _save_fallbacks(ctx: StageContext, search: SearchResult, card: ModelCard, dense, calib) -> list[str]:
+    """The search's milder levels, each in ``fallback-<k>/`` (layer-wise tuned like the chosen one), for the
+    finetune stage to train when the chosen level misses ``benchmark.max_drop``."""
+    files = []
+    for k, (fb, _, structure) in enumerate(search.fallbacks, start=1):
+        _layerwise(ctx, dense, fb, structure, calib)
+        sub = f"fallback-{k}"
+        files += [f"{sub}/{f}" for f in save_model(fb.eval(), card.with_structure(structure), ctx.out_dir / sub)]
+    return files
 
 
 def _metrics(rows: list[dict[str, Any]], before: tuple[int, int], after: tuple[int, int], fact, data,

@@ -7,7 +7,7 @@ import dataclasses
 
 from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
-from pipeline.checkpoint import save_model
+from pipeline.checkpoint import load_model, save_model
 from pipeline.factorize.swap import count_macs_params
 from pipeline.finetune import FinetuneJob, finetune as run_finetune
 from pipeline.quantize.qat import qat_finetune
@@ -22,7 +22,7 @@ FINETUNE_SKIPPED = ("the model exists only as an ONNX graph (the torch importer 
 QAT_READS = ("quantize.qat_epochs", "quantize.qat_lr", "quantize.weight_bits")
 
 
-@stage("finetune", reads=("finetune", DATASET, "factorize.align") + QAT_READS, inputs=("baseline", "factorize"), version=2)
+@stage("finetune", reads=("finetune", DATASET, "factorize.align", "benchmark.max_drop") + QAT_READS, inputs=("baseline", "factorize"), version=2)
 def run(ctx: StageContext) -> StageOutput:
     """Recover accuracy (distillation from the original by default, or a training method of the source papers)."""
     data = ctx.data()
@@ -48,6 +48,7 @@ def run(ctx: StageContext) -> StageOutput:
         model_spec=ctx.cfg.model,
     )
     result = run_finetune(job)
+    result, card, backoff = _search_backoff(ctx, job, result, card)
     model = result.model.cpu().eval()
     qat = _quantization_aware(ctx, model, data)
     if qat is not None:
@@ -68,8 +69,43 @@ def run(ctx: StageContext) -> StageOutput:
     }
     if qat is not None:
         metrics["qat"] = qat_metrics
+    if backoff:
+        metrics["search_backoff"] = backoff
     ctx.log.info("finetune (%s): test accuracy %.4f", metrics["method"], metrics["test_accuracy"])
     return StageOutput(files + ["history.json"], metrics)
+
+
+def _search_backoff(ctx: StageContext, job: FinetuneJob, result, card: ModelCard):
+    """The rank search's safety net: while the finetuned model's validation accuracy misses ``benchmark.max_drop``
+    against the original's, train the next milder level the search kept (``fallback-<k>/`` of the factorize stage)
+    and keep the first that meets it (else the most accurate). Returns ``(result, card, tries)``; ``tries`` is empty
+    when the first level met the budget or no search ran."""
+    search = ctx.inputs["factorize"].metrics.get("search") or {}
+    fractions = search.get("fallback_fractions") or []
+    base = ctx.inputs["baseline"].metrics.get("val_accuracy")
+    if not fractions or not isinstance(base, (int, float)) or base != base:
+        return result, card, []
+    max_drop = ctx.cfg.benchmark.max_drop
+    val = accuracy(result.model.cpu().eval(), job.data.val)
+    tries = [{"fraction": search["chosen_fraction"], "val_accuracy": val, "kept": False}]
+    best = (val, result, card, 0)
+    for k, frac in enumerate(fractions, start=1):
+        if base - best[0] <= max_drop:
+            break
+        ctx.log.warning("finetune: val accuracy %.4f misses max_drop %.3f against the original's %.4f at %.3f of "
+                        "the MACs; training the search's next milder level (%.3f)", best[0], max_drop, base,
+                        tries[-1]["fraction"], frac)
+        student, fcard = load_model(ctx.inputs["factorize"].dir / f"fallback-{k}")
+        seed(ctx.cfg.seed)
+        res = run_finetune(dataclasses.replace(job, student=student, structure=dict(fcard.structure)))
+        val = accuracy(res.model.cpu().eval(), job.data.val)
+        tries.append({"fraction": frac, "val_accuracy": val, "kept": False})
+        if val > best[0]:
+            best = (val, res, fcard, k)
+    if len(tries) == 1:
+        return result, card, []
+    tries[best[3]]["kept"] = True
+    return best[1], best[2], tries
 
 
 def _distil_heads(ctx: StageContext, student, teacher, card: ModelCard, labels: str) -> StageOutput:

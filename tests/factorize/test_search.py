@@ -1,0 +1,43 @@
+"""The rank search's pieces on real computation: the bisection over levels and the MAC ladder of a small CNN."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import FactorizeConfig, SearchConfig
+from pipeline.factorize.search import bisect_levels, budget_config, ladder
+from pipeline.factorize.swap import count_macs_params, factorize_model
+
+
+def test_bisection_finds_the_last_accepted_level_in_log_calls():
+    for n in range(1, 9):
+        for last in range(-1, n):
+            calls = []
+
+            def accept(i, last=last):
+                calls.append(i)
+                return i <= last
+            got = bisect_levels(n, accept)
+            assert got == (None if last < 0 else last)
+            assert len(calls) <= n.bit_length() + 1
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10)).eval()
+
+
+def test_ladder_levels_meet_their_mac_fractions_and_fall_monotonically():
+    model, x = _net(), torch.randn(1, 3, 16, 16)
+    cfg = FactorizeConfig(selector="search", align=1, search=SearchConfig(levels=(0.7, 0.5, 0.3)))
+    levels = ladder(model, cfg, x, None, None)
+    dense = count_macs_params(model, x)[0]
+    macs = []
+    for lv in levels:
+        fact, _, structure = factorize_model(model, budget_config(cfg, lv.fraction), x, allocation=lv.allocation)
+        assert structure, "every ladder level factorizes something"
+        macs.append(count_macs_params(fact, x)[0])
+        assert macs[-1] <= lv.fraction * dense * 1.001 or lv is levels[-1]  # the last may be the lowest reachable
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
