@@ -8,7 +8,8 @@ DATA   ?= digits
 CONFIG ?=
 ARGS   ?=
 
-.PHONY: deploy test bench bench-quick fuzz clean venv decoder decoder-asan decoder-deps arm64-check
+.PHONY: deploy test bench bench-quick fuzz clean venv decoder decoder-asan decoder-deps arm64-check peers-venv \
+        test-peers bench-peers
 
 venv: $(STAMP)
 
@@ -34,6 +35,29 @@ bench: $(STAMP)
 # Smoke run of every suite on tiny inputs (tests/pipeline/test_bench.py runs the same inside `make test`).
 bench-quick: $(STAMP)
 	$(BIN)/lowrank-deploy bench all --quick $(ARGS)
+
+# The optional peers of `bench peers` live in their own environment (they pin their own dependencies). NNCodec is
+# installed without its declared dependencies (torchvision, numpy<2 would replace the CPU torch): the suite only
+# uses its codec core, which needs numpy alone; building it needs a C++ compiler.
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+peers-venv: $(PEERS_STAMP)
+
+$(PEERS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0
+	$(PEERS_VENV)/bin/pip install -q -e '.[dev,data,peers]'
+	$(PEERS_VENV)/bin/pip install -q --no-deps nncodec==2.1.3
+	touch $(PEERS_STAMP)
+
+# tests/peers is collected only where the peers import (not in `make test`'s environment)
+test-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python -m pytest -q tests/peers tests/pipeline/test_bench_peers.py
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/lowrank-deploy bench peers $(ARGS)
 
 fuzz: $(STAMP)
 	$(BIN)/python -m pipeline.entropy.fuzz $(ARGS)

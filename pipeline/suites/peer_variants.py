@@ -2,7 +2,8 @@
 
 Built in (always measured): ONNX Runtime static int8 QDQ of the original model (no factorization), fp16 weight
 storage of the original, and general-purpose compressors (gzip -9, xz -9e, zstd -19) of each shipped file.
-Optional peers (the ``peers`` extra) are detected by import; the suite lists the ones that are not installed.
+Optional peers (the ``peers`` extra; NNCodec installed by hand, see the README) are detected by import; the suite
+lists the ones that are not installed.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 # name -> import name of the optional peer packages the suite measures (pyproject's ``peers`` extra)
-OPTIONAL_PEERS = {"NNCF PTQ": "nncf", "tensorly-torch": "tltorch", "Torch-Pruning": "torch_pruning"}
+OPTIONAL_PEERS = {"NNCF PTQ": "nncf", "tensorly-torch": "tltorch", "Torch-Pruning": "torch_pruning",
+                  "NNCodec": "nncodec"}
 #: peers the suite does not measure yet (named in its notes so the table is not mistaken for complete)
-NOT_MEASURED = ("NNCodec (DeepCABAC) lossy weight coding",)
+NOT_MEASURED: tuple[str, ...] = ()
 
 
 def missing_peers() -> list[str]:

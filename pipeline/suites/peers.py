@@ -3,8 +3,10 @@
 For each model/dataset: the default pipeline run (cached stages reused) gives the original fp32 graph, our shipped
 variant, our int8 graph and the container. Beside them: ONNX Runtime static int8 of the original (no factorization,
 same calibration images and quantizer settings), fp16 weight storage of the original, and gzip/xz/zstd of each
-shipped file. Every graph is timed in one interleaved loop (batch 1, 1 thread); accuracies are on the same test
-split. Full: vgg11 and resnet20 on digits and shapes. Quick: the ``tiny`` network on the quick data set.
+shipped file; the optional peers (:mod:`.optional_peers`, and NNCodec lossy weight coding of the original and of
+our decomposed fp32 model at several qps, :mod:`.nncodec_peer`) where installed. Every graph is timed in one
+interleaved loop (batch 1, 1 thread); accuracies are on the same test split. Full: vgg11 and resnet20 on digits
+and shapes. Quick: the ``tiny`` network on the quick data set.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pipeline.quantize.ort_static import quantize_static
 from pipeline.stage_api import config_dataset
 from pipeline.suites._common import QUICK_MODEL, QUICK_OVERRIDES, Table, datasets, pipeline_run, quick_data, \
     time_files
+from pipeline.suites.nncodec_peer import QP_DENSITY, code_onnx
 from pipeline.suites.optional_peers import nncf_ptq, tltorch_tucker, torch_pruning_kd
 from pipeline.suites.peer_variants import COMPRESSORS, NOT_MEASURED, compress_file, fp16_weights, missing_peers
 
@@ -91,6 +94,31 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
                 a = acc.get(n, by["int8"]["accuracy"] if n in ours else None)
                 rows.append(_row(model, data, f"{cname} of {n}", False, c["size_bytes"], a, None, base,
                                  c["decode_mb_s"]))
+        if "NNCodec" not in missing_peers():
+            sources = {"original": original, "our decomposed fp32": mdir / by["finetuned"]["file"]}
+            rows += _nncodec_rows(model, data, sources, x, y, base, t)
+    return rows
+
+
+#: NNCodec's weight qps the suite codes at (qp_density 2: 4 qp units halve the step): from about its default
+#: (-38, step 2^-9.4, near-lossless) to clearly lossy (-20, step 2^-5)
+NNCODEC_QPS = (-38, -32, -26, -20)
+
+
+def _nncodec_rows(model: str, data: str, sources: dict[str, Path], x: np.ndarray, y: np.ndarray,
+                  base: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
+    """NNCodec lossy coding of each source's float weights at :data:`NNCODEC_QPS`: size (bitstream + its graph),
+    accuracy of the model rebuilt from the decoded weights, decode speed (same graph as the source: no p50)."""
+    rows = []
+    for label, src in sources.items():
+        for qp in NNCODEC_QPS:
+            rebuilt = tmp / f"nncodec{qp}.onnx"
+            r = code_onnx(src, rebuilt, qp)
+            row = _row(model, data, f"NNCodec qp={qp} of {label}", False, r["size_bytes"],
+                       float(onnx_accuracy(rebuilt, x, y)), None, base, r["decode_mb_s"])
+            row.update(bitstream_bytes=r["bitstream_bytes"], graph_bytes=r["graph_bytes"])
+            rows.append(row)
+            rebuilt.unlink()
     return rows
 
 
@@ -162,6 +190,10 @@ def bench_peers(quick: bool = False, root: Path = Path("artifacts")) -> Table:
                   "decode_mb_s: decoded bytes per second (container: its weight streams, from the entropy-code "
                   "stage; compressors: whole-file decompression, median of 3)",
                   "optional peers not installed here (pip install '.[peers]'): " + (", ".join(missing) or "none"),
-                  "not measured by this suite yet: " + "; ".join(NOT_MEASURED)],
+                  f"NNCodec: nnc_core {'/'.join(map(str, NNCODEC_QPS))} weight qps, its other defaults (qp_density "
+                  f"{QP_DENSITY}, dependent quantization, 1-D tensors at qp -75); size = NNC bitstream of every fp32 "
+                  "initializer + zstd -19 of the graph without them (json: bitstream_bytes, graph_bytes); "
+                  "accuracy of the graph with the decoded weights; decode_mb_s: decoded fp32 bytes per second",
+                  *(["not measured by this suite yet: " + "; ".join(NOT_MEASURED)] if NOT_MEASURED else [])],
         "_plots": _plots(rows),
     }
