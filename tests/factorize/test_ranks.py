@@ -12,7 +12,7 @@ from pipeline.factorize.ranks import SELECTORS, RankContext, align_rank, effecti
 from pipeline.factorize.swap import count_macs_params, factorize_model
 from tests.helpers.toy_models import plain_cnn
 
-TESTED_SELECTORS = {"energy", "erank", "vbmf", "fixed", "budget"}
+TESTED_SELECTORS = {"energy", "erank", "vbmf", "fixed", "budget", "search"}
 
 
 def test_guard_every_selector_has_tests():

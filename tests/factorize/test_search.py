@@ -41,3 +41,11 @@ def test_ladder_levels_meet_their_mac_fractions_and_fall_monotonically():
         macs.append(count_macs_params(fact, x)[0])
         assert macs[-1] <= lv.fraction * dense * 1.001 or lv is levels[-1]  # the last may be the lowest reachable
     assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
+
+
+def test_search_selector_outside_the_stage_is_the_mildest_level():
+    model, x = _net(), torch.randn(1, 3, 16, 16)
+    cfg = FactorizeConfig(selector="search", align=1, search=SearchConfig(levels=(0.3, 0.6)))
+    fact, _, structure = factorize_model(model, cfg, x)
+    assert structure
+    assert count_macs_params(fact, x)[0] <= 0.6 * count_macs_params(model, x)[0] * 1.001
