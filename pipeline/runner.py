@@ -401,7 +401,7 @@ def _execute(
     _remove_tree(tmp)
     tmp.mkdir(parents=True)
     ctx = StageContext(cfg=cfg, out_dir=tmp, inputs=dict(inputs), log=log, progress=progress, cache=cache,
-                       reads=spec.reads)
+                       reads=spec.reads_for(cfg))
     try:
         out = spec.fn(ctx)
         missing = [f for f in out.files if not (tmp / f).is_file()]

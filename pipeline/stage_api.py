@@ -129,6 +129,15 @@ class StageSpec:
     inputs: tuple[str, ...]
     version: int
     deliverables: dict[str, str]  # file in the stage folder -> name in deploy/
+    #: reads that apply only under one setting: ``((path, value, extra_reads), ...)``; e.g. the rank search's
+    #: distillation and timing settings, read by factorize only when ``factorize.selector`` is ``"search"`` (an
+    #: always-declared read would rerun every factorize on a finetune learning-rate change)
+    reads_when: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()
+
+    def reads_for(self, cfg: PipelineConfig) -> tuple[str, ...]:
+        """The config paths this stage reads under ``cfg``: ``reads`` plus every ``reads_when`` that holds."""
+        extra = [r for path, value, more in self.reads_when if config_value(cfg, path) == value for r in more]
+        return tuple(dict.fromkeys(self.reads + tuple(extra)))
 
 
     @property
@@ -155,7 +164,7 @@ def config_value(cfg: PipelineConfig, path: str) -> Any:
 
 def read_config(spec: StageSpec, cfg: PipelineConfig) -> dict[str, Any]:
     """``{read: value}`` for every config path ``spec`` declares (what its key hashes and the manifest records)."""
-    return {path: config_value(cfg, path) for path in spec.reads}
+    return {path: config_value(cfg, path) for path in spec.reads_for(cfg)}
 
 
 def _check_reads(name: str, reads: tuple[str, ...]) -> None:
@@ -171,7 +180,8 @@ def _check_reads(name: str, reads: tuple[str, ...]) -> None:
 
 
 def stage(name: str, reads: tuple[str, ...], inputs: tuple[str, ...] = (), version: int = 1,
-          deliverables: dict[str, str] | None = None):
+          deliverables: dict[str, str] | None = None,
+          reads_when: tuple[tuple[str, Any, tuple[str, ...]], ...] = ()):
     """Decorator registering a stage function under ``name`` (order of registration = run order).
 
     Args:
@@ -180,14 +190,18 @@ def stage(name: str, reads: tuple[str, ...], inputs: tuple[str, ...] = (), versi
         inputs: earlier stages whose artifacts it opens (each must be registered already).
         version: bumped when the stage's output changes for the same inputs.
         deliverables: files copied into ``deploy/`` (stage file -> deploy name).
+        reads_when: ``(path, value, extra_reads)`` triples: ``extra_reads`` count only when ``path`` is ``value``.
     """
     _check_reads(name, tuple(reads))
+    for path, _value, more in reads_when:
+        _check_reads(name, (path, *more))
     unknown = [i for i in inputs if input_stage(i) not in STAGES.names()]
     if unknown:
         raise ValueError(f"stage {name!r} takes inputs {unknown} that are not registered before it")
 
     def deco(fn: Callable[[StageContext], StageOutput]) -> Callable[[StageContext], StageOutput]:
-        STAGES.add(name, StageSpec(name, fn, tuple(reads), tuple(inputs), version, dict(deliverables or {})))
+        STAGES.add(name, StageSpec(name, fn, tuple(reads), tuple(inputs), version, dict(deliverables or {}),
+                                    tuple((p, v, tuple(m)) for p, v, m in reads_when)))
         return fn
 
     return deco

@@ -36,8 +36,9 @@ SEARCH_READS = ("finetune.batch_size", "finetune.lr", "finetune.optimizer", "fin
                 "benchmark.threads")
 
 
-@stage("factorize", reads=("factorize", DATASET, "benchmark.max_drop") + SEARCH_READS, inputs=("baseline",), version=3,
-       deliverables={"layers.json": "factorize_layers.json"})
+@stage("factorize", reads=("factorize", DATASET, "benchmark.max_drop"), inputs=("baseline",), version=3,
+       deliverables={"layers.json": "factorize_layers.json"},
+       reads_when=(("factorize.selector", "search", SEARCH_READS),))
 def run(ctx: StageContext) -> StageOutput:
     """Replace eligible conv/linear layers by low-rank forms; record the per-layer table."""
     data = ctx.data()

@@ -48,18 +48,21 @@ def _covered(path: str, reads: tuple[str, ...]) -> bool:
 
 
 BASE = build_config(None, [], model="tiny", data="digits")
+#: the same config with the rank search on: the factorize stage then also reads the finetune/export/target keys
+SEARCH = build_config(None, ["factorize.selector=search"], model="tiny", data="digits")
 SECTION_LEAVES = [p for p in _leaves(BASE) if "." in p]
 CASES = [(name, path) for name in stage_names() for path in SECTION_LEAVES]
 
 
 @pytest.mark.parametrize("name, path", CASES, ids=[f"{n}:{p}" for n, p in CASES])
-def test_stage_key_hashes_exactly_the_declared_reads(name, path):
-    """A stage's key changes with every config key it declares it reads, and with no other section key."""
+@pytest.mark.parametrize("cfg", [BASE, SEARCH], ids=["default", "search"])
+def test_stage_key_hashes_exactly_the_declared_reads(name, path, cfg):
+    """A stage's key changes with every config key it declares it reads (under that config), and with no other."""
     spec = STAGES.get(name)
-    fp = input_fingerprint(BASE)
-    key = stage_key(spec, BASE, fp, "p1")
-    changed = stage_key(spec, _changed(BASE, path), fp, "p1")
-    if _covered(path, spec.reads):
+    fp = input_fingerprint(cfg)
+    key = stage_key(spec, cfg, fp, "p1")
+    changed = stage_key(spec, _changed(cfg, path), fp, "p1")
+    if _covered(path, spec.reads_for(cfg)):
         assert changed != key, f"{name} declares {path} but its key ignores it"
     else:
         assert changed == key, f"{name} does not declare {path} but its key changes with it"
@@ -82,6 +85,8 @@ def test_declared_cross_section_reads():
     assert "export" not in reads["quantize"]  # quantize takes export's model.onnx, not export's settings
     assert STAGES.get("quantize").inputs == ("baseline", "export/model.onnx")
     assert {"finetune.method", "factorize.align", "quantize.per_channel"} <= set(reads["benchmark"])
+    search_only = set(STAGES.get("factorize").reads_for(SEARCH)) - set(reads["factorize"])
+    assert {"finetune.lr", "export.opset", "benchmark.target"} <= search_only  # what the search probes and times
     for n in stage_names()[1:]:
         assert "baseline" in STAGES.get(n).input_stages  # every stage after it sees the baseline's pseudo-labels
 
