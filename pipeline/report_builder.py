@@ -224,6 +224,9 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
     report["settings"]["labels"] = base.get("labels", "dataset")
     if base.get("inputs"):
         report["settings"]["inputs"] = base["inputs"]
+    search = ctx.inputs["factorize"].metrics.get("search")
+    if search:  # the rank search's table and its time (selector=search), with any finetune back-off
+        report["search"] = {**search, "backoff": fin.get("search_backoff") or []}
     notes = _notes(base, fin)
     if notes:
         report["notes"] = notes

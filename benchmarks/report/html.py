@@ -6,7 +6,7 @@ import html
 
 from benchmarks.report.plots import plots
 from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, roofline_table,
-                                     variant_rows)
+                                     search_table, search_text, variant_rows)
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -54,6 +54,9 @@ def render_html(report: dict) -> str:
     if mob:
         parts.append("<h2>Mobile usability (per shipped file)</h2>" + _html_table(*mob)
                      + f"<p class=\"note\">{e(mobile_note(mobile))}</p>")
+    if report.get("search"):
+        parts.append(f"<h2>Rank search</h2><p>{e(search_text(report['search']))}</p>"
+                     + _html_table(*search_table(report["search"])))
     if report.get("layers"):
         parts.append("<h2>Layers (factorization)</h2>" + _html_table(*layer_table(report["layers"])))
     parts.append("<h2>Settings</h2>" + _html_table(["setting", "value"], [[k, fmt(v)] for k, v in report["settings"].items()]))

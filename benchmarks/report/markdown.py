@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, profile_rows,
-                                     roofline_table, variant_rows)
+                                     roofline_table, search_table, search_text, variant_rows)
 
 
 def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
@@ -44,6 +44,10 @@ def render_markdown(report: dict) -> str:
         lines += ["", mobile_note(mobile)]
     if mobile and isinstance(mobile, dict) and mobile.get("error"):
         lines.append(f"\nMobile check error: {mobile['error']}")
+    search = report.get("search")
+    if search:
+        lines += ["", "## Rank search", "", search_text(search), ""]
+        lines += _md_table(*search_table(search))
     layers = report.get("layers")
     if layers:
         lines += ["", "## Layers (factorization)", ""]

@@ -45,7 +45,8 @@ def validate_report(report: dict) -> None:
     ``latency_ms`` with finite ``p50 <= p90 <= p99`` > 0, ``file`` (str), optional ``energy`` (dict); ``container``
     with ``file`` and ``size_bytes`` > 0. Optional: ``layers``/``stages`` (lists of dicts), ``node_profile``
     (list or dict), ``mobile`` (dict), ``notes`` (list of strings: what the numbers mean, e.g. pseudo-labels),
-    ``reach`` (out-of-reach MAC share in [0, 1], the cap ``max_mac_reduction`` >= 1 or null, fallen-back layers).
+    ``reach`` (out-of-reach MAC share in [0, 1], the cap ``max_mac_reduction`` >= 1 or null, fallen-back layers),
+    ``search`` (the rank search: non-empty ``levels``, ``chosen`` index into them, ``seconds`` per phase).
 
     Args:
         report: the report.
@@ -110,6 +111,13 @@ def validate_report(report: dict) -> None:
         c.need(reach, "macs_out_of_reach", p, lambda v: is_int(v) and v >= 0, "integer >= 0")
         c.need(reach, "layers_fallen_back", p, lambda v: is_int(v) and v >= 0, "integer >= 0")
         c.need(reach, "text", p, lambda v: isinstance(v, str) and bool(v), "non-empty string")
+    search = c.need(report, "search", r, lambda v: isinstance(v, dict), "object", optional=True)
+    if search is not None:
+        p = f"{r}.search"
+        levels = c.need(search, "levels", p, lambda v: is_rows(v) and len(v) > 0, "non-empty list of objects")
+        c.need(search, "chosen", p, lambda v: is_int(v) and 0 <= v < len(levels or []), "index into levels")
+        c.need(search, "seconds", p, lambda v: isinstance(v, dict) and all(is_num(x) and x >= 0 for x in v.values()),
+               "object of seconds >= 0")
     if c.errors:
         raise ValidationError(f"report does not match schema version {SCHEMA_VERSION} ({len(c.errors)} problem(s)):\n  - "
                               + "\n  - ".join(c.errors))

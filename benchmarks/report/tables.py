@@ -182,3 +182,32 @@ def mobile_note(mobile: Any) -> str:
     if opts:
         note += f" Load them with the session option {', '.join(opts)}."
     return note
+
+
+def search_text(search: dict) -> str:
+    """One line on the rank search: what it chose, how fast that measured, and how long the search took."""
+    levels = search.get("levels") or []
+    chosen = levels[search["chosen"]] if 0 <= int(search.get("chosen", -1)) < len(levels) else {}
+    sec = search.get("seconds") or {}
+    speed = chosen.get("speedup")
+    text = (f"Rank search: {len(levels)} levels timed, {search.get('probes', 0)} probes; chosen "
+            f"{fmt(chosen.get('fraction'))} of the original MACs"
+            + (f" ({speed:.2f}x faster measured)" if is_num(speed) else "")
+            + f"; search time {fmt(sec.get('total'))} s")
+    if sec:
+        text += " (" + ", ".join(f"{k} {fmt(v)} s" for k, v in sec.items() if k != "total") + ")"
+    backoff = search.get("backoff") or []
+    if backoff:
+        text += f"; finetune backed off {len(backoff)} time(s) to a milder level"
+    return text + "."
+
+
+def search_table(search: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per level of the rank search (MAC fraction, MACs, measured p50 and speedup, probe, outcome)."""
+    cols = ["level", "MAC fraction", "MACs", "p50 ms", "speedup", "probe val acc", "kept", "chosen", "why"]
+    rows = []
+    for i, lv in enumerate(search.get("levels") or []):
+        rows.append([str(i), fmt(lv.get("fraction")), _count(lv.get("macs")), _ms(lv.get("p50_ms")),
+                     fmt(lv.get("speedup")), _pct(lv.get("probe_val")), "yes" if lv.get("kept") else "no",
+                     "yes" if i == search.get("chosen") else "", str(lv.get("why") or "")])
+    return cols, rows

@@ -47,6 +47,30 @@ def _report() -> dict:
     }
 
 
+def _search() -> dict:
+    """A rank-search section as the factorize stage's metrics hold it (SearchResult.summary) plus the back-off."""
+    return {"levels": [{"fraction": 0.5, "macs": 20_000_000, "p50_ms": 1.2, "speedup": 1.6, "probe_val": 0.96,
+                        "kept": True, "why": "probe val 0.9600 vs original 0.9700: within probe_drop 0.03"},
+                       {"fraction": 0.25, "macs": 10_000_000, "p50_ms": 1.19, "speedup": 1.61, "probe_val": None,
+                        "kept": False, "why": "not measurably faster than a milder level"}],
+            "chosen": 0, "chosen_fraction": 0.5, "fallback_fractions": [], "probes": 1,
+            "seconds": {"ladder": 3.5, "decompose": 1.25, "latency": 4.0, "probes": 9.0, "total": 17.75},
+            "backoff": []}
+
+
+def test_search_section_states_the_choice_and_the_search_time(tmp_path: Path) -> None:
+    rep = {**_report(), "search": _search()}
+    validate_report(rep)
+    paths = write_report(rep, tmp_path)
+    md = paths["md"].read_text()
+    assert "## Rank search" in md and "search time 17.75 s" in md and "1.60x faster measured" in md
+    rows = [l for l in md.splitlines() if l.startswith("| 0 | 0.5 |") or l.startswith("| 1 | 0.25 |")]
+    assert len(rows) == 2 and "| yes | yes |" in rows[0] and "| no |" in rows[1]
+    page = paths["html"].read_text()
+    assert "<h2>Rank search</h2>" in page and "search time 17.75 s" in page
+    assert "## Rank search" not in render_markdown(_report())  # no search ran: no section
+
+
 def test_valid_report_passes_and_files_are_written(tmp_path: Path) -> None:
     rep = _report()
     validate_report(rep)
@@ -103,6 +127,8 @@ def test_html_without_optional_sections(tmp_path: Path) -> None:
         (lambda r: r["headline"].update(faster=float("nan")), "report.headline.faster"),
         (lambda r: r["container"].pop("size_bytes"), "report.container.size_bytes"),
         (lambda r: r.update(layers="not a list"), "report.layers"),
+        (lambda r: r.update(search={**_search(), "chosen": 5}), "report.search.chosen"),
+        (lambda r: r.update(search={**_search(), "seconds": {"total": -1}}), "report.search.seconds"),
     ],
 )
 def test_broken_reports_fail(breakage, expected: str, tmp_path: Path) -> None:

@@ -1,0 +1,35 @@
+"""The rank search (factorize.selector=search) through the stages: its table and time reach the report."""
+from __future__ import annotations
+
+import json
+
+from benchmarks.report import validate_report
+from benchmarks.report.tables import fmt
+from pipeline.runner import run
+
+from .conftest import fast_config
+
+SEARCH = ["factorize.selector=search", "factorize.search.levels=[0.5,0.25]", "factorize.search.probe_images=64",
+          "factorize.search.min_gain=0.0"]
+
+
+def test_search_runs_through_the_pipeline_and_the_report_states_its_choice_and_time(e2e_copy):
+    _, _, root = e2e_copy
+    res = run(fast_config(root.parent, *SEARCH), progress=False)
+    status = {r.artifact.stage: r.status for r in res.records}
+    assert status["baseline"] == "cached" and status["factorize"] == "ran"  # the search reruns factorize onward
+    search = res.artifact("factorize").metrics["search"]
+    fractions = [lv["fraction"] for lv in search["levels"]]
+    # tiny has one layer wide enough to factorize: levels it cannot reach are left off the ladder
+    assert fractions and fractions == [0.5, 0.25][:len(fractions)]
+    assert all(lv["macs"] > 0 and lv["p50_ms"] > 0 for lv in search["levels"])
+    macs = [lv["macs"] for lv in search["levels"]]
+    assert macs == sorted(macs, reverse=True) and macs[0] < res.artifact("baseline").metrics["macs"]
+    assert 1 <= search["probes"] <= len(fractions) and search["seconds"]["total"] > 0
+    report = json.loads(res.artifact("benchmark").path("report.json").read_text())
+    validate_report(report)
+    assert report["search"]["chosen"] == search["chosen"] and report["search"]["seconds"] == search["seconds"]
+    md = res.artifact("benchmark").path("report.md").read_text()
+    assert "## Rank search" in md and f"search time {fmt(search['seconds']['total'])} s" in md
+    by = {v["name"]: v for v in report["variants"]}
+    assert by["finetuned"]["macs"] < by["original"]["macs"]  # a searched level ships, not the dense model
