@@ -22,6 +22,9 @@ FAST = [
     # 4 baseline epochs on 1078 digits leave a model whose factorized variants drift ~2 points: the gate is
     # loosened for these shared fast runs (its refusals are tested on their own)
     "benchmark.max_drop=0.15",
+    # the default rank search times and probes every level; the shared fast runs take energy ranks instead, and the
+    # search through the stages is tested on its own (test_search_stage.py)
+    "factorize.selector=energy",
 ]
 
 
