@@ -10,6 +10,6 @@ from __future__ import annotations
 import importlib.util
 
 # test file -> the package it needs
-NEEDS = {"test_nncodec_peer.py": "nncodec"}
+NEEDS = {"test_nncodec_peer.py": "nncodec", "test_nncodec_rows.py": "nncodec"}
 
 collect_ignore = [f for f, mod in NEEDS.items() if importlib.util.find_spec(mod) is None]
