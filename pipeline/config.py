@@ -77,7 +77,10 @@ class SearchConfig:
     # a probe that was too optimistic
     probe_drop: float = 0.03
     min_gain: float = 0.03         # a level must be this fraction faster than every milder one to stay a candidate
-    backoffs: int = 1              # milder levels the finetune stage may fall back to when max_drop is missed
+    backoffs: int = 2              # milder levels the finetune stage may fall back to when max_drop is missed
+    # a mild MAC fraction built and timed but never probed: the last back-off (narrow models, whose only searched
+    # level misses max_drop, e.g. resnet20 on shapes at 1/2: -1.2 points on val); 0 = none
+    fallback_level: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "factorize.search.min_gain": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "factorize.search.backoffs": (lambda v: 0 <= v <= 5, "in [0, 5]"),
     "factorize.search.levels": (lambda v: len(v) >= 1 and all(0 < f <= 1 for f in v), "a list of MAC fractions in (0, 1]"),
+    "factorize.search.fallback_level": (lambda v: 0 <= v <= 1, "a MAC fraction in (0, 1], or 0 for none"),
     "factorize.budget.macs": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "factorize.budget.params": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "factorize.budget.latency": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),

@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError
 from pipeline.factorize.graph_plan import GraphPlanner, LayerPlan, dense_plan
 from pipeline.factorize.onnx_graph import build_graph
 from pipeline.factorize.plan import LayerReport
+from pipeline.factorize.ranks import model_selector
 from pipeline.heads.gate import LOWER_IS_BETTER, GateCriteria, Measurement, Verdict, check_variant
 from pipeline.heads.kinds import KINDS, HeadSpec
 from pipeline.heads.measure import onnx_outputs, output_entries
@@ -59,10 +60,13 @@ def half_loss_criteria(max_drop: float, share: float = 0.5) -> GateCriteria:
 def ladder(cfg: FactorizeConfig) -> list[tuple[str, FactorizeConfig]]:
     """``(label, config)`` of each rank level a layer can move through: the configured selector, then the
     :data:`LADDER` energies above it (the layer is kept dense after the last)."""
-    label = f"energy {cfg.energy:g}" if cfg.selector == "energy" else f"selector {cfg.selector}"
+    # a model-scope selector (search, budget) needs the torch model: the graph plans take energy ranks instead
+    # (graph_plan says so per layer), so the ladder starts at the configured energy as it does for selector=energy
+    energy = cfg.selector == "energy" or model_selector(cfg.selector) is not None
+    label = f"energy {cfg.energy:g}" if energy else f"selector {cfg.selector}"
     out = [(label, cfg)]
     for e in LADDER:
-        if cfg.selector != "energy" or e > cfg.energy:
+        if not energy or e > cfg.energy:
             out.append((f"energy {e:g}", dataclasses.replace(cfg, selector="energy", energy=e)))
     return out
 

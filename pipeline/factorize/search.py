@@ -13,7 +13,8 @@ target's measured latency instead of a fixed threshold.
    ``ceil(log2(levels)) + 1`` probes run, so the search time is bounded.
 
 The finetune stage then trains the chosen level; when its validation accuracy misses ``benchmark.max_drop`` it
-falls back to the next milder level the search kept (``factorize.search.backoffs`` times at most).
+falls back to the next milder level the search kept, and last to ``factorize.search.fallback_level`` (a mild level
+built and timed but never probed), ``factorize.search.backoffs`` times at most.
 
 This module knows nothing of finetuning or timing: the stage passes the probe and the timer in as callables.
 """
@@ -92,7 +93,10 @@ def ladder(model: nn.Module, cfg: FactorizeConfig, example_input: torch.Tensor,
     src, plans, stats = prepare_plans(model, bcfg, example_input, calib_images)
     opts = BudgetOptions.measure(src, plans, bcfg, "macs", eval_fn, stats or None)
     levels: list[Level] = []
-    for frac in sorted(set(float(f) for f in cfg.search.levels), reverse=True):
+    fractions = set(float(f) for f in cfg.search.levels)
+    if cfg.search.fallback_level > 0:
+        fractions.add(float(cfg.search.fallback_level))
+    for frac in sorted(fractions, reverse=True):
         alloc = opts.allocation(opts.levels(frac, "macs", strict=False))
         if levels and alloc == levels[-1].allocation:
             continue
@@ -178,13 +182,19 @@ def search_ranks(model: nn.Module, cfg: FactorizeConfig, example_input: torch.Te
         # no level runs faster on this target: the mildest is kept, and the gate will decide whether it ships
         frontier = [0]
         levels[0].kept, levels[0].why = True, "no level measured faster than the dense model; the mildest is kept"
+    # the fallback level is never probed: it is the finetune stage's last resort, so the bisection runs over the
+    # other kept levels (unless it is the only one)
+    safety = [i for i in frontier if s.fallback_level > 0 and levels[i].fraction == float(s.fallback_level)]
+    candidates = [i for i in frontier if i not in safety] or frontier
+    if safety and safety[0] not in candidates:
+        levels[safety[0]].why = "fallback level: trained only when the searched level misses max_drop"
     if probe is None or base_val is None:
         chosen_pos = 0
-        levels[frontier[0]].why = "no labels for a probe: the mildest faster level"
+        levels[candidates[0]].why = "no labels for a probe: the mildest faster level"
     else:
         def accept(pos: int) -> bool:
-            lv = levels[frontier[pos]]
-            lv.probe_val = round(float(probe(built[frontier[pos]][0])), 5)
+            lv = levels[candidates[pos]]
+            lv.probe_val = round(float(probe(built[candidates[pos]][0])), 5)
             ok = base_val - lv.probe_val <= s.probe_drop
             lv.why = (f"probe val {lv.probe_val:.4f} vs original {base_val:.4f}: "
                       + ("within" if ok else "beyond") + f" probe_drop {s.probe_drop}")
@@ -192,10 +202,14 @@ def search_ranks(model: nn.Module, cfg: FactorizeConfig, example_input: torch.Te
                 log.info("factorize: search level %.3f of the MACs (%.2fx faster): %s", lv.fraction,
                          lv.speedup, lv.why)
             return ok
-        pos = bisect_levels(len(frontier), accept)
+        pos = bisect_levels(len(candidates), accept)
         chosen_pos = 0 if pos is None else pos
-    chosen = frontier[chosen_pos]
-    back = list(reversed(frontier[max(0, chosen_pos - s.backoffs):chosen_pos]))  # next milder first
+    chosen = candidates[chosen_pos]
+    # back-offs: the next milder searched levels first, the fallback level last (it takes the last back-off)
+    milder = list(reversed(candidates[:chosen_pos]))
+    tail = [i for i in safety if i != chosen]
+    n_back = max(0, s.backoffs)
+    back = (milder[:max(0, n_back - len(tail))] + tail)[:n_back] if n_back else []
     t4 = time.perf_counter()
     fact, layers, structure = built[chosen]
     return SearchResult(fact, layers, structure, chosen, levels, [built[i] for i in back],

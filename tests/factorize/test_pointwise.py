@@ -18,7 +18,9 @@ from pipeline.factorize.swap import factorize_model
 from tests.helpers.ort import session
 
 SIZE = 8
-CFG = FactorizeConfig(skip_first=False, min_channels=16, align=1)  # the default method (tucker2) and rules
+# the default method (tucker2) and rules, energy ranks (the per-layer reasons under test are the energy path's; the
+# default rank search allocates the whole model's ranks in the factorize stage)
+CFG = FactorizeConfig(skip_first=False, min_channels=16, align=1, selector="energy")
 
 
 def _low_rank(n: int, c: int, r: int, seed: int) -> torch.Tensor:
