@@ -75,6 +75,12 @@ def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
         notes.append(f"Inputs: {base['inputs']}, as the imported ONNX model expects them.")
     if base.get("onnx_fallback"):
         notes.append(f"ONNX graph fallback: {base['onnx_fallback']}; convolutions were factorized on the ONNX graph.")
+    tries = fin.get("search_backoff") or []  # the searched level first, then each milder level trained
+    backoff = [t for t in tries[1:] if t.get("kept")]
+    if backoff:  # what ships is a milder level than the searched one the "factorized" row shows
+        notes.append(f"Rank search back-off: the searched level missed max_drop after finetuning, so the finetuned "
+                     f"and int8 variants are the milder level {backoff[-1]['fraction']:g} of the MACs; the "
+                     f"'factorized' row is the searched level before finetuning.")
     if fin.get("skipped"):
         notes.append(f"Finetuning skipped (finetune.method={fin.get('configured_method')}): {fin.get('skip_reason')}.")
     return notes

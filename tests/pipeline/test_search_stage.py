@@ -36,3 +36,15 @@ def test_search_runs_through_the_pipeline_and_the_report_states_its_choice_and_t
     assert "## Rank search" in md and f"search time {fmt(search['seconds']['total'])} s" in md
     by = {v["name"]: v for v in report["variants"]}
     assert by["finetuned"]["macs"] < by["original"]["macs"]  # a searched level ships, not the dense model
+
+
+def test_a_search_back_off_is_noted_in_the_report():
+    """After a back-off the finetuned/int8 rows are a milder level than the 'factorized' row: the report says so."""
+    from pipeline.report_builder import _notes
+
+    tries = [{"fraction": 0.5, "val_accuracy": 0.886, "kept": False}, {"fraction": 0.7, "val_accuracy": 0.894, "kept": True}]
+    notes = _notes({}, {"search_backoff": tries})
+    assert len(notes) == 1 and "milder level 0.7 of the MACs" in notes[0]
+    # every try missed and the searched level itself was kept (the most accurate): nothing to note
+    assert _notes({}, {"search_backoff": [{**tries[0], "kept": True}, {**tries[1], "kept": False}]}) == []
+    assert _notes({}, {}) == []
