@@ -21,9 +21,7 @@ from tests.helpers.ort import session
 from tests.helpers.rapidocr import MODELS, model_path, text_lines
 
 H, W = MODELS["cls"].input_hw
-#: 18 test images: one image is 5.6 points. On an AVX-512 host the factorized classifier flips two of them (11.1
-#: points, with x8 or x16 ranks alike); the AVX2 hosts the test was written on flipped at most one
-MAX_DROP = 0.12
+MAX_DROP = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +29,9 @@ def cls_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("rapidocr_cls")
     model = model_path("cls")
     data = tmp / "lines.npz"
-    np.savez(data, x=text_lines(60, H, W, seed=0))  # 36 train / 6 val / 18 test
+    # 90 train / 15 val / 45 test: with 18 test images (one = 5.6 points) an AVX-512 host's numerics flipped two and
+    # the 10-point gate refused every variant
+    np.savez(data, x=text_lines(150, H, W, seed=0))
     cfg = build_config(None, ["baseline.onnx_form=graph", f"dataset.input_size=[{H}, {W}]",
                               f"benchmark.max_drop={MAX_DROP}", "quantize.calib_size=16", "quantize.max_drop=1.0",
                               "benchmark.samples=8", "benchmark.warmup=2", "benchmark.html=false",
