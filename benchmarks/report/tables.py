@@ -196,9 +196,11 @@ def search_text(search: dict) -> str:
             + f"; search time {fmt(sec.get('total'))} s")
     if sec:
         text += " (" + ", ".join(f"{k} {fmt(v)} s" for k, v in sec.items() if k != "total") + ")"
-    backoff = search.get("backoff") or []
-    if backoff:
-        text += f"; finetune backed off {len(backoff)} time(s) to a milder level"
+    tries = search.get("backoff") or []  # the searched level's training first, then one per back-off
+    if len(tries) > 1:
+        kept = next((t for t in tries if t.get("kept")), {})
+        text += (f"; finetune backed off {len(tries) - 1} time(s) to a milder level"
+                 + (f", shipped level {fmt(kept.get('fraction'))}" if kept else ""))
     return text + "."
 
 

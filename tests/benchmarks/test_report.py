@@ -69,6 +69,9 @@ def test_search_section_states_the_choice_and_the_search_time(tmp_path: Path) ->
     page = paths["html"].read_text()
     assert "<h2>Rank search</h2>" in page and "search time 17.75 s" in page
     assert "## Rank search" not in render_markdown(_report())  # no search ran: no section
+    tries = [{"fraction": 0.25, "val_accuracy": 0.9, "kept": False}, {"fraction": 0.5, "val_accuracy": 0.96, "kept": True}]
+    md = render_markdown({**_report(), "search": {**_search(), "backoff": tries}})
+    assert "finetune backed off 1 time(s) to a milder level, shipped level 0.5" in md
 
 
 def test_valid_report_passes_and_files_are_written(tmp_path: Path) -> None:
