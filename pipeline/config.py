@@ -175,8 +175,11 @@ class QuantizeConfig:
     calibrate_method: str = "minmax"  # minmax | entropy | percentile
     calib_size: int = 256
     max_drop: float = 0.01          # accuracy guard: fall back layers to float beyond this drop
-    weight_bits: str = "8"          # "2".."8" or "auto" (storage low-bit weights)
+    # "2".."8", or "auto": per-layer widths; with size_budget (average bits/weight) from measured sensitivities,
+    # without one the smallest coded size whose val accuracy stays within weight_drop of the int8 model
+    weight_bits: str = "auto"
     size_budget: Optional[float] = None
+    weight_drop: float = 0.005      # "auto" without size_budget: val accuracy the low-bit weights may lose vs int8
     qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
     qat_lr: float = 1e-3
     reduce_range: str = "auto"      # auto|true|false: 7-bit weights (auto: x86 host without VNNI, U8S8 saturates)
@@ -295,6 +298,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.calibrate_method": (lambda v: v in ("minmax", "entropy", "percentile"), "minmax|entropy|percentile"),
     "quantize.calib_size": (lambda v: v >= 1, ">= 1"),
     "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "quantize.weight_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     "quantize.qat_lr": (lambda v: v > 0, "> 0"),
     "quantize.weight_bits": (lambda v: v == "auto" or v in tuple("2345678"), "'2'..'8' (one digit) or 'auto'"),

@@ -12,14 +12,16 @@ Two ways to make the runnable graph carry the b-bit weights exactly:
 
 * :func:`apply_weight_bits_fp32` replaces every fp32 Conv/Gemm/MatMul weight by its dequantized b-bit values;
 * :func:`apply_weight_bits_to_qdq` snaps the int8 weights of a QDQ model onto a b-bit grid *inside* int8: with
-  ``m = qmax // L`` (qmax = 127, or 64 under ORT's reduce_range) the new int8 values are ``m * j`` (j in -L..L)
+  ``m`` the largest power of two with ``m * L <= qmax`` (qmax = 127, or 64 under ORT's reduce_range) the new int8
+  values are ``m * j`` (j in -L..L)
   and the scale becomes ``s_b / m``, so
   DequantizeLinear yields exactly ``j * s_b``. The int8 tensor then holds only 2L + 1 distinct symbols, which the
   container's coders squeeze to about b bits or less. Int32 biases are re-quantized to the new weight scales so
   ORT's fused QLinearConv (which assumes bias scale = input scale x weight scale) stays exact.
 
 Per-layer bit widths can be chosen under a size budget (average bits per weight) from measured sensitivities
-(:func:`choose_bits`).
+(:func:`choose_bits`), or, with no budget, as the smallest coded size whose validation accuracy stays above a floor
+(:mod:`pipeline.quantize.bit_fit`).
 """
 from __future__ import annotations
 
@@ -280,15 +282,24 @@ def weight_qmax(arrays: Sequence[np.ndarray]) -> int:
     return 64 if top <= 64 else 127
 
 
+def grid_multiplier(bits: int, qmax: int = 127) -> int:
+    """The int8 step ``m`` of a b-bit grid inside [-qmax, qmax]: the largest power of two with ``m * L <= qmax``.
+
+    A power of two keeps the new scale ``s_b / m`` float16-exact when ``s_b`` is, so the container stores the scales
+    in half the bytes (the largest integer multiplier would make them arbitrary float32 values).
+    """
+    lvl = min(2 ** (bits - 1) - 1, qmax)
+    return 1 << max(int(np.floor(np.log2(max(qmax // lvl, 1)))), 0)
+
+
 def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """int8 values ``q`` (per-channel ``scale`` along ``axis``, or per-tensor) onto a b-bit grid inside [-qmax, qmax].
 
     The grid must stay inside the range the weights were quantized to: under reduce_range (qmax 64) a value beyond
     it brings back the U8S8 int16 saturation the 7-bit range avoids.
     """
-    lvl = 2 ** (bits - 1) - 1
-    m = max(qmax // lvl, 1)
-    lvl = min(lvl, qmax)  # 8-bit levels inside a 7-bit range: the grid is the range itself
+    lvl = min(2 ** (bits - 1) - 1, qmax)  # 8-bit levels inside a 7-bit range: the grid is the range itself
+    m = grid_multiplier(bits, qmax)
     per_channel = scale.ndim == 1 and scale.size > 1
     qc = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32) if per_channel else q.reshape(1, -1)
     s = scale.reshape(-1).astype(np.float32)
@@ -313,21 +324,29 @@ def _deq(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
 
 def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str | int,
                              eval_fn: Callable[[Path], float] | None = None, size_budget: float | None = None,
-                             choices: Sequence[int] = BIT_CHOICES, qmax: int | None = None) -> dict[str, Any]:
-    """Snap the int8 weights of a QDQ model onto b-bit grids (fixed b, or per layer under a budget).
+                             choices: Sequence[int] = BIT_CHOICES, qmax: int | None = None,
+                             predict_fn: Callable[[Path], np.ndarray] | None = None,
+                             floor: float | None = None) -> dict[str, Any]:
+    """Snap the int8 weights of a QDQ model onto b-bit grids (fixed b, per layer under a budget, or per layer to fit
+    an accuracy floor).
 
     Args:
         src: int8 QDQ model (symmetric int8 weights, ORT's default). dst: output (atomic write).
-        weight_bits: "2".."8" (one width) or "auto" (per layer, :func:`choose_bits`).
-        eval_fn: accuracy of a model file; with "auto", sensitivities are measured with it (one evaluation per layer
-            and width), else a weight-MSE proxy is used.
-        size_budget: "auto" only: average bits per weight to reach (default 4.0).
+        weight_bits: "2".."8" (one width) or "auto" (per layer).
+        eval_fn: accuracy of a model file. "auto" with ``size_budget``: sensitivities are measured with it (one
+            evaluation per layer and width), else a weight-MSE proxy is used. "auto" without a budget: the floor test.
+        size_budget: "auto": average bits per weight to reach (:func:`choose_bits`). None: the smallest coded size
+            whose ``eval_fn`` accuracy stays >= ``floor`` (:mod:`pipeline.quantize.bit_fit`; needs ``eval_fn``,
+            ``predict_fn`` and ``floor``, else the 8-bit weights are kept and the result says why).
         choices: widths "auto" may pick.
         qmax: symmetric range of the int8 weights (127, or 64 under reduce_range); None infers it
             (:func:`weight_qmax`). Snapped values stay inside it.
+        predict_fn: outputs of a model file on a fixed probe batch (the fit's per-layer output error).
+        floor: lowest accepted ``eval_fn`` accuracy (the fit).
 
     Returns:
-        ``{"mode", "qmax", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}``.
+        ``{"mode", "qmax", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
+        with the path, the bisection tries and the estimated coded bits when fitted to a floor).
     """
     import onnx
     from onnx import numpy_helper
@@ -361,8 +380,13 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
 
     mode = str(weight_bits)
     source = None
-    if mode == "auto":
-        budget = 4.0 if size_budget is None else float(size_budget)
+    fit: dict[str, Any] | None = None
+    if mode == "auto" and size_budget is None:
+        bits, fit = _fit_to_floor(src, ws, arrays, numel, qmax, build, Path(dst).parent, eval_fn, predict_fn, floor,
+                                  choices)
+        source, budget = fit.get("sensitivity_source"), None
+    elif mode == "auto":
+        budget = float(size_budget)
         if eval_fn is not None:
             source = "eval"
             tmpdir = Path(tempfile.mkdtemp(prefix=".wbits.", dir=Path(dst).parent))
@@ -398,6 +422,79 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     atomic_write_bytes(dst, build(bits))
     acc = float(eval_fn(Path(dst))) if eval_fn is not None else None
     n = sum(numel.values())
-    return {"mode": mode, "qmax": qmax, "bits": bits,
+    info = {"mode": mode, "qmax": qmax, "bits": bits,
             "avg_bits": sum(bits[k] * numel[k] for k in bits) / n if n else None,
             "budget": budget, "sensitivity_source": source, "accuracy": acc}
+    if fit is not None:
+        info["fit"] = fit
+    return info
+
+
+def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, np.ndarray],
+                  numel: Mapping[str, int], qmax: int, build: Callable[[Mapping[str, int]], bytes], work_parent: Path,
+                  eval_fn: Callable[[Path], float] | None, predict_fn: Callable[[Path], np.ndarray] | None,
+                  floor: float | None, choices: Sequence[int]) -> tuple[dict[str, int], dict[str, Any]]:
+    """"auto" without a size budget: the greedy rate-distortion path of :mod:`bit_fit`, cut at the accuracy floor."""
+    import shutil
+    import time
+
+    from onnx import numpy_helper
+
+    from pipeline.quantize.bit_fit import entropy_bits, greedy_path, longest_accepted
+
+    eight = {k: 8 for k in numel}
+    if eval_fn is None or predict_fn is None or floor is None:
+        return eight, {"kept_8bit": "no labelled validation data to hold an accuracy floor; 8-bit weights kept "
+                                    "(set quantize.size_budget to choose widths from a weight-error proxy)"}
+    t0 = time.monotonic()
+    base = float(eval_fn(Path(src)))
+    if base < floor:
+        return eight, {"kept_8bit": f"the 8-bit model's validation accuracy {base:.4f} is already below the floor "
+                                    f"{floor:.4f}", "floor": floor, "base_accuracy": base}
+    tmpdir = Path(tempfile.mkdtemp(prefix=".wbits.", dir=work_parent))
+    by_node = {w["node"]: w for w in ws}
+    try:
+        ref = np.asarray(predict_fn(Path(src)), dtype=np.float64)
+        ref_energy = max(float(np.sum(ref ** 2)), 1e-30)
+        probe = tmpdir / "probe.onnx"
+        probes = [0]
+
+        def run(bits: Mapping[str, int]) -> Path:
+            probe.write_bytes(build(bits))
+            return probe
+
+        def rate(layer: str, b: int) -> float:
+            w = by_node[layer]
+            q = arrays[layer] if b >= 8 else _snap(arrays[layer], numpy_helper.to_array(w["scale"]), w["axis"], b,
+                                                   qmax)[0]
+            channels = int(numpy_helper.to_array(w["scale"]).size)
+            # ORT's 8-bit scales are arbitrary float32; snapped grids have float16-exact scales (grid_multiplier)
+            return entropy_bits(q) + channels * (32 if b >= 8 else 16)
+
+        def distortion(layer: str, b: int) -> float:
+            probes[0] += 1
+            out = np.asarray(predict_fn(run({layer: b})), dtype=np.float64)
+            return float(np.sum((out - ref) ** 2)) / ref_energy
+
+        layers = [w["node"] for w in ws if numel[w["node"]]]
+        path = greedy_path(layers, [c for c in choices if c <= 8] or [8], rate, distortion)
+        t_path = time.monotonic() - t0
+        accs: dict[int, float] = {}
+
+        def accept(bits: Mapping[str, int]) -> bool:
+            i = path.index(dict(bits))
+            accs[i] = float(eval_fn(run(bits)))
+            return accs[i] >= floor
+
+        step, tries = longest_accepted(path, accept)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    for t in tries:
+        t["accuracy"] = accs[t["step"]]
+    bits = path[step]
+    est = sum(rate(k, bits[k]) for k in layers)
+    return dict(bits), {"sensitivity_source": "output_error", "floor": float(floor), "base_accuracy": base,
+                        "path_length": len(path) - 1, "step": step, "tries": tries, "probes": probes[0],
+                        "estimated_coded_bytes": est / 8.0, "estimated_8bit_bytes":
+                            sum(rate(k, 8) for k in layers) / 8.0,
+                        "path_seconds": t_path, "seconds": time.monotonic() - t0}

@@ -20,10 +20,12 @@ from pipeline.stages.export import deploy_meta
 
 #: the fp32 model quantized: export's deliverable
 SOURCE = ("export", "model.onnx")
+#: validation images the weight-width fit (quantize.weight_bits=auto) measures output errors on
+PROBE_IMAGES = 256
 
 
 @stage("quantize", reads=("quantize", DATASET, "export.mobile", "export.mobile_target", "export.bake_preprocessing"),
-       inputs=("baseline", "export/model.onnx"), version=3, deliverables=DELIVERABLES)
+       inputs=("baseline", "export/model.onnx"), version=4, deliverables=DELIVERABLES)
 def run(ctx: StageContext) -> StageOutput:
     """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
     cfg = ctx.cfg
@@ -38,9 +40,11 @@ def run(ctx: StageContext) -> StageOutput:
     val_y = data.val.y.numpy() if data.val.class_labels else None
     fp32_val = onnx_accuracy(fp32, val_x, val_y) if val_y is not None else None
     eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
+    # the weight-width fit measures each layer's output error on a fixed slice of the validation images
+    probe_x = val_x[:PROBE_IMAGES]
     out = ctx.out_dir / "model.int8.onnx"
     qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val,
-                            progress=ctx.progress)
+                            progress=ctx.progress, predict_fn=lambda p: onnx_predict(p, probe_x))
     test_x = data.test.x.numpy().astype(np.float32)
     ref = onnx_predict(fp32, test_x)
     q = onnx_predict(out, test_x)

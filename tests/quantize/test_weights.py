@@ -15,7 +15,7 @@ from pipeline.entropy.container import pack_onnx
 from pipeline.errors import ConfigError
 from pipeline.quantize.ort_static import output_sqnr, quantize_static
 from pipeline.quantize.weights import (apply_weight_bits_fp32, apply_weight_bits_to_qdq, choose_bits,
-                                       quantize_kmeans, quantize_uniform)
+                                       grid_multiplier, quantize_kmeans, quantize_uniform)
 from tests.quantize.tiny_models import export, images, run, tiny_net
 
 rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def test_qdq_snap_is_exact_and_codes_to_about_b_bits(int8_pair: tuple[Path, Path
     for name in ("0.weight_quantized", "2.weight_quantized", "5.weight_quantized"):
         q = inits[name]
         # The grid lies inside the range ORT quantized to (+-64 under reduce_range, else +-127).
-        assert len(np.unique(q)) <= 2 * lvl + 1 and np.all(q % (info["qmax"] // lvl) == 0)
+        assert len(np.unique(q)) <= 2 * lvl + 1 and np.all(q % grid_multiplier(bits, info["qmax"]) == 0)
         assert np.abs(q.astype(np.int32)).max() <= info["qmax"]
     x = images(16, seed=11)
     # Fused (QLinearConv) and unfused (plain DQ -> Conv) execution agree: bias scales were kept consistent.

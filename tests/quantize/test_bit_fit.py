@@ -1,0 +1,124 @@
+"""Weight widths fitted to an accuracy floor: the rate-distortion path, its bisection, and the real int8 fit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from pipeline.config import QuantizeConfig
+from pipeline.entropy.container import pack_onnx
+from pipeline.quantize.bit_fit import entropy_bits, greedy_path, longest_accepted
+from pipeline.quantize.ort_static import quantize_static
+from pipeline.quantize.weights import apply_weight_bits_to_qdq, grid_multiplier
+from tests.quantize.tiny_models import export, images, run, tiny_net
+
+
+def test_entropy_bits_matches_the_formula() -> None:
+    q = np.array([0, 0, 0, 0, 1, 1, -1, 5], dtype=np.int8)
+    p = np.array([4, 2, 1, 1]) / 8
+    assert entropy_bits(q) == pytest.approx(-8 * float((p * np.log2(p)).sum()))
+    assert entropy_bits(np.zeros(10, np.int8)) == 0.0 and entropy_bits(np.zeros(0, np.int8)) == 0.0
+
+
+def test_grid_multiplier_is_a_power_of_two_inside_the_range() -> None:
+    for qmax in (127, 64):
+        for b in range(2, 9):
+            m, lvl = grid_multiplier(b, qmax), min(2 ** (b - 1) - 1, qmax)
+            assert m & (m - 1) == 0 and m * lvl <= qmax and 2 * m * lvl > qmax
+
+
+def test_greedy_path_narrows_the_cheap_layers_first() -> None:
+    numel = {"big_robust": 1000, "big_sensitive": 1000, "small": 10}
+    sens = {"big_robust": 0.01, "big_sensitive": 10.0, "small": 0.01}
+    calls: list[tuple[str, int]] = []
+
+    def distortion(k: str, b: int) -> float:
+        calls.append((k, b))
+        return sens[k] * 4.0 ** (8 - b)
+
+    path = greedy_path(list(numel), (2, 3, 4, 8), lambda k, b: numel[k] * b, distortion)
+    assert path[0] == {k: 8 for k in numel} and path[-1] == {k: 2 for k in numel}
+    assert len(path) == 1 + 3 * len(numel)  # one narrowing per step, every layer down to 2 bits
+    rates = [sum(numel[k] * p[k] for k in p) for p in path]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert len(calls) == len(set(calls))  # each (layer, width) measured once
+    first_sensitive = next(i for i, p in enumerate(path) if p["big_sensitive"] < 8)
+    # the robust layer of equal size reaches the narrowest width before the sensitive one moves at all
+    assert path[first_sensitive - 1]["big_robust"] == 2
+
+
+def test_greedy_path_stops_a_layer_that_saves_nothing() -> None:
+    path = greedy_path(["a", "b"], (4, 8), lambda k, b: 100.0 if k == "a" else float(b), lambda k, b: 1.0)
+    assert path[-1] == {"a": 8, "b": 4}
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 19, 20])
+def test_longest_accepted_bisects_to_the_last_passing_step(cut: int) -> None:
+    path = [{"x": i} for i in range(21)]
+    idx, tries = longest_accepted(path, lambda bits: bits["x"] <= cut)
+    assert idx == cut and len(tries) <= 5  # ceil(log2(21))
+    assert all(t["accepted"] == (t["step"] <= cut) for t in tries)
+
+
+@pytest.fixture(scope="module")
+def int8_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("fit")
+    fp32 = export(tiny_net(0), d / "fp32.onnx")
+    quantize_static(fp32, d / "int8.onnx", images(8), QuantizeConfig(calib_size=8, weight_bits="8"))
+    return fp32, d / "int8.onnx"
+
+
+def test_fit_to_floor_on_a_real_int8_model(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    fp32, int8 = int8_pair
+    val = images(64, seed=4)
+    labels = run(fp32, val).argmax(1)  # the fp32 model's labels: int8 agrees on most, low bits on fewer
+    probe = val[:16]
+
+    def eval_fn(p: Path) -> float:
+        return float((run(p, val).argmax(1) == labels).mean())
+
+    base = eval_fn(int8)
+    floor = base - 0.1
+    out = tmp_path / "fit.onnx"
+    info = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, probe),
+                                    floor=floor)
+    fit = info["fit"]
+    assert info["sensitivity_source"] == "output_error" and info["budget"] is None
+    assert info["accuracy"] >= floor and info["accuracy"] == pytest.approx(eval_fn(out))
+    assert info["avg_bits"] < 8 and fit["step"] > 0 and fit["probes"] <= 3 * 6
+    assert fit["estimated_coded_bytes"] < fit["estimated_8bit_bytes"]
+    # every accepted try held the floor, every refused one missed it, and the shipped step is the last accepted
+    assert all((t["accuracy"] >= floor) == t["accepted"] for t in fit["tries"])
+    assert fit["step"] == max([0] + [t["step"] for t in fit["tries"] if t["accepted"]])
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for node, b in info["bits"].items():
+        q = inits[f"{node_weight(node)}_quantized"]
+        assert np.all(q % grid_multiplier(b, info["qmax"]) == 0)
+    a = pack_onnx(int8, tmp_path / "a.lrdc", coder="auto")["size_bytes"]
+    b = pack_onnx(out, tmp_path / "b.lrdc", coder="auto")["size_bytes"]
+    assert b < a
+    assert not list(tmp_path.glob(".wbits.*"))
+
+
+def node_weight(node: str) -> str:
+    """The tiny net's weight initializer for a node name (``/0/Conv`` -> ``0.weight``, ``/5/Gemm`` -> ``5.weight``)."""
+    return node.strip("/").split("/")[0] + ".weight"
+
+
+def test_fit_keeps_8_bits_when_no_floor_can_hold(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    fp32, int8 = int8_pair
+    val = images(32, seed=5)
+    labels = run(fp32, val).argmax(1)
+
+    def eval_fn(p: Path) -> float:
+        return float((run(p, val).argmax(1) == labels).mean())
+
+    out = tmp_path / "kept.onnx"
+    info = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, val), floor=1.01)
+    assert info["avg_bits"] == 8 and "below the floor" in info["fit"]["kept_8bit"]
+    info = apply_weight_bits_to_qdq(int8, out, "auto")  # no data: nothing to hold a floor with
+    assert info["avg_bits"] == 8 and "no labelled validation data" in info["fit"]["kept_8bit"]
+    assert np.array_equal(run(out, val), run(int8, val))
