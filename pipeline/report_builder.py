@@ -5,7 +5,7 @@ import json
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -64,6 +64,21 @@ def _shipped_ort(ctx: StageContext, mobile: dict[str, Any] | None) -> dict[str, 
         if entry is not None:
             out[variant] = (ctx.inputs["quantize"].path(ort_name), dict(entry.get("session_config") or {}))
     return out
+
+
+def weight_bits_summary(wb: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The int8 model's weight widths for the report: mode, average, how many layers at each width, the fit."""
+    if not wb:
+        return None
+    widths: dict[str, int] = {}
+    for b in (wb.get("bits") or {}).values():
+        widths[str(b)] = widths.get(str(b), 0) + 1
+    fit = {k: v for k, v in (wb.get("fit") or {}).items()
+           if k in ("kept_8bit", "floor", "base_accuracy", "step", "path_length", "probes", "tries", "seconds",
+                    "estimated_coded_bytes", "estimated_8bit_bytes")}
+    return {"mode": wb.get("mode"), "avg_bits": wb.get("avg_bits"), "budget": wb.get("budget"),
+            "accuracy": wb.get("accuracy"), "widths": dict(sorted(widths.items(), key=lambda kv: -int(kv[0]))),
+            **({"fit": fit} if fit else {})}
 
 
 def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
@@ -222,8 +237,9 @@ def build_report(ctx: StageContext) -> dict[str, Path]:
         "layers": json.loads((ctx.inputs["factorize"].dir / "layers.json").read_text()),
         "node_profile": node_profile,
         "gate": gate.as_dict(),
-        "quantize": {k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes", "calibration_images",
-                                                         "reduce_range")},
+        "quantize": {**{k: v for k, v in q.items() if k in ("agreement", "sqnr_db", "excluded_nodes",
+                                                            "calibration_images", "reduce_range")},
+                     "weight_bits": weight_bits_summary(q.get("weight_bits"))},
         "finetune": {k: v for k, v in fin.items() if not isinstance(v, (list, dict))},
         "stages": [{"stage": a.stage, "key": a.key, "sha256": a.sha256} for a in ctx.inputs.values()],
     }

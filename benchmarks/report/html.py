@@ -6,7 +6,7 @@ import html
 
 from benchmarks.report.plots import plots
 from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, roofline_table,
-                                     search_table, search_text, variant_rows)
+                                     search_table, search_text, variant_rows, weight_bits_text)
 
 
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -49,6 +49,9 @@ def render_html(report: dict) -> str:
                        "per-node overhead is not modelled.</p>")
     parts.append("<h2>Container</h2>" + _html_table(
         ["key", "value"], [[k, fmt(v)] for k, v in report["container"].items() if not isinstance(v, (dict, list))]))
+    wb = weight_bits_text((report.get("quantize") or {}).get("weight_bits"))
+    if wb:
+        parts.append(f"<p>{e(wb)}</p>")
     mobile = report.get("mobile")
     mob = mobile_table(mobile)
     if mob:

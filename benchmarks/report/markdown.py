@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from benchmarks.report.tables import (fmt, headline_text, layer_table, mobile_note, mobile_table, profile_rows,
-                                     roofline_table, search_table, search_text, variant_rows)
+                                     roofline_table, search_table, search_text, variant_rows,
+                                     weight_bits_text)
 
 
 def _md_table(cols: list[str], rows: list[list[str]]) -> list[str]:
@@ -36,6 +37,9 @@ def render_markdown(report: dict) -> str:
     cont = report["container"]
     lines += ["", "## Container", ""]
     lines += _md_table(["key", "value"], [[k, fmt(v)] for k, v in cont.items() if not isinstance(v, (dict, list))])
+    wb = weight_bits_text((report.get("quantize") or {}).get("weight_bits"))
+    if wb:
+        lines += ["", wb]
     mobile = report.get("mobile")
     mob = mobile_table(mobile)
     if mob:

@@ -213,3 +213,23 @@ def search_table(search: dict) -> tuple[list[str], list[list[str]]]:
                      fmt(lv.get("speedup")), _pct(lv.get("probe_val")), "yes" if lv.get("kept") else "no",
                      "yes" if i == search.get("chosen") else "", str(lv.get("why") or "")])
     return cols, rows
+
+
+def weight_bits_text(wb: dict | None) -> str | None:
+    """One line on the int8 model's weight widths (``quantize.weight_bits``): what was chosen and what it held."""
+    if not wb:
+        return None
+    fit = wb.get("fit") or {}
+    if fit.get("kept_8bit"):
+        return f"Weight widths: 8 bits kept ({fit['kept_8bit']})."
+    widths = ", ".join(f"{n} layer(s) at {b} bits" for b, n in (wb.get("widths") or {}).items())
+    text = f"Weight widths ({wb.get('mode')}): {fmt(wb.get('avg_bits'))} bits per weight on average ({widths})"
+    if fit:
+        tries = fit.get("tries") or []
+        text += (f"; fitted to the validation accuracy floor {fmt(fit.get('floor'))} (8-bit weights "
+                 f"{fmt(fit.get('base_accuracy'))}, shipped {fmt(wb.get('accuracy'))}): {fit.get('step')} of "
+                 f"{fit.get('path_length')} narrowings kept, {fit.get('probes')} layer probes and {len(tries)} "
+                 f"checks in {fmt(fit.get('seconds'))} s")
+    elif wb.get("budget") is not None:
+        text += f" under a budget of {fmt(wb.get('budget'))} bits per weight"
+    return text + "."

@@ -102,3 +102,36 @@ def test_second_run_is_fully_cached(e2e_copy):
     manifest = json.loads((root / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["cached"] * len(again.records)
     assert manifest["stages"][1]["parent_key"] == manifest["stages"][0]["key"]
+
+
+def test_default_weight_widths_are_fitted_to_the_accuracy_floor(e2e):
+    """quantize.weight_bits=auto (the default): per-layer widths cut where the val accuracy would fall below the
+    floor, in the graph that ships, and the report says what was chosen."""
+    from benchmarks.accuracy import onnx_accuracy
+    from pipeline.quantize.weights import grid_multiplier
+    from pipeline.stage_api import config_dataset
+
+    cfg, result = e2e
+    assert cfg.quantize.weight_bits == "auto" and cfg.quantize.size_budget is None
+    wb = result.artifact("quantize").metrics["weight_bits"]
+    fit = wb["fit"]
+    guard = result.artifact("quantize").metrics["guard"]
+    assert fit["floor"] == max(guard["int8_accuracy"] - cfg.quantize.weight_drop,
+                               guard["fp32_accuracy"] - cfg.quantize.max_drop)
+    int8 = result.deploy_dir / "model.int8.onnx"
+    data = config_dataset(cfg)
+    val = onnx_accuracy(int8, data.val.x.numpy(), data.val.y.numpy())
+    assert val == wb["accuracy"] and val >= fit["floor"]  # the shipped file is the one that held the floor
+    m = onnx.load(str(int8))
+    inits = {t.name: t for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    for node in m.graph.node:
+        b = wb["bits"].get(node.name)
+        if b is None or b == 8:
+            continue
+        q = onnx.numpy_helper.to_array(inits[producers[node.input[1]].input[0]])
+        assert np.all(q % grid_multiplier(b, wb["qmax"]) == 0), node.name  # on its b-bit grid
+    rep = json.loads((result.deploy_dir / "report.json").read_text())
+    assert rep["quantize"]["weight_bits"]["avg_bits"] == wb["avg_bits"]
+    md = (result.deploy_dir / "report.md").read_text()
+    assert "Weight widths (auto)" in md or "Weight widths: 8 bits kept" in md
