@@ -102,7 +102,7 @@ def _measure_case(model: str, data: str, root: Path, quick: bool, samples: int) 
 
 #: NNCodec's weight qps the suite codes at (qp_density 2: 4 qp units halve the step): from about its default
 #: (-38, step 2^-9.4, near-lossless) to clearly lossy (-20, step 2^-5)
-NNCODEC_QPS = (-38, -32, -26, -20)
+NNCODEC_QPS = (-38, -32, -26, -24, -22, -20)
 
 
 def _nncodec_rows(model: str, data: str, sources: dict[str, Path], x: np.ndarray, y: np.ndarray,
