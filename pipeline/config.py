@@ -180,6 +180,7 @@ class QuantizeConfig:
     weight_bits: str = "auto"
     size_budget: Optional[float] = None
     weight_drop: float = 0.005      # "auto" without size_budget: val accuracy the low-bit weights may lose vs int8
+    fit_seconds: float = 120.0      # "auto": time for per-(layer, width) probes; beyond it one probe per layer
     qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
     qat_lr: float = 1e-3
     reduce_range: str = "auto"      # auto|true|false: 7-bit weights (auto: x86 host without VNNI, U8S8 saturates)
@@ -299,6 +300,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.calib_size": (lambda v: v >= 1, ">= 1"),
     "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "quantize.weight_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "quantize.fit_seconds": (lambda v: v >= 0, ">= 0"),
     "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     "quantize.qat_lr": (lambda v: v > 0, "> 0"),
     "quantize.weight_bits": (lambda v: v == "auto" or v in tuple("2345678"), "'2'..'8' (one digit) or 'auto'"),

@@ -282,7 +282,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
             t0 = time.monotonic()
             wb_info = apply_weight_bits_to_qdq(best, wb_path, cfg.weight_bits, eval_fn=eval_fn,
                                                size_budget=cfg.size_budget, qmax=64 if reduce_range else 127,
-                                               predict_fn=predict_fn, floor=floor)
+                                               predict_fn=predict_fn, floor=floor,
+                                               fit_seconds=float(getattr(cfg, "fit_seconds", 120.0)))
             if progress:
                 log.info("quantize: weight widths %s: average %.2f bits/weight in %.1fs", cfg.weight_bits,
                          wb_info["avg_bits"] or 8.0, time.monotonic() - t0)

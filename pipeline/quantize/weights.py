@@ -40,6 +40,11 @@ log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8)
+#: default time the width fit may spend on per-(layer, width) model runs before it measures one width per layer
+FIT_SECONDS = 120.0
+#: the widths measured per layer when the fit scales the other widths' errors by weight noise (a power law in the
+#: noise energy through the two measured points: output error grows faster than linearly at very few levels)
+SCALED_REF_BITS = (2, 5)
 
 
 @dataclass
@@ -326,7 +331,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
                              eval_fn: Callable[[Path], float] | None = None, size_budget: float | None = None,
                              choices: Sequence[int] = BIT_CHOICES, qmax: int | None = None,
                              predict_fn: Callable[[Path], np.ndarray] | None = None,
-                             floor: float | None = None) -> dict[str, Any]:
+                             floor: float | None = None, fit_seconds: float = FIT_SECONDS) -> dict[str, Any]:
     """Snap the int8 weights of a QDQ model onto b-bit grids (fixed b, per layer under a budget, or per layer to fit
     an accuracy floor).
 
@@ -343,6 +348,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             (:func:`weight_qmax`). Snapped values stay inside it.
         predict_fn: outputs of a model file on a fixed probe batch (the fit's per-layer output error).
         floor: lowest accepted ``eval_fn`` accuracy (the fit).
+        fit_seconds: the fit's time for per-(layer, width) output errors before it measures one width per layer.
 
     Returns:
         ``{"mode", "qmax", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
@@ -383,7 +389,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     fit: dict[str, Any] | None = None
     if mode == "auto" and size_budget is None:
         bits, fit = _fit_to_floor(src, ws, arrays, numel, qmax, build, Path(dst).parent, eval_fn, predict_fn, floor,
-                                  choices)
+                                  choices, fit_seconds)
         source, budget = fit.get("sensitivity_source"), None
     elif mode == "auto":
         budget = float(size_budget)
@@ -433,8 +439,15 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
 def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, np.ndarray],
                   numel: Mapping[str, int], qmax: int, build: Callable[[Mapping[str, int]], bytes], work_parent: Path,
                   eval_fn: Callable[[Path], float] | None, predict_fn: Callable[[Path], np.ndarray] | None,
-                  floor: float | None, choices: Sequence[int]) -> tuple[dict[str, int], dict[str, Any]]:
-    """"auto" without a size budget: the greedy rate-distortion path of :mod:`bit_fit`, cut at the accuracy floor."""
+                  floor: float | None, choices: Sequence[int],
+                  fit_seconds: float = FIT_SECONDS) -> tuple[dict[str, int], dict[str, Any]]:
+    """"auto" without a size budget: the greedy rate-distortion path of :mod:`bit_fit`, cut at the accuracy floor.
+
+    Every (layer, width) output error is measured when that many model runs fit in ``fit_seconds`` (timed on the
+    first run); otherwise each layer is measured at the two :data:`SCALED_REF_BITS` widths and its other widths
+    scale those errors by their weight-noise energy (a power law through the two points), so a large model costs
+    two runs per layer.
+    """
     import shutil
     import time
 
@@ -454,7 +467,9 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
     tmpdir = Path(tempfile.mkdtemp(prefix=".wbits.", dir=work_parent))
     by_node = {w["node"]: w for w in ws}
     try:
+        t_run = time.monotonic()
         ref = np.asarray(predict_fn(Path(src)), dtype=np.float64)
+        t_run = time.monotonic() - t_run
         ref_energy = max(float(np.sum(ref ** 2)), 1e-30)
         probe = tmpdir / "probe.onnx"
         probes = [0]
@@ -471,13 +486,40 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
             # ORT's 8-bit scales are arbitrary float32; snapped grids have float16-exact scales (grid_multiplier)
             return entropy_bits(q) + channels * (32 if b >= 8 else 16)
 
-        def distortion(layer: str, b: int) -> float:
-            probes[0] += 1
-            out = np.asarray(predict_fn(run({layer: b})), dtype=np.float64)
-            return float(np.sum((out - ref) ** 2)) / ref_energy
+        seen: dict[tuple[str, int], float] = {}
+
+        def measured(layer: str, b: int) -> float:
+            if (layer, b) not in seen:
+                probes[0] += 1
+                out = np.asarray(predict_fn(run({layer: b})), dtype=np.float64)
+                seen[(layer, b)] = float(np.sum((out - ref) ** 2)) / ref_energy
+            return seen[(layer, b)]
+
+        def noise(layer: str, b: int) -> float:
+            w = by_node[layer]
+            sc = numpy_helper.to_array(w["scale"])
+            nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax)
+            return float(np.sum((_deq(nq, ns, w["axis"]) - _deq(arrays[layer], sc, w["axis"])) ** 2))
 
         layers = [w["node"] for w in ws if numel[w["node"]]]
-        path = greedy_path(layers, [c for c in choices if c <= 8] or [8], rate, distortion)
+        widths = sorted({int(c) for c in choices if int(c) <= 8} | {8})
+        narrow = [b for b in widths if b < 8]
+        refs = sorted({min(narrow, key=lambda b: abs(b - r)) for r in SCALED_REF_BITS}) if narrow else []
+        scaled = len(narrow) > len(refs) and len(layers) * len(narrow) * t_run > fit_seconds
+        at_ref: dict[str, list[tuple[float, float]]] = {}
+
+        def distortion(layer: str, b: int) -> float:
+            if not scaled or b in refs:
+                return measured(layer, b)
+            if layer not in at_ref:
+                at_ref[layer] = [(max(measured(layer, r), 1e-30), max(noise(layer, r), 1e-30)) for r in refs]
+            pts = at_ref[layer]
+            (d0, n0), (d1, n1) = pts[0], pts[-1]
+            # D = d0 * (N / n0) ** slope through both measured points (slope 1 with one point or equal noise)
+            slope = float(np.log(d1 / d0) / np.log(n1 / n0)) if len(pts) > 1 and n1 != n0 else 1.0
+            return d0 * (max(noise(layer, b), 1e-30) / n0) ** float(np.clip(slope, 0.5, 3.0))
+
+        path = greedy_path(layers, widths, rate, distortion)
         t_path = time.monotonic() - t0
         accs: dict[int, float] = {}
 
@@ -493,8 +535,11 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
         t["accuracy"] = accs[t["step"]]
     bits = path[step]
     est = sum(rate(k, bits[k]) for k in layers)
-    return dict(bits), {"sensitivity_source": "output_error", "floor": float(floor), "base_accuracy": base,
+    source = (f"output_error_at_{'_'.join(map(str, refs))}_bits_scaled_by_weight_noise" if scaled
+              else "output_error")
+    return dict(bits), {"sensitivity_source": source, "floor": float(floor), "base_accuracy": base,
                         "path_length": len(path) - 1, "step": step, "tries": tries, "probes": probes[0],
                         "estimated_coded_bytes": est / 8.0, "estimated_8bit_bytes":
                             sum(rate(k, 8) for k in layers) / 8.0,
-                        "path_seconds": t_path, "seconds": time.monotonic() - t0}
+                        "path_seconds": t_path, "run_seconds": t_run, "fit_seconds": fit_seconds,
+                        "seconds": time.monotonic() - t0}

@@ -122,3 +122,21 @@ def test_fit_keeps_8_bits_when_no_floor_can_hold(int8_pair: tuple[Path, Path], t
     info = apply_weight_bits_to_qdq(int8, out, "auto")  # no data: nothing to hold a floor with
     assert info["avg_bits"] == 8 and "no labelled validation data" in info["fit"]["kept_8bit"]
     assert np.array_equal(run(out, val), run(int8, val))
+
+
+def test_fit_past_its_time_measures_one_width_per_layer(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """fit_seconds=0: each layer is run at 2 and 5 bits and the other widths scale those errors by weight noise."""
+    fp32, int8 = int8_pair
+    val = images(64, seed=4)
+    labels = run(fp32, val).argmax(1)
+
+    def eval_fn(p: Path) -> float:
+        return float((run(p, val).argmax(1) == labels).mean())
+
+    floor = eval_fn(int8) - 0.1
+    out = tmp_path / "scaled.onnx"
+    info = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, val[:16]),
+                                    floor=floor, fit_seconds=0.0)
+    assert info["sensitivity_source"] == "output_error_at_2_5_bits_scaled_by_weight_noise"
+    assert info["fit"]["probes"] == 2 * len(info["bits"]) == 6
+    assert info["accuracy"] >= floor and info["avg_bits"] < 8
