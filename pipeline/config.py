@@ -176,10 +176,11 @@ class QuantizeConfig:
     calib_size: int = 256
     max_drop: float = 0.01          # accuracy guard: fall back layers to float beyond this drop
     # "2".."8", or "auto": per-layer widths; with size_budget (average bits/weight) from measured sensitivities,
-    # without one the smallest coded size whose val accuracy stays within weight_drop of the int8 model
+    # without one the smallest coded size whose top-1 classes stay within weight_drop of the int8 model's (val +
+    # training images)
     weight_bits: str = "auto"
     size_budget: Optional[float] = None
-    weight_drop: float = 0.005      # "auto" without size_budget: val accuracy the low-bit weights may lose vs int8
+    weight_drop: float = 0.005      # "auto" without size_budget: share of top-1 classes that may change vs int8
     fit_seconds: float = 120.0      # "auto": time for per-(layer, width) probes; beyond it one probe per layer
     qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
     qat_lr: float = 1e-3

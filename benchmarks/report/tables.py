@@ -226,10 +226,16 @@ def weight_bits_text(wb: dict | None) -> str | None:
     text = f"Weight widths ({wb.get('mode')}): {fmt(wb.get('avg_bits'))} bits per weight on average ({widths})"
     if fit:
         tries = fit.get("tries") or []
-        text += (f"; fitted to the validation accuracy floor {fmt(fit.get('floor'))} (8-bit weights "
-                 f"{fmt(fit.get('base_accuracy'))}, shipped {fmt(wb.get('accuracy'))}): {fit.get('step')} of "
-                 f"{fit.get('path_length')} narrowings kept, {fit.get('probes')} layer probes and {len(tries)} "
-                 f"checks in {fmt(fit.get('seconds'))} s")
+        if "min_agreement" in fit:
+            text += (f"; cut where top-1 agreement with the 8-bit weights stays >= {fmt(fit['min_agreement'])} on "
+                     f"{fit.get('agreement_images')} validation and training images (shipped "
+                     f"{fmt(fit.get('agreement'))}; validation accuracy {fmt(fit.get('base_accuracy'))} at 8 bits, "
+                     f"{fmt(wb.get('accuracy'))} shipped)")
+        else:
+            text += (f"; fitted to the validation accuracy floor {fmt(fit.get('floor'))} (8-bit weights "
+                     f"{fmt(fit.get('base_accuracy'))}, shipped {fmt(wb.get('accuracy'))})")
+        text += (f": {fit.get('step')} of {fit.get('path_length')} narrowings kept, {fit.get('probes')} layer probes "
+                 f"and {len(tries)} checks in {fmt(fit.get('seconds'))} s")
     elif wb.get("budget") is not None:
         text += f" under a budget of {fmt(wb.get('budget'))} bits per weight"
     return text + "."

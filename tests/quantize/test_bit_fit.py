@@ -140,3 +140,26 @@ def test_fit_past_its_time_measures_one_width_per_layer(int8_pair: tuple[Path, P
     assert info["sensitivity_source"] == "output_error_at_2_5_bits_scaled_by_weight_noise"
     assert info["fit"]["probes"] == 2 * len(info["bits"]) == 6
     assert info["accuracy"] >= floor and info["avg_bits"] < 8
+
+
+def test_fit_cut_by_top1_agreement(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """With an agreement set the cut holds top-1 agreement with the 8-bit model; a looser minimum narrows more."""
+    fp32, int8 = int8_pair
+    val, agree_x = images(32, seed=4), images(96, seed=9)
+    labels = run(fp32, val).argmax(1)
+    ref = run(int8, agree_x).argmax(1)
+
+    def eval_fn(p: Path) -> float:
+        return float((run(p, val).argmax(1) == labels).mean())
+
+    infos = {}
+    for m in (1.0, 0.8):
+        out = tmp_path / f"agree{m}.onnx"
+        infos[m] = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, val[:16]),
+                                            floor=0.0, agree_fn=lambda p: run(p, agree_x), min_agreement=m)
+        fit = infos[m]["fit"]
+        assert fit["min_agreement"] == m and fit["agreement_images"] == 96
+        shipped = float((run(out, agree_x).argmax(1) == ref).mean())
+        assert shipped == pytest.approx(fit["agreement"]) and shipped >= m
+        assert all((t["agreement"] >= m) == t["accepted"] for t in fit["tries"])
+    assert infos[0.8]["avg_bits"] <= infos[1.0]["avg_bits"] and infos[0.8]["fit"]["step"] >= infos[1.0]["fit"]["step"]
