@@ -75,8 +75,8 @@ def weight_bits_summary(wb: Mapping[str, Any] | None) -> dict[str, Any] | None:
         widths[str(b)] = widths.get(str(b), 0) + 1
     fit = {k: v for k, v in (wb.get("fit") or {}).items()
            if k in ("kept_8bit", "floor", "base_accuracy", "step", "path_length", "probes", "tries", "seconds",
-                    "estimated_coded_bytes", "estimated_8bit_bytes", "min_agreement", "agreement",
-                    "agreement_images", "sensitivity_source")}
+                    "estimated_coded_bytes", "estimated_8bit_bytes", "check_drop", "check_base",
+                    "check_accuracy", "sensitivity_source")}
     return {"mode": wb.get("mode"), "avg_bits": wb.get("avg_bits"), "budget": wb.get("budget"),
             "accuracy": wb.get("accuracy"), "widths": dict(sorted(widths.items(), key=lambda kv: -int(kv[0]))),
             **({"fit": fit} if fit else {})}

@@ -226,11 +226,11 @@ def weight_bits_text(wb: dict | None) -> str | None:
     text = f"Weight widths ({wb.get('mode')}): {fmt(wb.get('avg_bits'))} bits per weight on average ({widths})"
     if fit:
         tries = fit.get("tries") or []
-        if "min_agreement" in fit:
-            text += (f"; cut where top-1 agreement with the 8-bit weights stays >= {fmt(fit['min_agreement'])} on "
-                     f"{fit.get('agreement_images')} validation and training images (shipped "
-                     f"{fmt(fit.get('agreement'))}; validation accuracy {fmt(fit.get('base_accuracy'))} at 8 bits, "
-                     f"{fmt(wb.get('accuracy'))} shipped)")
+        if "check_drop" in fit:
+            text += (f"; cut where the accuracy on validation and training images stays within "
+                     f"{fmt(fit['check_drop'])} of the 8-bit weights' {fmt(fit.get('check_base'))} (shipped "
+                     f"{fmt(fit.get('check_accuracy'))}; validation accuracy {fmt(fit.get('base_accuracy'))} at "
+                     f"8 bits, {fmt(wb.get('accuracy'))} shipped)")
         else:
             text += (f"; fitted to the validation accuracy floor {fmt(fit.get('floor'))} (8-bit weights "
                      f"{fmt(fit.get('base_accuracy'))}, shipped {fmt(wb.get('accuracy'))})")

@@ -193,7 +193,7 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
                     eval_fn: Callable[[Path], float] | None = None, fp32_accuracy: float | None = None,
                     max_guard_candidates: int = 32, target: Any = None, progress: bool = False,
                     predict_fn: Callable[[Path], np.ndarray] | None = None,
-                    agree_fn: Callable[[Path], np.ndarray] | None = None) -> dict[str, Any]:
+                    check_fn: Callable[[Path], float] | None = None) -> dict[str, Any]:
     """Quantize an fp32 ONNX model to int8 QDQ with real calibration images; optional accuracy guard.
 
     Args:
@@ -211,10 +211,10 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
             guard adds passes), so a long quantize stage shows it is moving.
         predict_fn: outputs of a model file on a fixed probe batch; with ``weight_bits="auto"`` and no size budget
             the per-layer widths are fitted (needs the guard's ``eval_fn`` and ``fp32_accuracy`` too): with
-            ``agree_fn``, top-1 agreement with the 8-bit int8 model >= 1 - cfg.weight_drop on its images (the int8
-            model must hold validation accuracy >= fp32 accuracy - cfg.max_drop to be narrowed at all); without
-            it, validation accuracy >= max(int8 accuracy - cfg.weight_drop, fp32 accuracy - cfg.max_drop).
-        agree_fn: outputs of a model file on the agreement images (validation plus training images).
+            ``check_fn``, its accuracy >= that of the 8-bit int8 model - cfg.weight_drop (the int8 model must hold
+            validation accuracy >= fp32 accuracy - cfg.max_drop to be narrowed at all); without it, validation
+            accuracy >= max(int8 accuracy - cfg.weight_drop, fp32 accuracy - cfg.max_drop).
+        check_fn: accuracy of a model file on the check images (validation plus training images, labelled).
 
     Returns:
         ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
@@ -281,16 +281,16 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
             wb_path = work / "lowbit.onnx"
             floor = None
             weight_drop = float(getattr(cfg, "weight_drop", 0.0))
-            if guard_on:  # never beyond max_drop from fp32; against int8: weight_drop of agreement (or accuracy)
+            if guard_on:  # never beyond max_drop from fp32; against int8: weight_drop on the check set (or on val)
                 floor = float(guard["fp32_accuracy"]) - float(cfg.max_drop)
-                if agree_fn is None:
+                if check_fn is None:
                     floor = max(float(guard["int8_accuracy"]) - weight_drop, floor)
             t0 = time.monotonic()
             wb_info = apply_weight_bits_to_qdq(best, wb_path, cfg.weight_bits, eval_fn=eval_fn,
                                                size_budget=cfg.size_budget, qmax=64 if reduce_range else 127,
                                                predict_fn=predict_fn, floor=floor,
                                                fit_seconds=float(getattr(cfg, "fit_seconds", 120.0)),
-                                               agree_fn=agree_fn, min_agreement=1.0 - weight_drop)
+                                               check_fn=check_fn, check_drop=weight_drop)
             if progress:
                 log.info("quantize: weight widths %s: average %.2f bits/weight in %.1fs", cfg.weight_bits,
                          wb_info["avg_bits"] or 8.0, time.monotonic() - t0)

@@ -22,8 +22,8 @@ from pipeline.stages.export import deploy_meta
 SOURCE = ("export", "model.onnx")
 #: validation images the weight-width fit (quantize.weight_bits=auto) measures output errors on
 PROBE_IMAGES = 256
-#: training images added to the validation split for the fit's top-1 agreement check
-AGREEMENT_TRAIN_IMAGES = 1024
+#: training images added to the validation split for the fit's accuracy check
+CHECK_TRAIN_IMAGES = 1024
 
 
 @stage("quantize", reads=("quantize", DATASET, "export.mobile", "export.mobile_target", "export.bake_preprocessing"),
@@ -44,15 +44,17 @@ def run(ctx: StageContext) -> StageOutput:
     eval_fn = (lambda p: onnx_accuracy(p, val_x, val_y)) if val_y is not None else None
     # the weight-width fit measures each layer's output error on a fixed slice of the validation images
     probe_x = val_x[:PROBE_IMAGES]
-    # ... and holds top-1 agreement with the 8-bit model on validation plus training images: far more images than
-    # a small validation split, where one flipped image would decide the cut
-    n_agree = min(AGREEMENT_TRAIN_IMAGES, len(data.train.x))
-    agree_idx = np.sort(rng.choice(len(data.train.x), size=n_agree, replace=False))
-    agree_x = np.concatenate([val_x, data.train.x[agree_idx].numpy().astype(np.float32)])
+    # ... and holds the 8-bit model's accuracy on validation plus training images: far more images than a small
+    # validation split, where one flipped image would decide the cut
+    n_check = min(CHECK_TRAIN_IMAGES, len(data.train.x))
+    check_idx = np.sort(rng.choice(len(data.train.x), size=n_check, replace=False))
+    check_x = np.concatenate([val_x, data.train.x[check_idx].numpy().astype(np.float32)])
+    check_y = np.concatenate([val_y, data.train.y[check_idx].numpy()]) if val_y is not None else None
+    check_fn = (lambda p: onnx_accuracy(p, check_x, check_y)) if check_y is not None else None
     out = ctx.out_dir / "model.int8.onnx"
     qinfo = quantize_static(fp32, out, calib, cfg.quantize, eval_fn=eval_fn, fp32_accuracy=fp32_val,
                             progress=ctx.progress, predict_fn=lambda p: onnx_predict(p, probe_x),
-                            agree_fn=lambda p: onnx_predict(p, agree_x))
+                            check_fn=check_fn)
     test_x = data.test.x.numpy().astype(np.float32)
     ref = onnx_predict(fp32, test_x)
     q = onnx_predict(out, test_x)

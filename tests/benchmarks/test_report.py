@@ -91,10 +91,10 @@ def test_weight_widths_line_states_the_fit(tmp_path: Path) -> None:
             "2 layer(s) at 3 bits); fitted to the validation accuracy floor 0.955 (8-bit weights 0.962, shipped "
             "0.96): 12 of 18 narrowings kept, 18 layer probes and 2 checks in 4.5 s.")
     assert line in paths["md"].read_text() and line in paths["html"].read_text()
-    fit = {**wb["fit"], "min_agreement": 0.995, "agreement": 0.997, "agreement_images": 1204}
+    fit = {**wb["fit"], "check_drop": 0.005, "check_base": 0.991, "check_accuracy": 0.987}
     md = render_markdown({**_report(), "quantize": {"weight_bits": weight_bits_summary({**wb, "fit": fit})}})
-    assert ("cut where top-1 agreement with the 8-bit weights stays >= 0.995 on 1204 validation and training images "
-            "(shipped 0.997; validation accuracy 0.962 at 8 bits, 0.96 shipped): 12 of 18 narrowings kept") in md
+    assert ("cut where the accuracy on validation and training images stays within 0.005 of the 8-bit weights' "
+            "0.991 (shipped 0.987; validation accuracy 0.962 at 8 bits, 0.96 shipped): 12 of 18 narrowings kept") in md
     kept = weight_bits_summary({"mode": "auto", "bits": {"/a/Conv": 8}, "fit": {"kept_8bit": "no labels"}})
     assert "Weight widths: 8 bits kept (no labels)." in render_markdown({**_report(), "quantize": {"weight_bits": kept}})
     assert "Weight widths" not in render_markdown(_report()) and weight_bits_summary(None) is None

@@ -142,24 +142,25 @@ def test_fit_past_its_time_measures_one_width_per_layer(int8_pair: tuple[Path, P
     assert info["accuracy"] >= floor and info["avg_bits"] < 8
 
 
-def test_fit_cut_by_top1_agreement(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
-    """With an agreement set the cut holds top-1 agreement with the 8-bit model; a looser minimum narrows more."""
+def test_fit_cut_by_a_larger_check_set(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """With a check set the cut holds the 8-bit model's accuracy on it within check_drop; a looser drop narrows
+    more."""
     fp32, int8 = int8_pair
-    val, agree_x = images(32, seed=4), images(96, seed=9)
-    labels = run(fp32, val).argmax(1)
-    ref = run(int8, agree_x).argmax(1)
+    val, check_x = images(32, seed=4), images(96, seed=9)
+    labels, check_y = run(fp32, val).argmax(1), run(fp32, check_x).argmax(1)
 
-    def eval_fn(p: Path) -> float:
-        return float((run(p, val).argmax(1) == labels).mean())
+    def acc(p: Path, x: np.ndarray, y: np.ndarray) -> float:
+        return float((run(p, x).argmax(1) == y).mean())
 
+    base = acc(int8, check_x, check_y)
     infos = {}
-    for m in (1.0, 0.8):
-        out = tmp_path / f"agree{m}.onnx"
-        infos[m] = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, val[:16]),
-                                            floor=0.0, agree_fn=lambda p: run(p, agree_x), min_agreement=m)
-        fit = infos[m]["fit"]
-        assert fit["min_agreement"] == m and fit["agreement_images"] == 96
-        shipped = float((run(out, agree_x).argmax(1) == ref).mean())
-        assert shipped == pytest.approx(fit["agreement"]) and shipped >= m
-        assert all((t["agreement"] >= m) == t["accepted"] for t in fit["tries"])
-    assert infos[0.8]["avg_bits"] <= infos[1.0]["avg_bits"] and infos[0.8]["fit"]["step"] >= infos[1.0]["fit"]["step"]
+    for drop in (0.0, 0.2):
+        out = tmp_path / f"check{drop}.onnx"
+        infos[drop] = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=lambda p: acc(p, val, labels),
+                                               predict_fn=lambda p: run(p, val[:16]), floor=0.0,
+                                               check_fn=lambda p: acc(p, check_x, check_y), check_drop=drop)
+        fit = infos[drop]["fit"]
+        assert fit["check_drop"] == drop and fit["check_base"] == base
+        assert acc(out, check_x, check_y) == fit["check_accuracy"] >= base - drop
+        assert all((t["check_accuracy"] >= base - drop) == t["accepted"] for t in fit["tries"])
+    assert infos[0.2]["avg_bits"] <= infos[0.0]["avg_bits"] and infos[0.2]["fit"]["step"] >= infos[0.0]["fit"]["step"]
