@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -63,6 +64,13 @@ def test_longest_accepted_bisects_to_the_last_passing_step(cut: int) -> None:
     assert all(t["accepted"] == (t["step"] <= cut) for t in tries)
 
 
+def labelled_eval(fp32: Path, n: int, seed: int) -> tuple[np.ndarray, Callable[[Path], float]]:
+    """``n`` images labelled by the fp32 model (int8 agrees on most, low bits on fewer) and an accuracy on them."""
+    val = images(n, seed=seed)
+    labels = run(fp32, val).argmax(1)
+    return val, lambda p: float((run(p, val).argmax(1) == labels).mean())
+
+
 @pytest.fixture(scope="module")
 def int8_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("fit")
@@ -73,12 +81,8 @@ def int8_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_fit_to_floor_on_a_real_int8_model(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
     fp32, int8 = int8_pair
-    val = images(64, seed=4)
-    labels = run(fp32, val).argmax(1)  # the fp32 model's labels: int8 agrees on most, low bits on fewer
+    val, eval_fn = labelled_eval(fp32, 64, seed=4)
     probe = val[:16]
-
-    def eval_fn(p: Path) -> float:
-        return float((run(p, val).argmax(1) == labels).mean())
 
     base = eval_fn(int8)
     floor = base - 0.1
@@ -110,11 +114,7 @@ def node_weight(node: str) -> str:
 
 def test_fit_keeps_8_bits_when_no_floor_can_hold(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
     fp32, int8 = int8_pair
-    val = images(32, seed=5)
-    labels = run(fp32, val).argmax(1)
-
-    def eval_fn(p: Path) -> float:
-        return float((run(p, val).argmax(1) == labels).mean())
+    val, eval_fn = labelled_eval(fp32, 32, seed=5)
 
     out = tmp_path / "kept.onnx"
     info = apply_weight_bits_to_qdq(int8, out, "auto", eval_fn=eval_fn, predict_fn=lambda p: run(p, val), floor=1.01)
@@ -127,11 +127,7 @@ def test_fit_keeps_8_bits_when_no_floor_can_hold(int8_pair: tuple[Path, Path], t
 def test_fit_past_its_time_measures_one_width_per_layer(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:
     """fit_seconds=0: each layer is run at 2 and 5 bits and the other widths scale those errors by weight noise."""
     fp32, int8 = int8_pair
-    val = images(64, seed=4)
-    labels = run(fp32, val).argmax(1)
-
-    def eval_fn(p: Path) -> float:
-        return float((run(p, val).argmax(1) == labels).mean())
+    val, eval_fn = labelled_eval(fp32, 64, seed=4)
 
     floor = eval_fn(int8) - 0.1
     out = tmp_path / "scaled.onnx"
