@@ -136,7 +136,7 @@ class StageSpec:
 
     def reads_for(self, cfg: PipelineConfig) -> tuple[str, ...]:
         """The config paths this stage reads under ``cfg``: ``reads`` plus every ``reads_when`` that holds."""
-        extra = [r for path, value, more in self.reads_when if config_value(cfg, path) == value for r in more]
+        extra = [r for path, value, more in self.reads_when if _holds(config_value(cfg, path), value) for r in more]
         return tuple(dict.fromkeys(self.reads + tuple(extra)))
 
 
@@ -147,6 +147,17 @@ class StageSpec:
 
 
 STAGES: Registry[StageSpec] = Registry("stage")
+
+
+@dataclasses.dataclass(frozen=True)
+class Not:
+    """A ``reads_when`` condition that holds when the config value is anything but ``value``."""
+
+    value: Any
+
+
+def _holds(actual: Any, condition: Any) -> bool:
+    return actual != condition.value if isinstance(condition, Not) else actual == condition
 
 
 def input_stage(entry: str) -> str:
@@ -190,7 +201,8 @@ def stage(name: str, reads: tuple[str, ...], inputs: tuple[str, ...] = (), versi
         inputs: earlier stages whose artifacts it opens (each must be registered already).
         version: bumped when the stage's output changes for the same inputs.
         deliverables: files copied into ``deploy/`` (stage file -> deploy name).
-        reads_when: ``(path, value, extra_reads)`` triples: ``extra_reads`` count only when ``path`` is ``value``.
+        reads_when: ``(path, value, extra_reads)`` triples: ``extra_reads`` count only when ``path`` is ``value``
+            (or, with ``Not(value)``, when it is not).
     """
     _check_reads(name, tuple(reads))
     for path, _value, more in reads_when:

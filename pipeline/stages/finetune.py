@@ -11,7 +11,7 @@ from pipeline.checkpoint import load_model, save_model
 from pipeline.factorize.swap import count_macs_params
 from pipeline.finetune import FinetuneJob, finetune as run_finetune
 from pipeline.quantize.qat import qat_finetune
-from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
+from pipeline.stage_api import DATASET, Not, StageContext, StageOutput, stage
 from pipeline.stages._common import accuracy, check_finite, example_input, is_graph, load, macs_params, seed
 from pipeline.stages._heads import card_heads, distill_heads, fidelity, summary, torch_outputs, uses_heads
 
@@ -19,10 +19,12 @@ FINETUNE_SKIPPED = ("the model exists only as an ONNX graph (the torch importer 
                     "trained; the factorized graph is used as is")
 
 # QAT trains for the storage grid of quantize.weight_bits; it lives here so that export's fp32 model is the QAT one.
-QAT_READS = ("quantize.qat_epochs", "quantize.qat_lr", "quantize.weight_bits")
+# Its rate and grid count only when it runs: a weight_bits change without QAT must not retrain the finetune.
+QAT_READS = ("quantize.qat_lr", "quantize.weight_bits")
 
 
-@stage("finetune", reads=("finetune", DATASET, "factorize.align", "benchmark.max_drop") + QAT_READS, inputs=("baseline", "factorize"), version=2)
+@stage("finetune", reads=("finetune", DATASET, "factorize.align", "benchmark.max_drop", "quantize.qat_epochs"),
+       inputs=("baseline", "factorize"), version=2, reads_when=(("quantize.qat_epochs", Not(0), QAT_READS),))
 def run(ctx: StageContext) -> StageOutput:
     """Recover accuracy (distillation from the original by default, or a training method of the source papers)."""
     data = ctx.data()

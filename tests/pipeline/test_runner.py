@@ -50,12 +50,14 @@ def _covered(path: str, reads: tuple[str, ...]) -> bool:
 BASE = build_config(None, [], model="tiny", data="digits")
 #: the same config with the rank search on: the factorize stage then also reads the finetune/export/target keys
 SEARCH = build_config(None, ["factorize.selector=search"], model="tiny", data="digits")
+#: ... and with the quantization-aware finetune on: the finetune stage then also reads the QAT rate and grid
+QAT = build_config(None, ["quantize.qat_epochs=2", "quantize.weight_bits=4"], model="tiny", data="digits")
 SECTION_LEAVES = [p for p in _leaves(BASE) if "." in p]
 CASES = [(name, path) for name in stage_names() for path in SECTION_LEAVES]
 
 
 @pytest.mark.parametrize("name, path", CASES, ids=[f"{n}:{p}" for n, p in CASES])
-@pytest.mark.parametrize("cfg", [BASE, SEARCH], ids=["default", "search"])
+@pytest.mark.parametrize("cfg", [BASE, SEARCH, QAT], ids=["default", "search", "qat"])
 def test_stage_key_hashes_exactly_the_declared_reads(name, path, cfg):
     """A stage's key changes with every config key it declares it reads (under that config), and with no other."""
     spec = STAGES.get(name)
@@ -81,7 +83,9 @@ def test_stage_key_depends_on_inputs_and_parent():
 def test_declared_cross_section_reads():
     """The reads of other stages' sections found in the code (issue 14): each must be declared."""
     reads = {n: STAGES.get(n).reads for n in stage_names()}
-    assert {"factorize.align", "quantize.qat_epochs", "quantize.qat_lr", "quantize.weight_bits"} <= set(reads["finetune"])
+    assert {"factorize.align", "quantize.qat_epochs"} <= set(reads["finetune"])
+    qat_only = set(STAGES.get("finetune").reads_for(QAT)) - set(STAGES.get("finetune").reads_for(BASE))
+    assert qat_only == {"quantize.qat_lr", "quantize.weight_bits"}  # a weight_bits change without QAT keeps it
     assert "export" not in reads["quantize"]  # quantize takes export's model.onnx, not export's settings
     assert STAGES.get("quantize").inputs == ("baseline", "export/model.onnx")
     assert {"finetune.method", "factorize.align", "quantize.per_channel"} <= set(reads["benchmark"])
