@@ -86,8 +86,9 @@ def greedy_path(layers: Sequence[str], choices: Sequence[int], rate: Callable[[s
         path.append(dict(state))
 
 
-def longest_accepted(path: Sequence[Mapping[str, int]], accept: Callable[[Mapping[str, int]], bool]) -> tuple[int, list[dict]]:
-    """Index of the longest prefix of ``path`` that ``accept`` passes (``path[0]`` is taken as passing), by bisection.
+def longest_accepted(path: Sequence[Mapping[str, int]], accept: Callable[[int], bool]) -> tuple[int, list[dict]]:
+    """Index of the longest prefix of ``path`` that ``accept`` (called with a step index) passes (``path[0]`` is
+    taken as passing), by bisection.
 
     Returns:
         ``(index, tries)`` with ``tries = [{"step", "accepted"}, ...]`` in the order evaluated.
@@ -96,7 +97,7 @@ def longest_accepted(path: Sequence[Mapping[str, int]], accept: Callable[[Mappin
     tries: list[dict] = []
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        ok = bool(accept(path[mid]))
+        ok = bool(accept(mid))
         tries.append({"step": mid, "accepted": ok})
         if ok:
             lo = mid

@@ -397,7 +397,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     fit: dict[str, Any] | None = None
     if mode == "auto" and size_budget is None:
         check = (check_fn, float(check_drop)) if check_fn is not None and check_drop is not None else None
-        bits, fit = _fit_to_floor(src, ws, arrays, numel, qmax, build, Path(dst).parent, eval_fn, predict_fn, floor,
+        bits, fit = _fit_widths(src, ws, arrays, numel, qmax, build, Path(dst).parent, eval_fn, predict_fn, floor,
                                   choices, fit_seconds, check)
         source, budget = fit.get("sensitivity_source"), None
     elif mode == "auto":
@@ -445,7 +445,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     return info
 
 
-def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, np.ndarray],
+def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, np.ndarray],
                   numel: Mapping[str, int], qmax: int, build: Callable[[Mapping[str, int]], bytes], work_parent: Path,
                   eval_fn: Callable[[Path], float] | None, predict_fn: Callable[[Path], np.ndarray] | None,
                   floor: float | None, choices: Sequence[int],
@@ -487,13 +487,17 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
             probe.write_bytes(build(bits))
             return probe
 
+        scales = {k: numpy_helper.to_array(w["scale"]) for k, w in by_node.items()}
+        rates: dict[tuple[str, int], float] = {}
+
         def rate(layer: str, b: int) -> float:
-            w = by_node[layer]
-            q = arrays[layer] if b >= 8 else _snap(arrays[layer], numpy_helper.to_array(w["scale"]), w["axis"], b,
-                                                   qmax)[0]
-            channels = int(numpy_helper.to_array(w["scale"]).size)
-            # ORT's 8-bit scales are arbitrary float32; snapped grids have float16-exact scales (grid_multiplier)
-            return entropy_bits(q) + channels * (32 if b >= 8 else 16)
+            # cached: the path and the final estimate ask for the same (layer, width) pairs
+            if (layer, b) not in rates:
+                w = by_node[layer]
+                q = arrays[layer] if b >= 8 else _snap(arrays[layer], scales[layer], w["axis"], b, qmax)[0]
+                # ORT's 8-bit scales are arbitrary float32; snapped grids have float16-exact scales (grid_multiplier)
+                rates[(layer, b)] = entropy_bits(q) + int(scales[layer].size) * (32 if b >= 8 else 16)
+            return rates[(layer, b)]
 
         seen: dict[tuple[str, int], float] = {}
 
@@ -505,8 +509,7 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
             return seen[(layer, b)]
 
         def noise(layer: str, b: int) -> float:
-            w = by_node[layer]
-            sc = numpy_helper.to_array(w["scale"])
+            w, sc = by_node[layer], scales[layer]
             nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax)
             return float(np.sum((_deq(nq, ns, w["axis"]) - _deq(arrays[layer], sc, w["axis"])) ** 2))
 
@@ -534,9 +537,8 @@ def _fit_to_floor(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str
         checks: dict[int, float] = {}
         check_base = float(check[0](Path(src))) if check is not None else None
 
-        def accept(bits: Mapping[str, int]) -> bool:
-            i = path.index(dict(bits))
-            p = run(bits)
+        def accept(i: int) -> bool:
+            p = run(path[i])
             accs[i] = float(eval_fn(p))
             if check is None:
                 return accs[i] >= floor

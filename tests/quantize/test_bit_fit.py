@@ -59,7 +59,7 @@ def test_greedy_path_stops_a_layer_that_saves_nothing() -> None:
 @pytest.mark.parametrize("cut", [0, 1, 7, 19, 20])
 def test_longest_accepted_bisects_to_the_last_passing_step(cut: int) -> None:
     path = [{"x": i} for i in range(21)]
-    idx, tries = longest_accepted(path, lambda bits: bits["x"] <= cut)
+    idx, tries = longest_accepted(path, lambda i: path[i]["x"] <= cut)
     assert idx == cut and len(tries) <= 5  # ceil(log2(21))
     assert all(t["accepted"] == (t["step"] <= cut) for t in tries)
 
