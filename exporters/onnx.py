@@ -83,6 +83,12 @@ def _simplify(model: Any, input_name: str, test_shape: list[int]) -> tuple[Any, 
         return model, f"onnxsim failed: {type(e).__name__}: {e}"
     if not ok:
         return model, "onnxsim check failed (simplified outputs differ from the original graph)"
+    # onnxsim records its own settings and counters as metadata_props ("onnxsim.*", ~20 entries): bookkeeping no
+    # app reads, shipped in every file and a few percent of a small network's container
+    keep = [(q.key, q.value) for q in simplified.metadata_props if not q.key.startswith("onnxsim.")]
+    del simplified.metadata_props[:]
+    for k, v in keep:
+        simplified.metadata_props.add(key=k, value=v)
     return simplified, None
 
 

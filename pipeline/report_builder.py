@@ -67,7 +67,7 @@ def _shipped_ort(ctx: StageContext, mobile: dict[str, Any] | None) -> dict[str, 
 
 
 def weight_bits_summary(wb: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The int8 model's weight widths for the report: mode, average, how many layers at each width, the fit."""
+    """The int8 model's weight widths for the report: mode, grid, average, how many layers at each width, the fit."""
     if not wb:
         return None
     widths: dict[str, int] = {}
@@ -77,7 +77,7 @@ def weight_bits_summary(wb: Mapping[str, Any] | None) -> dict[str, Any] | None:
            if k in ("kept_8bit", "floor", "base_accuracy", "step", "path_length", "probes", "tries", "seconds",
                     "estimated_coded_bytes", "estimated_8bit_bytes", "check_drop", "check_base",
                     "check_accuracy", "sensitivity_source")}
-    return {"mode": wb.get("mode"), "avg_bits": wb.get("avg_bits"), "budget": wb.get("budget"),
+    return {"mode": wb.get("mode"), "grid": wb.get("grid"), "avg_bits": wb.get("avg_bits"), "budget": wb.get("budget"),
             "accuracy": wb.get("accuracy"), "widths": dict(sorted(widths.items(), key=lambda kv: -int(kv[0]))),
             **({"fit": fit} if fit else {})}
 

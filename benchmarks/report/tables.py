@@ -223,7 +223,10 @@ def weight_bits_text(wb: dict | None) -> str | None:
     if fit.get("kept_8bit"):
         return f"Weight widths: 8 bits kept ({fit['kept_8bit']})."
     widths = ", ".join(f"{n} layer(s) at {b} bits" for b, n in (wb.get("widths") or {}).items())
-    text = f"Weight widths ({wb.get('mode')}): {fmt(wb.get('avg_bits'))} bits per weight on average ({widths})"
+    grid = {"layer": "one step per layer", "octave": "per-channel steps a power of two apart",
+            "channel": "one step per channel"}.get(str(wb.get("grid")))
+    text = (f"Weight widths ({wb.get('mode')}{', ' + grid if grid else ''}): {fmt(wb.get('avg_bits'))} bits per "
+            f"weight on average ({widths})")
     if fit:
         tries = fit.get("tries") or []
         if "check_drop" in fit:

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.errors import ConfigError, InputError, NumericalError
 from pipeline.logs import get_logger
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
+from pipeline.quantize.names import compact_names
 from pipeline.quantize.weights import apply_weight_bits_to_qdq
 
 log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
@@ -219,7 +220,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
     Returns:
         ``{"excluded_nodes", "calibrated_on", "preprocessed", "activation_type", "weight_type", "per_channel",
         "calibrate_method", "reduce_range": {setting, applied, weight_qmax, host_isa}, "quantized_tensors",
-        "guard": {...}, "weight_bits": {...} | None}``.
+        "names": {renamed, nodes_unnamed, skipped} (:func:`pipeline.quantize.names.compact_names`), "guard": {...},
+        "weight_bits": {...} | None}``.
     """
     import onnx
 
@@ -290,17 +292,21 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
                                                size_budget=cfg.size_budget, qmax=64 if reduce_range else 127,
                                                predict_fn=predict_fn, floor=floor,
                                                fit_seconds=float(getattr(cfg, "fit_seconds", 120.0)),
-                                               check_fn=check_fn, check_drop=weight_drop)
+                                               check_fn=check_fn, check_drop=weight_drop,
+                                               grid=str(getattr(cfg, "weight_grid", "layer")))
             if progress:
                 log.info("quantize: weight widths %s: average %.2f bits/weight in %.1fs", cfg.weight_bits,
                          wb_info["avg_bits"] or 8.0, time.monotonic() - t0)
             best = wb_path
         qmodel = onnx.load(str(best))
         quantized = sorted({n.input[0] for n in qmodel.graph.node if n.op_type == "QuantizeLinear"})
+        # short internal names: on small networks the quantizer's long tensor names are a fifth of the container
+        names = compact_names(qmodel)
         # Atomic publish: the final bytes go to a temp file in the destination folder, then os.replace.
         tmp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
-        shutil.copyfile(best, tmp)
-        with open(tmp, "rb+") as f:
+        with open(tmp, "wb") as f:
+            f.write(qmodel.SerializeToString())
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out_path)
     finally:
@@ -316,6 +322,7 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
         "reduce_range": {"setting": str(getattr(cfg, "reduce_range", "auto")), "applied": reduce_range,
                          "weight_qmax": 64 if reduce_range else 127, "host_isa": isa},
         "quantized_tensors": len(quantized),
+        "names": names,
         "guard": guard,
         "weight_bits": wb_info,
     }

@@ -274,7 +274,12 @@ def _qdq_weights(model: Any) -> list[dict[str, Any]]:
             if bdq is not None and bdq.op_type == "DequantizeLinear" and bdq.input[0] in inits \
                     and inits[bdq.input[0]].data_type == 6 and bdq.input[1] in inits:
                 bias = (inits[bdq.input[0]], inits[bdq.input[1]])
-        found.append({"node": node.name, "q": q, "scale": inits[dq.input[1]], "axis": axis, "bias": bias})
+        # the activation scale of the input (bias scale = input scale x weight scale, as ORT's quantizer sets it)
+        xdq = producers.get(node.input[0])
+        x_scale = (numpy_helper.to_array(inits[xdq.input[1]]) if xdq is not None and xdq.op_type == "DequantizeLinear"
+                   and len(xdq.input) > 1 and xdq.input[1] in inits else None)
+        found.append({"node": node.name, "q": q, "scale": inits[dq.input[1]], "axis": axis, "bias": bias,
+                      "x_scale": x_scale if x_scale is not None and x_scale.size == 1 else None})
     return found
 
 
@@ -298,24 +303,67 @@ def grid_multiplier(bits: int, qmax: int = 127) -> int:
     return 1 << max(int(np.floor(np.log2(max(qmax // lvl, 1)))), 0)
 
 
-def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+GRIDS = ("layer", "octave", "channel")
+#: "octave" grids: a channel's step is the layer's step divided by 2**k, k = 0..OCTAVES
+OCTAVES = 6
+
+
+def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int, qmax: int = 127,
+          grid: str = "layer") -> tuple[np.ndarray, np.ndarray]:
     """int8 values ``q`` (per-channel ``scale`` along ``axis``, or per-tensor) onto a b-bit grid inside [-qmax, qmax].
+
+    ``grid``: "channel" gives every output channel its own step (its largest weight on the outermost level);
+    "layer" gives the whole tensor one step (the layer's largest weight on the outermost level), written into every
+    channel's scale; "octave" gives each channel the layer's step divided by the power of two that brings its
+    largest weight closest to the outermost level without passing it. For a given coded size the squared weight
+    error is smallest when every weight of a layer sees the same step (channels with small weights then use few,
+    very probable levels instead of a fine grid of their own), and equal scales (and so equal bias scales) cost
+    almost nothing in the container; octave steps keep most of a per-channel grid's resolution for channels of
+    small weights while their scales (and bias scales) take a handful of distinct values.
 
     The grid must stay inside the range the weights were quantized to: under reduce_range (qmax 64) a value beyond
     it brings back the U8S8 int16 saturation the 7-bit range avoids.
     """
+    if grid not in GRIDS:
+        raise ConfigError(f"weight grid {grid!r} unknown; use one of {', '.join(GRIDS)}")
     lvl = min(2 ** (bits - 1) - 1, qmax)  # 8-bit levels inside a 7-bit range: the grid is the range itself
     m = grid_multiplier(bits, qmax)
     per_channel = scale.ndim == 1 and scale.size > 1
     qc = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32) if per_channel else q.reshape(1, -1)
     s = scale.reshape(-1).astype(np.float32)
     amax = np.maximum(np.abs(qc).max(1), 1)
-    s_b = _fp16_exact(s * amax / lvl)  # real-valued step of the b-bit grid, fp16 for compact storage
+    if grid != "channel" and per_channel:
+        # the largest real-valued weight of the tensor, over all channels
+        real = amax.astype(np.float64) * s.astype(np.float64)
+        top = float(np.max(real))
+        step = float(_fp16_exact(np.asarray([top / lvl]))[0])
+        k = np.zeros(len(s))
+        if grid == "octave":  # step / 2**k with the channel's largest weight still on or inside the outermost level
+            k = np.clip(np.floor(np.log2(top / np.maximum(real, top * 2.0 ** -OCTAVES))), 0, OCTAVES)
+        s_b = (step * 2.0 ** -k).astype(np.float32)  # powers of two: exact, fp16 wherever the layer's step is
+    else:
+        s_b = _fp16_exact(s * amax / lvl)  # real-valued step of the b-bit grid, fp16 for compact storage
     j = np.clip(np.round(qc * (s / s_b)[:, None]), -lvl, lvl)
     new_q = (j * m).astype(np.int8)
     new_s = (s_b / np.float32(m)).astype(np.float32)
     shaped = np.moveaxis(new_q.reshape(np.moveaxis(q, axis, 0).shape), 0, axis) if per_channel else new_q.reshape(q.shape)
     return shaped, new_s.reshape(scale.shape)
+
+
+def _side_bits(channels: int, has_bias: bool, bits: int, grid: str) -> int:
+    """Coded bits of a weight tensor's scales and its bias scales, roughly as the container stores them.
+
+    ORT's 8-bit scales (and the bias scales derived from them) are arbitrary float32 values, one per channel;
+    snapped grids have float16-exact weight scales (:func:`grid_multiplier`), one per channel ("channel") or one
+    value repeated ("layer": the repeats, and the equal bias scales, code to almost nothing).
+    """
+    if bits >= 8:
+        return channels * 32 * (2 if has_bias else 1)
+    if grid == "channel":
+        return channels * (16 + (32 if has_bias else 0))
+    if grid == "octave":  # one step, then about 2 bits per channel for its power of two (bias scales alike)
+        return 16 + 2 * channels + ((32 + 2 * channels) if has_bias else 0)
+    return 16 + (32 if has_bias else 0)
 
 
 def _deq(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
@@ -334,7 +382,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
                              predict_fn: Callable[[Path], np.ndarray] | None = None,
                              floor: float | None = None, fit_seconds: float = FIT_SECONDS,
                              check_fn: Callable[[Path], float] | None = None,
-                             check_drop: float | None = None) -> dict[str, Any]:
+                             check_drop: float | None = None, grid: str = "layer") -> dict[str, Any]:
     """Snap the int8 weights of a QDQ model onto b-bit grids (fixed b, per layer under a budget, or per layer to fit
     an accuracy floor).
 
@@ -357,9 +405,10 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             validation split, so one flipped image does not decide the cut; ``floor`` then only decides whether
             ``src`` itself may be narrowed).
         check_drop: see ``check_fn``.
+        grid: "layer" (one step per weight tensor) or "channel" (one per output channel), see :func:`_snap`.
 
     Returns:
-        ``{"mode", "qmax", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
+        ``{"mode", "qmax", "grid", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
         with the path, the bisection tries and the estimated coded bits when fitted to a floor).
     """
     import onnx
@@ -370,6 +419,8 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     arrays = {w["node"]: numpy_helper.to_array(w["q"]) for w in ws}
     numel = {k: int(v.size) for k, v in arrays.items()}
     qmax = weight_qmax(list(arrays.values())) if qmax is None else int(qmax)
+    if grid not in GRIDS:
+        raise ConfigError(f"quantize.weight_grid {grid!r} unknown; use one of {', '.join(GRIDS)}")
 
     def build(bits: Mapping[str, int]) -> bytes:
         m = onnx.ModelProto()
@@ -380,13 +431,18 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             if b >= 8:
                 continue
             q, s = arrays[w["node"]], numpy_helper.to_array(w["scale"])
-            nq, ns = _snap(q, s, w["axis"], b, qmax)
+            nq, ns = _snap(q, s, w["axis"], b, qmax, grid)
             inits[w["q"].name].CopyFrom(numpy_helper.from_array(nq, w["q"].name))
             inits[w["scale"].name].CopyFrom(numpy_helper.from_array(ns.astype(np.float32), w["scale"].name))
             if w["bias"] is not None:
                 bq, bs = (numpy_helper.to_array(t) for t in w["bias"])
-                # Keep bias scale == x_scale * w_scale (what the fused QLinearConv assumes): rescale per channel.
-                new_bs = (bs.astype(np.float64) * (ns.astype(np.float64) / s.astype(np.float64))).astype(np.float32)
+                # Keep bias scale == x_scale * w_scale (what the fused QLinearConv assumes): the float32 product
+                # ORT's quantizer forms (equal weight scales then give equal bias scales, which code to nothing),
+                # else rescale per channel.
+                if w["x_scale"] is not None:
+                    new_bs = (np.float32(w["x_scale"].reshape(())) * ns.astype(np.float32)).astype(np.float32)
+                else:
+                    new_bs = (bs.astype(np.float64) * (ns.astype(np.float64) / s.astype(np.float64))).astype(np.float32)
                 new_bq = np.clip(np.round(bq * (bs.astype(np.float64) / new_bs)), -2**31, 2**31 - 1).astype(np.int32)
                 inits[w["bias"][0].name].CopyFrom(numpy_helper.from_array(new_bq, w["bias"][0].name))
                 inits[w["bias"][1].name].CopyFrom(numpy_helper.from_array(new_bs, w["bias"][1].name))
@@ -398,7 +454,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     if mode == "auto" and size_budget is None:
         check = (check_fn, float(check_drop)) if check_fn is not None and check_drop is not None else None
         bits, fit = _fit_widths(src, ws, arrays, numel, qmax, build, Path(dst).parent, eval_fn, predict_fn, floor,
-                                  choices, fit_seconds, check)
+                                  choices, fit_seconds, check, grid)
         source, budget = fit.get("sensitivity_source"), None
     elif mode == "auto":
         budget = float(size_budget)
@@ -418,7 +474,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
                 w = next(x for x in ws if x["node"] == layer)
                 sc = numpy_helper.to_array(w["scale"])
                 ref = _deq(arrays[layer], sc, w["axis"])
-                nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax)
+                nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax, grid)
                 new = _deq(nq, ns, w["axis"])
                 return float(np.sum((ref - new) ** 2) / max(float(np.sum(ref ** 2)), 1e-30))
         try:
@@ -437,7 +493,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     atomic_write_bytes(dst, build(bits))
     acc = float(eval_fn(Path(dst))) if eval_fn is not None else None
     n = sum(numel.values())
-    info = {"mode": mode, "qmax": qmax, "bits": bits,
+    info = {"mode": mode, "qmax": qmax, "grid": grid, "bits": bits,
             "avg_bits": sum(bits[k] * numel[k] for k in bits) / n if n else None,
             "budget": budget, "sensitivity_source": source, "accuracy": acc}
     if fit is not None:
@@ -450,7 +506,7 @@ def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, 
                   eval_fn: Callable[[Path], float] | None, predict_fn: Callable[[Path], np.ndarray] | None,
                   floor: float | None, choices: Sequence[int],
                   fit_seconds: float = FIT_SECONDS,
-                  check: tuple[Callable[[Path], float], float] | None = None
+                  check: tuple[Callable[[Path], float], float] | None = None, grid: str = "layer"
                   ) -> tuple[dict[str, int], dict[str, Any]]:
     """"auto" without a size budget: the greedy rate-distortion path of :mod:`bit_fit`, cut at the accuracy floor.
 
@@ -494,9 +550,9 @@ def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, 
             # cached: the path and the final estimate ask for the same (layer, width) pairs
             if (layer, b) not in rates:
                 w = by_node[layer]
-                q = arrays[layer] if b >= 8 else _snap(arrays[layer], scales[layer], w["axis"], b, qmax)[0]
-                # ORT's 8-bit scales are arbitrary float32; snapped grids have float16-exact scales (grid_multiplier)
-                rates[(layer, b)] = entropy_bits(q) + int(scales[layer].size) * (32 if b >= 8 else 16)
+                q = arrays[layer] if b >= 8 else _snap(arrays[layer], scales[layer], w["axis"], b, qmax, grid)[0]
+                rates[(layer, b)] = entropy_bits(q) + _side_bits(int(scales[layer].size), w["bias"] is not None, b,
+                                                                 grid)
             return rates[(layer, b)]
 
         seen: dict[tuple[str, int], float] = {}
@@ -510,7 +566,7 @@ def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, 
 
         def noise(layer: str, b: int) -> float:
             w, sc = by_node[layer], scales[layer]
-            nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax)
+            nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax, grid)
             return float(np.sum((_deq(nq, ns, w["axis"]) - _deq(arrays[layer], sc, w["axis"])) ** 2))
 
         layers = [w["node"] for w in ws if numel[w["node"]]]

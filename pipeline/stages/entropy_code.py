@@ -16,7 +16,7 @@ from pipeline.stage_api import DATASET, StageContext, StageOutput, stage
 UNHASHED = ("decode_mb_s", "read_mb_s", "decode_mb_s_by_coder", "file")
 
 
-@stage("entropy-code", reads=("entropy", DATASET), inputs=("baseline", "quantize/model.int8.onnx"), version=9,
+@stage("entropy-code", reads=("entropy", DATASET), inputs=("baseline", "quantize/model.int8.onnx"), version=10,
        deliverables={"weights.lrdc": "weights.lrdc"})
 def run(ctx: StageContext) -> StageOutput:
     """Pack the int8 model (graph + every tensor) into the coded container; verify it decodes to identical outputs."""

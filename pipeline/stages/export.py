@@ -35,7 +35,7 @@ def deploy_meta(card: ModelCard) -> DeployMeta:
     # export.mobile / mobile_target / bake_preprocessing are quantize's reads: they change no file made here
     reads=("export.opset", "export.simplify", "export.atol", "export.rtol"),
     inputs=("baseline", "factorize", "finetune"),
-    version=2,
+    version=3,
     deliverables={"model.onnx": "model.onnx"},
 )
 def run(ctx: StageContext) -> StageOutput:

@@ -95,6 +95,8 @@ def test_weight_widths_line_states_the_fit(tmp_path: Path) -> None:
     md = render_markdown({**_report(), "quantize": {"weight_bits": weight_bits_summary({**wb, "fit": fit})}})
     assert ("cut where the accuracy on validation and training images stays within 0.005 of the 8-bit weights' "
             "0.991 (shipped 0.987; validation accuracy 0.962 at 8 bits, 0.96 shipped): 12 of 18 narrowings kept") in md
+    md = render_markdown({**_report(), "quantize": {"weight_bits": weight_bits_summary({**wb, "grid": "layer"})}})
+    assert "Weight widths (auto, one step per layer): 3.5 bits per weight on average" in md
     kept = weight_bits_summary({"mode": "auto", "bits": {"/a/Conv": 8}, "fit": {"kept_8bit": "no labels"}})
     assert "Weight widths: 8 bits kept (no labels)." in render_markdown({**_report(), "quantize": {"weight_bits": kept}})
     assert "Weight widths" not in render_markdown(_report()) and weight_bits_summary(None) is None

@@ -55,6 +55,21 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
+def test_graph_record_is_coded_at_the_graph_level(int8_model: Path, tmp_path: Path) -> None:
+    from pipeline.entropy.coders import zstd as zstd_coder
+    from pipeline.entropy.container.pack import GRAPH_ZSTD_LEVEL
+
+    out = tmp_path / "w.lrdc"
+    pack_onnx(int8_model, out, coder="zstd", zstd_level=3)
+    header, arrays = read_container(out)
+    graph = arrays[GRAPH_KEY].tobytes()
+    first = header["streams"][header["graph"]["stream"]]
+    # the weights' streams use the configured level; the graph's is never coded below GRAPH_ZSTD_LEVEL
+    assert header["zstd_level"] == 3
+    assert first["length"] == len(zstd_coder.encode(graph, level=GRAPH_ZSTD_LEVEL))
+    assert first["length"] <= len(zstd_coder.encode(graph, level=3))
+
+
 @pytest.mark.parametrize("coder", ["raw", "zstd", "rans", "huffman", "planes", "rans16", "rans16ch", "auto"])
 def test_pack_unpack_parity(int8_model: Path, tmp_path: Path, coder: str) -> None:
     out = tmp_path / "w.lrdc"

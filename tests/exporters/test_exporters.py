@@ -58,6 +58,8 @@ def test_export_folds_bn_removes_flatten_and_runs_dynamic_batch(exported: tuple[
     assert info["opset"] == 17 and info["bytes"] == path.stat().st_size and info["path"] == str(path)
     assert isinstance(info["simplified"], bool)
     assert proto.graph.input[0].name == "input" and proto.graph.output[0].name == "logits"
+    # onnxsim's bookkeeping ("onnxsim.*" metadata) is not shipped
+    assert not [q.key for q in proto.metadata_props if q.key.startswith("onnxsim.")]
     onnx.checker.check_model(proto, full_check=True)
     # Self-contained: no tensor points at external data, and nothing else was written next to the model.
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)

@@ -56,3 +56,29 @@ def images(n: int, seed: int = 0, zero_channel2: bool = False) -> np.ndarray:
 def run(path: Path, x: np.ndarray) -> np.ndarray:
     """Single-threaded ORT CPU inference."""
     return run_first(path, x)
+
+
+def qdq_weight(path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, scales) of the ``k``-th Conv/Gemm of a QDQ model, found through its weight DequantizeLinear
+    (the shipped int8 graphs have short internal tensor names, so tests look weights up by structure)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    compute = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    dq = producers[compute[k].input[1]]
+    return inits[dq.input[0]], inits[dq.input[1]]
+
+
+def input_quant(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) of the QuantizeLinear that quantizes the graph input of a QDQ model."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    name = m.graph.input[0].name
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name)
+    return inits[q.input[1]], inits[q.input[2]]

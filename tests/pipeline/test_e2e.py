@@ -142,4 +142,5 @@ def test_default_weight_widths_are_fitted_to_the_accuracy_floor(e2e):
     rep = json.loads((result.deploy_dir / "report.json").read_text())
     assert rep["quantize"]["weight_bits"]["avg_bits"] == wb["avg_bits"]
     md = (result.deploy_dir / "report.md").read_text()
-    assert "Weight widths (auto)" in md or "Weight widths: 8 bits kept" in md
+    assert "Weight widths (auto, one step per layer)" in md or "Weight widths: 8 bits kept" in md
+    assert rep["quantize"]["weight_bits"]["grid"] == "layer"  # the default grid

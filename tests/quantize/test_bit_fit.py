@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
 from pipeline.config import QuantizeConfig
 from pipeline.entropy.container import pack_onnx
@@ -15,6 +14,7 @@ from pipeline.quantize.bit_fit import entropy_bits, greedy_path, longest_accepte
 from pipeline.quantize.ort_static import quantize_static
 from pipeline.quantize.weights import apply_weight_bits_to_qdq, grid_multiplier
 from tests.quantize.tiny_models import export, images, run, tiny_net
+from tests.helpers.onnx_models import qdq_weight
 
 
 def test_entropy_bits_matches_the_formula() -> None:
@@ -97,19 +97,14 @@ def test_fit_to_floor_on_a_real_int8_model(int8_pair: tuple[Path, Path], tmp_pat
     # every accepted try held the floor, every refused one missed it, and the shipped step is the last accepted
     assert all((t["accuracy"] >= floor) == t["accepted"] for t in fit["tries"])
     assert fit["step"] == max([0] + [t["step"] for t in fit["tries"] if t["accepted"]])
-    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    compute = [n.name for n in onnx.load(str(out)).graph.node if n.op_type in ("Conv", "Gemm")]
     for node, b in info["bits"].items():
-        q = inits[f"{node_weight(node)}_quantized"]
+        q = qdq_weight(out, compute.index(node))[0]
         assert np.all(q % grid_multiplier(b, info["qmax"]) == 0)
     a = pack_onnx(int8, tmp_path / "a.lrdc", coder="auto")["size_bytes"]
     b = pack_onnx(out, tmp_path / "b.lrdc", coder="auto")["size_bytes"]
     assert b < a
     assert not list(tmp_path.glob(".wbits.*"))
-
-
-def node_weight(node: str) -> str:
-    """The tiny net's weight initializer for a node name (``/0/Conv`` -> ``0.weight``, ``/5/Gemm`` -> ``5.weight``)."""
-    return node.strip("/").split("/")[0] + ".weight"
 
 
 def test_fit_keeps_8_bits_when_no_floor_can_hold(int8_pair: tuple[Path, Path], tmp_path: Path) -> None:

@@ -5,10 +5,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
 
 from benchmarks.targets import get_target
 from pipeline.config import QuantizeConfig, from_dict
@@ -16,6 +14,7 @@ from pipeline.errors import ConfigError
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
 from pipeline.quantize.ort_static import output_sqnr, quantize_static
 from tests.quantize.tiny_models import export, images, tiny_net
+from tests.helpers.onnx_models import qdq_weight
 
 
 def _fused_vs_unfused(p: Path, x: np.ndarray) -> float:
@@ -59,8 +58,7 @@ def test_full_range_u8s8_saturates_only_without_vnni(tmp_path: Path) -> None:
         out = tmp_path / f"rr_{rr}.onnx"
         info[rr] = quantize_static(fp32, out, cal, replace(QuantizeConfig(calib_size=16), reduce_range=rr))
         sq[rr] = _fused_vs_unfused(out, x)
-        w = numpy_helper.to_array(next(t for t in onnx.load(str(out)).graph.initializer
-                                       if t.name == "2.weight_quantized"))
+        w = qdq_weight(out, 1)[0]
         assert np.abs(w.astype(np.int32)).max() == (64 if info[rr]["reduce_range"]["applied"] else 127)
     isa = host_isa()
     assert info["auto"]["reduce_range"] == {"setting": "auto", "applied": bool(isa["u8s8_saturates"]),

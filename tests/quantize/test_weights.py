@@ -17,6 +17,7 @@ from pipeline.quantize.ort_static import output_sqnr, quantize_static
 from pipeline.quantize.weights import (apply_weight_bits_fp32, apply_weight_bits_to_qdq, choose_bits,
                                        grid_multiplier, quantize_kmeans, quantize_uniform)
 from tests.quantize.tiny_models import export, images, run, tiny_net
+from tests.helpers.onnx_models import qdq_weight
 
 rng = np.random.default_rng(0)
 W = rng.laplace(0, 0.05, (16, 8, 3, 3)).astype(np.float32)
@@ -101,10 +102,9 @@ def test_qdq_snap_is_exact_and_codes_to_about_b_bits(int8_pair: tuple[Path, Path
     out = tmp_path / "lowbit.onnx"
     info = apply_weight_bits_to_qdq(int8, out, str(bits))
     assert info["avg_bits"] == bits and len(info["bits"]) == 3
-    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     lvl = 2 ** (bits - 1) - 1
-    for name in ("0.weight_quantized", "2.weight_quantized", "5.weight_quantized"):
-        q = inits[name]
+    for k in range(3):
+        q = qdq_weight(out, k)[0]
         # The grid lies inside the range ORT quantized to (+-64 under reduce_range, else +-127).
         assert len(np.unique(q)) <= 2 * lvl + 1 and np.all(q % grid_multiplier(bits, info["qmax"]) == 0)
         assert np.abs(q.astype(np.int32)).max() <= info["qmax"]
@@ -141,5 +141,56 @@ def test_quantize_static_applies_weight_bits(int8_pair: tuple[Path, Path], tmp_p
     cfg = replace(QuantizeConfig(calib_size=8), weight_bits="3")
     info = quantize_static(fp32, tmp_path / "q.onnx", images(8), cfg)
     assert info["weight_bits"]["avg_bits"] == 3
-    q = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
-    assert len(np.unique(q["2.weight_quantized"])) <= 7
+    assert len(np.unique(qdq_weight(tmp_path / "q.onnx", 1)[0])) <= 7
+
+
+def _bias_scales(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(input scale, weight scale, bias scale) of every Conv/Gemm with an int32 bias in a QDQ model."""
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    out = []
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in prod:
+            x, w, b = (prod[i] for i in n.input[:3])
+            out.append((inits[x.input[1]], inits[w.input[1]], inits[b.input[1]]))
+    return out
+
+
+@pytest.mark.parametrize("grid", ["layer", "octave", "channel"])
+def test_weight_grids_steps_and_bias_scales(int8_pair: tuple[Path, Path], tmp_path: Path, grid: str) -> None:
+    fp32, int8 = int8_pair
+    out = tmp_path / f"{grid}.onnx"
+    info = apply_weight_bits_to_qdq(int8, out, "4", grid=grid)
+    assert info["grid"] == grid
+    m = grid_multiplier(4, info["qmax"])
+    for k in range(3):
+        q, s = qdq_weight(out, k)
+        j = q.astype(np.int32) // m
+        assert np.all(q % m == 0) and np.abs(j).max() <= 7
+        per_ch = np.abs(j.reshape(len(s), -1)).max(1)
+        ratio = s / s.max()
+        if grid == "layer":
+            assert np.all(s == s[0])  # one step for the whole tensor
+        elif grid == "octave":  # the layer's step over a power of two; each channel fills the upper half of the grid
+            assert np.allclose(np.log2(ratio), np.round(np.log2(ratio))) and np.all(per_ch >= 3)
+        else:
+            assert np.all(per_ch == 7)  # every channel's largest weight on the outermost level
+    for x_s, w_s, b_s in _bias_scales(out):  # what the fused QLinearConv assumes, exactly
+        assert np.array_equal(b_s, (np.float32(x_s) * w_s).astype(np.float32))
+    x = images(16, seed=11)
+    a, b = _session(out, True).run(None, {"input": x})[0], _session(out, False).run(None, {"input": x})[0]
+    assert output_sqnr(b, a) > 30.0 and output_sqnr(run(fp32, x), a) > 6.0
+
+
+def test_layer_grid_scales_cost_almost_nothing_in_the_container(int8_pair: tuple[Path, Path],
+                                                               tmp_path: Path) -> None:
+    _, int8 = int8_pair
+    side = {}
+    for grid in ("layer", "channel"):
+        apply_weight_bits_to_qdq(int8, tmp_path / f"{grid}.onnx", "4", grid=grid)
+        st = pack_onnx(tmp_path / f"{grid}.onnx", tmp_path / f"{grid}.lrdc")
+        side[grid] = sum(t["bytes"] for t in st["tensors"] if not t["is_weight"] and t["dtype"] == "float32")
+    assert side["layer"] < 0.5 * side["channel"]
+    with pytest.raises(ConfigError, match="weight_grid"):
+        apply_weight_bits_to_qdq(int8, tmp_path / "bad.onnx", "4", grid="row")

@@ -47,7 +47,15 @@ def channel_runs(items: list[Item], members: list[int]) -> list[tuple[int, int]]
     return runs
 
 
+#: the graph record (item 0, always a stream of its own) is zstd-coded at least at this level: it is small (tens to a
+#: few hundred KB), so the slow level costs milliseconds, and on a small network the graph is a fifth of the file
+GRAPH_ZSTD_LEVEL = 19
+
+
 def encode_stream(items: list[Item], members: list[int], coder: str | int, zstd_level: int) -> Stream:
+    """One coded stream of ``members``' stored bytes (the graph's stream at no less than :data:`GRAPH_ZSTD_LEVEL`)."""
+    if members == [0] and 0 < zstd_level < GRAPH_ZSTD_LEVEL:
+        zstd_level = GRAPH_ZSTD_LEVEL
     raw = b"".join(items[i].raw for i in members)
     itemsize = items[members[0]].itemsize if len({items[i].itemsize for i in members}) == 1 else 1
     segments = channel_runs(items, members) if itemsize == 1 else None
