@@ -19,6 +19,9 @@ Two ways to make the runnable graph carry the b-bit weights exactly:
   container's coders squeeze to about b bits or less. Int32 biases are re-quantized to the new weight scales so
   ORT's fused QLinearConv (which assumes bias scale = input scale x weight scale) stays exact.
 
+The grids themselves (one step per layer, per channel, or per channel a power of two apart) and what their scales
+cost are in :mod:`pipeline.quantize.grids`.
+
 Per-layer bit widths can be chosen under a size budget (average bits per weight) from measured sensitivities
 (:func:`choose_bits`), or, with no budget, as the smallest coded size whose validation accuracy stays above a floor
 (:mod:`pipeline.quantize.bit_fit`).
@@ -36,6 +39,8 @@ from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ConfigError, InputError
 from pipeline.logs import get_logger
 from pipeline.quantize.bit_fit import entropy_bits, greedy_path, longest_accepted
+from pipeline.quantize.grids import (GRIDS, deq, fp16_exact, grid_multiplier, side_bits, snap,  # noqa: F401
+                                   weight_qmax)
 
 log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
@@ -69,15 +74,6 @@ class QuantizedWeight:
     bits: int
 
 
-def _fp16_exact(x: np.ndarray) -> np.ndarray:
-    """Round positive scales to float16 when that is harmless (normal fp16 range), else keep float32."""
-    x = np.asarray(x, dtype=np.float32)
-    h = x.astype(np.float16).astype(np.float32)
-    # Subnormal/overflowing fp16 would cost > 0.1% precision: keep those scales exact in float32.
-    ok = (np.abs(x) >= np.float32(6.2e-5)) & (np.abs(x) <= np.float32(6.0e4))
-    return np.where(ok, h, x).astype(np.float32)
-
-
 def _check_bits(bits: int) -> int:
     if not isinstance(bits, (int, np.integer)) or not 2 <= int(bits) <= 8:
         raise ConfigError(f"weight bits must be an integer in 2..8, got {bits!r}")
@@ -93,13 +89,13 @@ def quantize_uniform(w: np.ndarray, bits: int, symmetric: bool = True, axis: int
     wc = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if w.ndim else w.reshape(1, 1)
     if symmetric:
         lvl = 2 ** (bits - 1) - 1
-        scale = _fp16_exact(np.maximum(np.abs(wc).max(1), 1e-12) / lvl)
+        scale = fp16_exact(np.maximum(np.abs(wc).max(1), 1e-12) / lvl)
         q = np.clip(np.round(wc / scale[:, None]), -lvl, lvl)
         zp = np.full(len(scale), lvl, dtype=np.int64)  # codes = q + L, stored unsigned
     else:
         lvl = 2 ** bits - 1
         lo, hi = np.minimum(wc.min(1), 0.0), np.maximum(wc.max(1), 0.0)
-        scale = _fp16_exact(np.maximum(hi - lo, 1e-12) / lvl)
+        scale = fp16_exact(np.maximum(hi - lo, 1e-12) / lvl)
         zp = np.clip(np.round(-lo / scale), 0, lvl).astype(np.int64)
         q = np.clip(np.round(wc / scale[:, None]) + zp[:, None], 0, lvl) - zp[:, None]
     deq = (q * scale[:, None]).astype(np.float32)
@@ -283,99 +279,6 @@ def _qdq_weights(model: Any) -> list[dict[str, Any]]:
     return found
 
 
-def weight_qmax(arrays: Sequence[np.ndarray]) -> int:
-    """The symmetric int8 range ORT quantized the weights to: 64 under ``reduce_range`` (7 bits), else 127.
-
-    MinMax symmetric quantization puts each channel's (or tensor's) largest magnitude on the range end, so the
-    largest |q| over all weights reveals the range.
-    """
-    top = max((int(np.abs(a.astype(np.int32)).max()) for a in arrays if a.size), default=127)
-    return 64 if top <= 64 else 127
-
-
-def grid_multiplier(bits: int, qmax: int = 127) -> int:
-    """The int8 step ``m`` of a b-bit grid inside [-qmax, qmax]: the largest power of two with ``m * L <= qmax``.
-
-    A power of two keeps the new scale ``s_b / m`` float16-exact when ``s_b`` is, so the container stores the scales
-    in half the bytes (the largest integer multiplier would make them arbitrary float32 values).
-    """
-    lvl = min(2 ** (bits - 1) - 1, qmax)
-    return 1 << max(int(np.floor(np.log2(max(qmax // lvl, 1)))), 0)
-
-
-GRIDS = ("layer", "octave", "channel")
-#: "octave" grids: a channel's step is the layer's step divided by 2**k, k = 0..OCTAVES
-OCTAVES = 6
-
-
-def _snap(q: np.ndarray, scale: np.ndarray, axis: int, bits: int, qmax: int = 127,
-          grid: str = "layer") -> tuple[np.ndarray, np.ndarray]:
-    """int8 values ``q`` (per-channel ``scale`` along ``axis``, or per-tensor) onto a b-bit grid inside [-qmax, qmax].
-
-    ``grid``: "channel" gives every output channel its own step (its largest weight on the outermost level);
-    "layer" gives the whole tensor one step (the layer's largest weight on the outermost level), written into every
-    channel's scale; "octave" gives each channel the layer's step divided by the power of two that brings its
-    largest weight closest to the outermost level without passing it. For a given coded size the squared weight
-    error is smallest when every weight of a layer sees the same step (channels with small weights then use few,
-    very probable levels instead of a fine grid of their own), and equal scales (and so equal bias scales) cost
-    almost nothing in the container; octave steps keep most of a per-channel grid's resolution for channels of
-    small weights while their scales (and bias scales) take a handful of distinct values.
-
-    The grid must stay inside the range the weights were quantized to: under reduce_range (qmax 64) a value beyond
-    it brings back the U8S8 int16 saturation the 7-bit range avoids.
-    """
-    if grid not in GRIDS:
-        raise ConfigError(f"weight grid {grid!r} unknown; use one of {', '.join(GRIDS)}")
-    lvl = min(2 ** (bits - 1) - 1, qmax)  # 8-bit levels inside a 7-bit range: the grid is the range itself
-    m = grid_multiplier(bits, qmax)
-    per_channel = scale.ndim == 1 and scale.size > 1
-    qc = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1).astype(np.int32) if per_channel else q.reshape(1, -1)
-    s = scale.reshape(-1).astype(np.float32)
-    amax = np.maximum(np.abs(qc).max(1), 1)
-    if grid != "channel" and per_channel:
-        # the largest real-valued weight of the tensor, over all channels
-        real = amax.astype(np.float64) * s.astype(np.float64)
-        top = float(np.max(real))
-        step = float(_fp16_exact(np.asarray([top / lvl]))[0])
-        k = np.zeros(len(s))
-        if grid == "octave":  # step / 2**k with the channel's largest weight still on or inside the outermost level
-            k = np.clip(np.floor(np.log2(top / np.maximum(real, top * 2.0 ** -OCTAVES))), 0, OCTAVES)
-        s_b = (step * 2.0 ** -k).astype(np.float32)  # powers of two: exact, fp16 wherever the layer's step is
-    else:
-        s_b = _fp16_exact(s * amax / lvl)  # real-valued step of the b-bit grid, fp16 for compact storage
-    j = np.clip(np.round(qc * (s / s_b)[:, None]), -lvl, lvl)
-    new_q = (j * m).astype(np.int8)
-    new_s = (s_b / np.float32(m)).astype(np.float32)
-    shaped = np.moveaxis(new_q.reshape(np.moveaxis(q, axis, 0).shape), 0, axis) if per_channel else new_q.reshape(q.shape)
-    return shaped, new_s.reshape(scale.shape)
-
-
-def _side_bits(channels: int, has_bias: bool, bits: int, grid: str) -> int:
-    """Coded bits of a weight tensor's scales and its bias scales, roughly as the container stores them.
-
-    ORT's 8-bit scales (and the bias scales derived from them) are arbitrary float32 values, one per channel;
-    snapped grids have float16-exact weight scales (:func:`grid_multiplier`), one per channel ("channel") or one
-    value repeated ("layer": the repeats, and the equal bias scales, code to almost nothing).
-    """
-    if bits >= 8:
-        return channels * 32 * (2 if has_bias else 1)
-    if grid == "channel":
-        return channels * (16 + (32 if has_bias else 0))
-    if grid == "octave":  # one step, then about 2 bits per channel for its power of two (bias scales alike)
-        return 16 + 2 * channels + ((32 + 2 * channels) if has_bias else 0)
-    return 16 + (32 if has_bias else 0)
-
-
-def _deq(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
-    """DequantizeLinear with zero point 0 (per-channel along ``axis`` or per-tensor), in float64."""
-    s = scale.astype(np.float64)
-    if s.ndim == 1 and s.size > 1:
-        shape = [1] * q.ndim
-        shape[axis] = s.size
-        s = s.reshape(shape)
-    return q.astype(np.float64) * s
-
-
 def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str | int,
                              eval_fn: Callable[[Path], float] | None = None, size_budget: float | None = None,
                              choices: Sequence[int] = BIT_CHOICES, qmax: int | None = None,
@@ -405,7 +308,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             validation split, so one flipped image does not decide the cut; ``floor`` then only decides whether
             ``src`` itself may be narrowed).
         check_drop: see ``check_fn``.
-        grid: "layer" (one step per weight tensor) or "channel" (one per output channel), see :func:`_snap`.
+        grid: "layer" (one step per weight tensor) or "channel" (one per output channel), see :func:`pipeline.quantize.grids.snap`.
 
     Returns:
         ``{"mode", "qmax", "grid", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
@@ -431,7 +334,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             if b >= 8:
                 continue
             q, s = arrays[w["node"]], numpy_helper.to_array(w["scale"])
-            nq, ns = _snap(q, s, w["axis"], b, qmax, grid)
+            nq, ns = snap(q, s, w["axis"], b, qmax, grid)
             inits[w["q"].name].CopyFrom(numpy_helper.from_array(nq, w["q"].name))
             inits[w["scale"].name].CopyFrom(numpy_helper.from_array(ns.astype(np.float32), w["scale"].name))
             if w["bias"] is not None:
@@ -473,9 +376,9 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             def drop(layer: str, b: int) -> float:
                 w = next(x for x in ws if x["node"] == layer)
                 sc = numpy_helper.to_array(w["scale"])
-                ref = _deq(arrays[layer], sc, w["axis"])
-                nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax, grid)
-                new = _deq(nq, ns, w["axis"])
+                ref = deq(arrays[layer], sc, w["axis"])
+                nq, ns = snap(arrays[layer], sc, w["axis"], b, qmax, grid)
+                new = deq(nq, ns, w["axis"])
                 return float(np.sum((ref - new) ** 2) / max(float(np.sum(ref ** 2)), 1e-30))
         try:
             bits = choose_bits(numel, drop, budget, choices)
@@ -550,8 +453,8 @@ def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, 
             # cached: the path and the final estimate ask for the same (layer, width) pairs
             if (layer, b) not in rates:
                 w = by_node[layer]
-                q = arrays[layer] if b >= 8 else _snap(arrays[layer], scales[layer], w["axis"], b, qmax, grid)[0]
-                rates[(layer, b)] = entropy_bits(q) + _side_bits(int(scales[layer].size), w["bias"] is not None, b,
+                q = arrays[layer] if b >= 8 else snap(arrays[layer], scales[layer], w["axis"], b, qmax, grid)[0]
+                rates[(layer, b)] = entropy_bits(q) + side_bits(int(scales[layer].size), w["bias"] is not None, b,
                                                                  grid)
             return rates[(layer, b)]
 
@@ -566,8 +469,8 @@ def _fit_widths(src: str | Path, ws: list[dict[str, Any]], arrays: Mapping[str, 
 
         def noise(layer: str, b: int) -> float:
             w, sc = by_node[layer], scales[layer]
-            nq, ns = _snap(arrays[layer], sc, w["axis"], b, qmax, grid)
-            return float(np.sum((_deq(nq, ns, w["axis"]) - _deq(arrays[layer], sc, w["axis"])) ** 2))
+            nq, ns = snap(arrays[layer], sc, w["axis"], b, qmax, grid)
+            return float(np.sum((deq(nq, ns, w["axis"]) - deq(arrays[layer], sc, w["axis"])) ** 2))
 
         layers = [w["node"] for w in ws if numel[w["node"]]]
         widths = sorted({int(c) for c in choices if int(c) <= 8} | {8})
