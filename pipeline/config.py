@@ -182,8 +182,8 @@ class QuantizeConfig:
     size_budget: Optional[float] = None
     weight_drop: float = 0.005      # "auto" without size_budget: share of top-1 classes that may change vs int8
     fit_seconds: float = 120.0      # "auto": time for per-(layer, width) probes; beyond it one probe per layer
-    weight_grid: str = "layer"      # layer: one step per weight tensor | octave: layer step / 2**k per channel |
-    #                                 channel: one step per output channel
+    weight_grid: str = "auto"       # layer: one step per weight tensor | octave: layer step / 2**k per channel |
+    #                                 channel: one step per output channel | auto: layer (channel under QAT)
     qat_epochs: int = 0             # >0: quantization-aware KD finetune at weight_bits before export (fixed bits only)
     qat_lr: float = 1e-3
     reduce_range: str = "auto"      # auto|true|false: 7-bit weights (auto: x86 host without VNNI, U8S8 saturates)
@@ -304,7 +304,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "quantize.max_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "quantize.weight_drop": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "quantize.fit_seconds": (lambda v: v >= 0, ">= 0"),
-    "quantize.weight_grid": (lambda v: v in ("layer", "octave", "channel"), "'layer', 'octave' or 'channel'"),
+    "quantize.weight_grid": (lambda v: v in ("auto", "layer", "octave", "channel"),
+                             "'auto', 'layer', 'octave' or 'channel'"),
     "quantize.qat_epochs": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
     "quantize.qat_lr": (lambda v: v > 0, "> 0"),
     "quantize.weight_bits": (lambda v: v == "auto" or v in tuple("2345678"), "'2'..'8' (one digit) or 'auto'"),
@@ -511,6 +512,11 @@ def _check_cross_fields(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"quantize.qat_epochs={q.qat_epochs} trains for a fixed low-bit grid but "
                           f"quantize.weight_bits is {q.weight_bits!r}; set quantize.weight_bits to 2..7, or "
                           f"quantize.qat_epochs=0")
+    if q.qat_epochs > 0 and q.weight_grid in ("layer", "octave"):
+        # the fake quantizer trains per-channel grids (pipeline/quantize/qat.py); another grid would undo them
+        raise ConfigError(f"quantize.weight_grid={q.weight_grid} with quantize.qat_epochs={q.qat_epochs}: the "
+                          f"quantization-aware finetune trains one step per output channel; set "
+                          f"quantize.weight_grid=channel (or auto)")
     return cfg
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.errors import ConfigError, InputError, NumericalError
 from pipeline.logs import get_logger
 from pipeline.quantize.isa import host_isa, resolve_reduce_range
+from pipeline.quantize.grids import resolve_grid
 from pipeline.quantize.names import compact_names
 from pipeline.quantize.weights import apply_weight_bits_to_qdq
 
@@ -293,7 +294,8 @@ def quantize_static(fp32_onnx: str | Path, out_path: str | Path, calib_x: np.nda
                                                predict_fn=predict_fn, floor=floor,
                                                fit_seconds=float(getattr(cfg, "fit_seconds", 120.0)),
                                                check_fn=check_fn, check_drop=weight_drop,
-                                               grid=str(getattr(cfg, "weight_grid", "layer")))
+                                               grid=resolve_grid(str(getattr(cfg, "weight_grid", "auto")),
+                                                                 int(getattr(cfg, "qat_epochs", 0))))
             if progress:
                 log.info("quantize: weight widths %s: average %.2f bits/weight in %.1fs", cfg.weight_bits,
                          wb_info["avg_bits"] or 8.0, time.monotonic() - t0)

@@ -24,3 +24,15 @@ def test_export_writes_the_qat_model_and_quantize_quantizes_it(tmp_path):
         # 4-bit symmetric grid per output channel: at most 2 * 7 + 1 levels (BN folding scales a channel's grid)
         per_channel = [len(np.unique(np.round(c / np.abs(c).max(), 5))) for c in w.reshape(len(w), -1) if np.abs(c).max() > 0]
         assert max(per_channel) <= 15
+    # the snap keeps the per-channel steps the finetune trained (weight_grid=auto resolves to channel under QAT)
+    wb = res.artifact("quantize").metrics["weight_bits"]
+    assert wb["grid"] == "channel" and set(wb["bits"].values()) == {4}
+
+
+def test_qat_refuses_a_grid_it_does_not_train(tmp_path):
+    import pytest
+
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="weight_grid=channel"):
+        fast_config(tmp_path / "art", "quantize.weight_bits=4", "quantize.qat_epochs=1", "quantize.weight_grid=layer")

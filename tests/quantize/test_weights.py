@@ -194,3 +194,12 @@ def test_layer_grid_scales_cost_almost_nothing_in_the_container(int8_pair: tuple
     assert side["layer"] < 0.5 * side["channel"]
     with pytest.raises(ConfigError, match="weight_grid"):
         apply_weight_bits_to_qdq(int8, tmp_path / "bad.onnx", "4", grid="row")
+
+
+def test_resolve_grid() -> None:
+    from pipeline.quantize.grids import resolve_grid
+
+    assert resolve_grid("auto") == "layer" and resolve_grid("auto", qat_epochs=2) == "channel"
+    assert resolve_grid("octave", 0) == "octave"
+    with pytest.raises(ConfigError, match="weight_grid"):
+        resolve_grid("rows")
