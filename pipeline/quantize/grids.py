@@ -44,15 +44,6 @@ def grid_multiplier(bits: int, qmax: int = 127) -> int:
 
 GRIDS = ("layer", "octave", "channel")
 
-
-def resolve_grid(setting: str, qat_epochs: int = 0) -> str:
-    """``quantize.weight_grid`` as used: "auto" is the layer grid, or the channel grid after a quantization-aware
-    finetune (which trains one step per output channel, so the snap must keep those steps)."""
-    if setting == "auto":
-        return "channel" if qat_epochs > 0 else "layer"
-    if setting not in GRIDS:
-        raise ConfigError(f"quantize.weight_grid {setting!r} unknown; use auto or one of {', '.join(GRIDS)}")
-    return setting
 #: "octave" grids: a channel's step is the layer's step divided by 2**k, k = 0..OCTAVES
 OCTAVES = 6
 
@@ -123,3 +114,13 @@ def deq(q: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
         shape[axis] = s.size
         s = s.reshape(shape)
     return q.astype(np.float64) * s
+
+
+def resolve_grid(setting: str, qat_epochs: int = 0) -> str:
+    """``quantize.weight_grid`` as used: "auto" is the layer grid, or the channel grid after a quantization-aware
+    finetune (which trains one step per output channel, so the snap must keep those steps)."""
+    if setting == "auto":
+        return "channel" if qat_epochs > 0 else "layer"
+    if setting not in GRIDS:
+        raise ConfigError(f"quantize.weight_grid {setting!r} unknown; use auto or one of {', '.join(GRIDS)}")
+    return setting

@@ -39,8 +39,8 @@ from pipeline.artifacts import atomic_write_bytes
 from pipeline.errors import ConfigError, InputError
 from pipeline.logs import get_logger
 from pipeline.quantize.bit_fit import entropy_bits, greedy_path, longest_accepted
-from pipeline.quantize.grids import (GRIDS, deq, fp16_exact, grid_multiplier, side_bits, snap,  # noqa: F401
-                                   weight_qmax)
+from pipeline.quantize.grids import (deq, fp16_exact, grid_multiplier, resolve_grid, side_bits,  # noqa: F401
+                                   snap, weight_qmax)
 
 log = get_logger(__name__)  # under the runner's logger: reaches stderr and run.log
 
@@ -308,7 +308,8 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
             validation split, so one flipped image does not decide the cut; ``floor`` then only decides whether
             ``src`` itself may be narrowed).
         check_drop: see ``check_fn``.
-        grid: "layer" (one step per weight tensor) or "channel" (one per output channel), see :func:`pipeline.quantize.grids.snap`.
+        grid: "layer" (one step per weight tensor), "octave", "channel" (one per output channel) or "auto"
+            (= "layer"), see :func:`pipeline.quantize.grids.snap`.
 
     Returns:
         ``{"mode", "qmax", "grid", "bits": {node: b}, "avg_bits", "budget", "sensitivity_source", "accuracy"}`` (+ ``"fit"``
@@ -322,8 +323,7 @@ def apply_weight_bits_to_qdq(src: str | Path, dst: str | Path, weight_bits: str 
     arrays = {w["node"]: numpy_helper.to_array(w["q"]) for w in ws}
     numel = {k: int(v.size) for k, v in arrays.items()}
     qmax = weight_qmax(list(arrays.values())) if qmax is None else int(qmax)
-    if grid not in GRIDS:
-        raise ConfigError(f"quantize.weight_grid {grid!r} unknown; use one of {', '.join(GRIDS)}")
+    grid = resolve_grid(grid)  # one check of the setting, shared with quantize_static ("auto" is the layer grid)
 
     def build(bits: Mapping[str, int]) -> bytes:
         m = onnx.ModelProto()
