@@ -97,6 +97,11 @@ def _notes(base: dict[str, Any], fin: dict[str, Any]) -> list[str]:
         notes.append(f"Rank search back-off: the searched level missed max_drop after finetuning, so the finetuned "
                      f"and int8 variants are the milder level {backoff[-1]['fraction']:g} of the MACs; the "
                      f"'factorized' row is the searched level before finetuning.")
+    ext = fin.get("extension")
+    if isinstance(ext, dict):  # the first training missed max_drop on validation, so it trained longer
+        notes.append(f"Finetune extension: validation accuracy {ext.get('val_before', float('nan')):.4f} after the "
+                     f"configured epochs missed max_drop, so {ext.get('epochs')} more KD epochs were trained "
+                     f"(finetune.extra_epochs): {ext.get('val_after', float('nan')):.4f}.")
     if fin.get("skipped"):
         notes.append(f"Finetuning skipped (finetune.method={fin.get('configured_method')}): {fin.get('skip_reason')}.")
     return notes

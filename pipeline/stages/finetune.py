@@ -24,7 +24,7 @@ QAT_READS = ("quantize.qat_lr", "quantize.weight_bits")
 
 
 @stage("finetune", reads=("finetune", DATASET, "factorize.align", "benchmark.max_drop", "quantize.qat_epochs"),
-       inputs=("baseline", "factorize"), version=2, reads_when=(("quantize.qat_epochs", Not(0), QAT_READS),))
+       inputs=("baseline", "factorize"), version=3, reads_when=(("quantize.qat_epochs", Not(0), QAT_READS),))
 def run(ctx: StageContext) -> StageOutput:
     """Recover accuracy (distillation from the original by default, or a training method of the source papers)."""
     data = ctx.data()
@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> StageOutput:
         align=ctx.cfg.factorize.align,
         model_spec=ctx.cfg.model,
     )
-    result = run_finetune(job)
+    result = _train(ctx, job)
     result, card, backoff = _search_backoff(ctx, job, result, card)
     model = result.model.cpu().eval()
     qat = _quantization_aware(ctx, model, data)
@@ -77,6 +77,47 @@ def run(ctx: StageContext) -> StageOutput:
     return StageOutput(files + ["history.json"], metrics)
 
 
+def _misses_budget(ctx: StageContext, val: float) -> bool:
+    """Whether validation accuracy ``val`` is more than ``benchmark.max_drop`` under the original's (False when the
+    original's validation accuracy is unknown)."""
+    base = ctx.inputs["baseline"].metrics.get("val_accuracy")
+    if not isinstance(base, (int, float)) or base != base:
+        return False
+    return base - val > ctx.cfg.benchmark.max_drop
+
+
+def _train(ctx: StageContext, job: FinetuneJob):
+    """Run the configured method, then the extension: while the result misses ``benchmark.max_drop`` on
+    validation, ``finetune.extra_epochs`` more KD epochs from the result (one more cosine cycle from
+    ``finetune.lr``, a new data order). Hard data needs more epochs than easy data at the same compression (resnet20
+    on shapes at 4.56x fewer MACs: -2.8 points after 4 epochs, -0.6 after 15), and the budget tells which case this
+    is; a model that meets it after ``finetune.epochs`` costs nothing more. ``kd`` keeps its starting weights when no
+    epoch beats them, so the extension never lowers validation accuracy. Its record is ``metrics["extension"]``."""
+    result = run_finetune(job)
+    extra = job.cfg.extra_epochs
+    if extra <= 0 or job.cfg.method == "none":
+        return result
+    val = accuracy(result.model.cpu().eval(), job.data.val)
+    if not _misses_budget(ctx, val):
+        return result
+    ctx.log.warning("finetune: val accuracy %.4f after %d epochs misses max_drop %.3f; %d more KD epochs "
+                    "(finetune.extra_epochs)", val, job.cfg.epochs, ctx.cfg.benchmark.max_drop, extra)
+    seed(ctx.cfg.seed + 1)
+    more = run_finetune(dataclasses.replace(
+        job, student=result.model, structure=dict(result.structure), seed=job.seed + 1,
+        cfg=dataclasses.replace(job.cfg, method="kd", epochs=extra)))
+    after = accuracy(more.model.cpu().eval(), job.data.val)
+    metrics = dict(result.metrics)
+    metrics["extension"] = {"epochs": extra, "val_before": val, "val_after": after,
+                            "seconds": more.metrics.get("seconds")}
+    metrics["best_val"] = max(float(result.metrics.get("best_val", val)), after)
+    if isinstance(result.metrics.get("seconds"), (int, float)) and isinstance(more.metrics.get("seconds"),
+                                                                               (int, float)):
+        metrics["seconds"] = result.metrics["seconds"] + more.metrics["seconds"]
+    history = {**result.history, "extension": more.history}
+    return dataclasses.replace(more, history=history, metrics={**more.metrics, **metrics})
+
+
 def _search_backoff(ctx: StageContext, job: FinetuneJob, result, card: ModelCard):
     """The rank search's safety net: while the finetuned model's validation accuracy misses ``benchmark.max_drop``
     against the original's, train the next milder level the search kept (``fallback-<k>/`` of the factorize stage)
@@ -87,21 +128,22 @@ def _search_backoff(ctx: StageContext, job: FinetuneJob, result, card: ModelCard
     base = ctx.inputs["baseline"].metrics.get("val_accuracy")
     if not fractions or not isinstance(base, (int, float)) or base != base:
         return result, card, []
-    max_drop = ctx.cfg.benchmark.max_drop
     val = accuracy(result.model.cpu().eval(), job.data.val)
-    tries = [{"fraction": search["chosen_fraction"], "val_accuracy": val, "kept": False}]
+    tries = [{"fraction": search["chosen_fraction"], "val_accuracy": val, "kept": False,
+              "extended": "extension" in result.metrics}]
     best = (val, result, card, 0)
     for k, frac in enumerate(fractions, start=1):
-        if base - best[0] <= max_drop:
+        if not _misses_budget(ctx, best[0]):
             break
         ctx.log.warning("finetune: val accuracy %.4f misses max_drop %.3f against the original's %.4f at %.3f of "
-                        "the MACs; training the search's next milder level (%.3f)", best[0], max_drop, base,
+                        "the MACs; training the search's next milder level (%.3f)", best[0],
+                        ctx.cfg.benchmark.max_drop, base,
                         tries[-1]["fraction"], frac)
         student, fcard = load_model(ctx.inputs["factorize"].dir / f"fallback-{k}")
         seed(ctx.cfg.seed)
-        res = run_finetune(dataclasses.replace(job, student=student, structure=dict(fcard.structure)))
+        res = _train(ctx, dataclasses.replace(job, student=student, structure=dict(fcard.structure)))
         val = accuracy(res.model.cpu().eval(), job.data.val)
-        tries.append({"fraction": frac, "val_accuracy": val, "kept": False})
+        tries.append({"fraction": frac, "val_accuracy": val, "kept": False, "extended": "extension" in res.metrics})
         if val > best[0]:
             best = (val, res, fcard, k)
     if len(tries) == 1:

@@ -102,7 +102,8 @@ def datasets() -> list[str]:
 # Quick mode trains on this instead of digits: 240 single-channel 8x8 images in 4 classes, so a whole pipeline run
 # takes seconds. Each class is a bright 3x3 patch in one quadrant plus noise: learnable in one epoch, not trivially.
 QUICK_MODEL = "tiny"
-QUICK_OVERRIDES = ["baseline.epochs=1", "finetune.epochs=1", "quantize.calib_size=32", "benchmark.samples=5",
+QUICK_OVERRIDES = ["baseline.epochs=1", "finetune.epochs=1", "finetune.extra_epochs=0", "quantize.calib_size=32",
+                   "benchmark.samples=5",
                    "benchmark.warmup=1", "benchmark.html=false", "factorize.budget.eval_samples=24"]
 
 

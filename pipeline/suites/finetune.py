@@ -27,7 +27,8 @@ def bench_finetune(quick: bool = False, root: Path = Path("artifacts")) -> Table
     rows = []
     for data in ([quick_data(root)] if quick else datasets()):
         common = ["factorize.method=tucker2", "factorize.selector=fixed", "factorize.ratio=0.25",
-                  "factorize.min_channels=16", f"finetune.epochs={ep}", "benchmark.samples=30"]
+                  "factorize.min_channels=16", f"finetune.epochs={ep}",
+                  "finetune.extra_epochs=0", "benchmark.samples=30"]
         if quick:
             common += QUICK_OVERRIDES
         files: dict[str, Path] = {}

@@ -15,6 +15,7 @@ FAST = [
     "baseline.batch_size=16",
     "baseline.lr=0.1",
     "finetune.epochs=1",
+    "finetune.extra_epochs=0",  # the extension is tested on its own (test_finetune_extension.py)
     "quantize.calib_size=32",
     "benchmark.samples=8",
     "benchmark.warmup=2",

@@ -61,6 +61,9 @@ def test_every_suite_runs_end_to_end_in_quick_mode(tmp_path: Path) -> None:
     factorize = json.loads((out / "factorize.json").read_text())
     assert {r["variant"].split()[0] for r in factorize["rows"]} == {"tucker2", "channel_svd", "spatial_svd", "cp"}
     assert all(r["p50 ms"] > 0 and r["MAC reduction"] > 1 for r in factorize["rows"])
+    # the big model's data-aware factorization is timed beside a plain forward pass over its calibration images
+    assert factorize["resnet20_data_aware_s"] > factorize["resnet20_calib_forward_s"] > 0
+    assert any("data-aware (objective=outputs" in n for n in factorize["notes"])
     finetune = json.loads((out / "finetune.json").read_text())
     assert [r["method"] for r in finetune["rows"]] == ["none", "kd", "svd_training", "lra", "elrt", "outputs + none",
                                                        "outputs + kd", "outputs + layerwise + kd"]

@@ -8,7 +8,8 @@ import sys
 
 def test_non_tty_run_writes_little_to_stderr_and_everything_to_run_log(tmp_path):
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--model", "tiny", "--data", "digits", "--artifacts",
-           str(tmp_path), "--upto", "finetune", "--set", "baseline.epochs=3", "--set", "finetune.epochs=1"]
+           str(tmp_path), "--upto", "finetune", "--set", "baseline.epochs=3", "--set", "finetune.epochs=1",
+           "--set", "finetune.extra_epochs=0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert len(out.stderr.encode()) < 20_000, f"{len(out.stderr)} bytes on stderr"

@@ -18,7 +18,8 @@ from tests.helpers.wild_models import WILD_MODELS, export_wild, make_model, samp
 from tests.pipeline.conftest import fast_config
 
 N = 60
-TINY = ["finetune.epochs=1", "finetune.optimizer=adam", "finetune.lr=0.0005", "quantize.calib_size=16",
+TINY = ["finetune.epochs=1", "finetune.extra_epochs=0",
+        "finetune.optimizer=adam", "finetune.lr=0.0005", "quantize.calib_size=16",
         "benchmark.samples=12", "benchmark.warmup=2", "benchmark.html=false", "benchmark.max_drop=0.05"]
 
 
