@@ -127,7 +127,9 @@ def _prepare(fp32_onnx: Path, work: Path) -> tuple[Path, bool]:
     """
     import onnx
 
-    pre = work / "pre.onnx"
+    # absolute before the chdir below: a relative ``work`` (a relative artifacts root) resolved inside ``work``
+    # doubled the path, and pre-processing silently failed on every such run
+    pre = Path(work).resolve() / "pre.onnx"
     ok = True
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,7 +138,7 @@ def _prepare(fp32_onnx: Path, work: Path) -> tuple[Path, bool]:
         # run it inside the temp folder, with absolute paths, so nothing lands in the user's folder.
         src = Path(fp32_onnx).resolve()
         with contextlib.chdir(work):
-            quant_pre_process(str(src), str(pre.resolve()), skip_symbolic_shape=False)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
     except Exception as e:  # noqa: BLE001 - pre-processing is an optimisation; ORT documents it as optional
         log.info("quant_pre_process failed (%s); quantizing the model as exported", e)

@@ -27,7 +27,7 @@ CHECK_TRAIN_IMAGES = 1024
 
 
 @stage("quantize", reads=("quantize", DATASET, "export.mobile", "export.mobile_target", "export.bake_preprocessing"),
-       inputs=("baseline", "export/model.onnx"), version=10, deliverables=DELIVERABLES)
+       inputs=("baseline", "export/model.onnx"), version=11, deliverables=DELIVERABLES)
 def run(ctx: StageContext) -> StageOutput:
     """int8 QDQ via ONNX Runtime's static quantizer, calibrated on real training images; accuracy measured in ORT."""
     cfg = ctx.cfg

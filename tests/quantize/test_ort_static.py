@@ -49,6 +49,17 @@ def test_output_sqnr() -> None:
     assert output_sqnr(ref, ref + np.array([0.3, 0.4])) == pytest.approx(20.0)
 
 
+def test_a_relative_output_path_is_still_pre_processed(fp32_model: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the folder above, as `lowrank-deploy run --artifacts artifacts` does: ORT's pre-processing must run
+    (its temp path was once resolved inside the temp folder itself, doubling it) and leave nothing behind."""
+    monkeypatch.chdir(tmp_path)
+    info = quantize_static(fp32_model, Path("rel") / "int8.onnx", images(8, seed=1), QuantizeConfig(calib_size=8))
+    assert info["preprocessed"] is True
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["int8.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel"]
+
+
 def test_quantize_static_makes_qdq_close_to_fp32(fp32_model: Path, tmp_path: Path) -> None:
     calib = images(16, seed=1)
     out = tmp_path / "int8.onnx"
