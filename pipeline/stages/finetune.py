@@ -9,7 +9,7 @@ from pipeline.artifacts import atomic_write_json
 from pipeline.card import ModelCard
 from pipeline.checkpoint import load_model, save_model
 from pipeline.factorize.swap import count_macs_params
-from pipeline.finetune import FinetuneJob, finetune as run_finetune
+from pipeline.finetune import FinetuneJob, FinetuneResult, finetune as run_finetune
 from pipeline.quantize.qat import qat_finetune
 from pipeline.stage_api import DATASET, Not, StageContext, StageOutput, stage
 from pipeline.stages._common import accuracy, check_finite, example_input, is_graph, load, macs_params, seed
@@ -49,8 +49,8 @@ def run(ctx: StageContext) -> StageOutput:
         align=ctx.cfg.factorize.align,
         model_spec=ctx.cfg.model,
     )
-    result = _train(ctx, job)
-    result, card, backoff = _search_backoff(ctx, job, result, card)
+    result, val = _train(ctx, job)
+    result, card, backoff = _search_backoff(ctx, job, result, val, card)
     model = result.model.cpu().eval()
     qat = _quantization_aware(ctx, model, data)
     if qat is not None:
@@ -86,20 +86,19 @@ def _misses_budget(ctx: StageContext, val: float) -> bool:
     return base - val > ctx.cfg.benchmark.max_drop
 
 
-def _train(ctx: StageContext, job: FinetuneJob):
+def _train(ctx: StageContext, job: FinetuneJob) -> tuple[FinetuneResult, float]:
     """Run the configured method, then the extension: while the result misses ``benchmark.max_drop`` on
     validation, ``finetune.extra_epochs`` more KD epochs from the result (one more cosine cycle from
     ``finetune.lr``, a new data order). Hard data needs more epochs than easy data at the same compression (resnet20
     on shapes at 4.56x fewer MACs: -2.8 points after 4 epochs, -0.6 after 15), and the budget tells which case this
     is; a model that meets it after ``finetune.epochs`` costs nothing more. ``kd`` keeps its starting weights when no
-    epoch beats them, so the extension never lowers validation accuracy. Its record is ``metrics["extension"]``."""
+    epoch beats them, so the extension never lowers validation accuracy. Its record is ``metrics["extension"]``.
+    Returns the result and its validation accuracy (measured once here, reused by the search back-off)."""
     result = run_finetune(job)
-    extra = job.cfg.extra_epochs
-    if extra <= 0 or job.cfg.method == "none":
-        return result
     val = accuracy(result.model.cpu().eval(), job.data.val)
-    if not _misses_budget(ctx, val):
-        return result
+    extra = job.cfg.extra_epochs
+    if extra <= 0 or job.cfg.method == "none" or not _misses_budget(ctx, val):
+        return result, val
     ctx.log.warning("finetune: val accuracy %.4f after %d epochs misses max_drop %.3f; %d more KD epochs "
                     "(finetune.extra_epochs)", val, job.cfg.epochs, ctx.cfg.benchmark.max_drop, extra)
     seed(ctx.cfg.seed + 1)
@@ -115,20 +114,19 @@ def _train(ctx: StageContext, job: FinetuneJob):
                                                                                (int, float)):
         metrics["seconds"] = result.metrics["seconds"] + more.metrics["seconds"]
     history = {**result.history, "extension": more.history}
-    return dataclasses.replace(more, history=history, metrics={**more.metrics, **metrics})
+    return dataclasses.replace(more, history=history, metrics={**more.metrics, **metrics}), after
 
 
-def _search_backoff(ctx: StageContext, job: FinetuneJob, result, card: ModelCard):
-    """The rank search's safety net: while the finetuned model's validation accuracy misses ``benchmark.max_drop``
-    against the original's, train the next milder level the search kept (``fallback-<k>/`` of the factorize stage)
-    and keep the first that meets it (else the most accurate). Returns ``(result, card, tries)``; ``tries`` is empty
-    when the first level met the budget or no search ran."""
+def _search_backoff(ctx: StageContext, job: FinetuneJob, result: FinetuneResult, val: float, card: ModelCard):
+    """The rank search's safety net: while the finetuned model's validation accuracy (``val``) misses
+    ``benchmark.max_drop`` against the original's, train the next milder level the search kept (``fallback-<k>/``
+    of the factorize stage) and keep the first that meets it (else the most accurate). Returns ``(result, card,
+    tries)``; ``tries`` is empty when the first level met the budget or no search ran."""
     search = ctx.inputs["factorize"].metrics.get("search") or {}
     fractions = search.get("fallback_fractions") or []
     base = ctx.inputs["baseline"].metrics.get("val_accuracy")
     if not fractions or not isinstance(base, (int, float)) or base != base:
         return result, card, []
-    val = accuracy(result.model.cpu().eval(), job.data.val)
     tries = [{"fraction": search["chosen_fraction"], "val_accuracy": val, "kept": False,
               "extended": "extension" in result.metrics}]
     best = (val, result, card, 0)
@@ -141,8 +139,7 @@ def _search_backoff(ctx: StageContext, job: FinetuneJob, result, card: ModelCard
                         tries[-1]["fraction"], frac)
         student, fcard = load_model(ctx.inputs["factorize"].dir / f"fallback-{k}")
         seed(ctx.cfg.seed)
-        res = _train(ctx, dataclasses.replace(job, student=student, structure=dict(fcard.structure)))
-        val = accuracy(res.model.cpu().eval(), job.data.val)
+        res, val = _train(ctx, dataclasses.replace(job, student=student, structure=dict(fcard.structure)))
         tries.append({"fraction": frac, "val_accuracy": val, "kept": False, "extended": "extension" in res.metrics})
         if val > best[0]:
             best = (val, res, fcard, k)

@@ -42,3 +42,4 @@ def test_the_report_notes_an_extension():
     ext = {"epochs": 12, "val_before": 0.873, "val_after": 0.894, "seconds": 200.0}
     notes = _notes({}, {"extension": ext})
     assert len(notes) == 1 and "12 more KD epochs" in notes[0] and "0.8730" in notes[0] and "0.8940" in notes[0]
+
